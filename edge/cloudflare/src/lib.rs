@@ -1,0 +1,213 @@
+//! edgegate on Cloudflare Workers: the fetch entry point, the core's ports over Workers bindings,
+//! and the per-tenant ledger Durable Object. No policy, routing or format code lives here.
+//!
+//! Bindings (see `wrangler.toml`): `POLICY` (KV, key `policy/active`), `LEDGER` (Durable Object
+//! class `Ledger`), provider credentials as secrets named by policy.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use edgegate_core::ledger::{Admission, FixedWindow, RateLimit};
+use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, Upstream};
+use edgegate_core::telemetry::RequestRecord;
+use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use worker::{Context, Env, Fetch, Headers, HttpRequest, Method, Request, RequestInit, Response, console_log, durable_object, event};
+
+/// KV key of the active policy snapshot.
+const POLICY_KEY: &str = "policy/active";
+
+thread_local! {
+    /// One gateway per isolate: the compiled policy outlives requests.
+    static GATEWAY: Rc<Gateway> = Rc::new(Gateway::new());
+}
+
+#[event(fetch)]
+async fn fetch(req: HttpRequest, env: Env, ctx: Context) -> worker::Result<Response> {
+    let host = CfHost(Rc::new(Inner { env, ctx }));
+    let gateway = GATEWAY.with(Rc::clone);
+    let (parts, mut body) = req.into_parts();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() > MAX_REQUEST_BYTES {
+            break; // the core answers 413; no need to read the rest
+        }
+    }
+    let resp = gateway.handle(&host, http::Request::from_parts(parts, Bytes::from(buf))).await;
+    let (parts, body) = resp.into_parts();
+    let headers = Headers::new();
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            headers.append(name.as_str(), v)?;
+        }
+    }
+    let resp = match body {
+        edgegate_core::Body::Full(bytes) => Response::from_bytes(bytes.to_vec())?,
+        edgegate_core::Body::Stream(s) => Response::from_stream(s.map(Ok::<Bytes, worker::Error>))?,
+    };
+    Ok(resp.with_status(parts.status.as_u16()).with_headers(headers))
+}
+
+struct Inner {
+    env: Env,
+    ctx: Context,
+}
+
+/// The core's ports over Workers bindings. Cheap to clone.
+#[derive(Clone)]
+struct CfHost(Rc<Inner>);
+
+fn store_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::StoreUnavailable, format!("{what}: {e}"))
+}
+
+impl Clock for CfHost {
+    fn now_ms(&self) -> u64 {
+        worker::Date::now().as_millis()
+    }
+}
+
+impl Entropy for CfHost {
+    fn fill(&self, buf: &mut [u8]) {
+        // crypto.getRandomValues cannot fail for the small buffers the core asks for; if it ever
+        // did, ids would be zeros, which is harmless.
+        let _ = getrandom::getrandom(buf);
+    }
+}
+
+impl PolicyStore for CfHost {
+    async fn active_policy(&self) -> Result<Option<Bytes>, Error> {
+        let kv = self.0.env.kv("POLICY").map_err(|e| store_error("policy KV binding", e))?;
+        let raw = kv.get(POLICY_KEY).bytes().await.map_err(|e| store_error("policy KV read", e))?;
+        Ok(raw.map(Bytes::from))
+    }
+}
+
+/// The ledger protocol between the worker and its Durable Object.
+#[derive(Serialize, Deserialize)]
+struct AdmitCall {
+    counter: String,
+    limit: RateLimit,
+}
+
+impl LedgerPort for CfHost {
+    async fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> Result<Admission, Error> {
+        let call = async {
+            let stub = self.0.env.durable_object("LEDGER")?.id_from_name(tenant)?.get_stub()?;
+            let body = serde_json::to_string(&AdmitCall { counter: counter.to_owned(), limit })?;
+            let mut init = RequestInit::new();
+            init.with_method(Method::Post).with_body(Some(body.into()));
+            let mut resp = stub.fetch_with_request(Request::new_with_init("https://ledger/admit", &init)?).await?;
+            if resp.status_code() != 200 {
+                return Err(worker::Error::RustError(format!("ledger answered {}", resp.status_code())));
+            }
+            resp.json::<Admission>().await
+        };
+        call.await.map_err(|e| store_error("tenant ledger", e))
+    }
+}
+
+impl Secrets for CfHost {
+    async fn secret(&self, name: &str) -> Result<Option<String>, Error> {
+        if let Ok(s) = self.0.env.secret(name) {
+            return Ok(Some(s.to_string()));
+        }
+        Ok(self.0.env.var(name).ok().map(|v| v.to_string()))
+    }
+}
+
+impl Upstream for CfHost {
+    async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, Error> {
+        let unavailable = |e: worker::Error| Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {e}"));
+        let (parts, body) = request.into_parts();
+        let headers = Headers::new();
+        for (name, value) in &parts.headers {
+            if let Ok(v) = value.to_str() {
+                headers.append(name.as_str(), v).map_err(unavailable)?;
+            }
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::from(parts.method.to_string())).with_headers(headers).with_body(Some(js_sys_bytes(&body)));
+        let req = Request::new_with_init(&parts.uri.to_string(), &init).map_err(unavailable)?;
+        let mut resp = Fetch::Request(req).send().await.map_err(unavailable)?;
+        let status = resp.status_code();
+        let mut out = http::Response::builder().status(status);
+        for (name, value) in resp.headers().entries() {
+            out = out.header(name, value);
+        }
+        let stream: ByteStream = match resp.stream() {
+            Ok(s) => Box::pin(s.map(|chunk| {
+                chunk.map(Bytes::from).map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {e}")))
+            })),
+            Err(_) => Box::pin(futures::stream::empty()),
+        };
+        out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
+    }
+}
+
+fn js_sys_bytes(bytes: &[u8]) -> wasm_bindgen::JsValue {
+    worker::js_sys::Uint8Array::from(bytes).into()
+}
+
+impl Telemetry for CfHost {
+    async fn export(&self, records: Vec<RequestRecord>) -> Result<(), Error> {
+        // Workers Logs / `wrangler tail` collect console output; OTLP export joins later.
+        for r in records {
+            if let Ok(line) = serde_json::to_string(&r) {
+                console_log!("{line}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Deferred for CfHost {
+    fn defer(&self, task: Task) {
+        self.0.ctx.wait_until(task);
+    }
+}
+
+/// One per tenant: the tenant's counters, in the object's SQLite storage.
+///
+/// A Durable Object runs one event at a time, and every read-decide-write below is synchronous
+/// SQL with no `await` in between, so each admission is atomic and the count is exact.
+#[durable_object]
+pub struct Ledger {
+    sql: worker::SqlStorage,
+}
+
+#[derive(Deserialize)]
+struct CounterRow {
+    start_ms: i64,
+    count: i64,
+}
+
+impl worker::DurableObject for Ledger {
+    fn new(state: worker::State, _env: Env) -> Self {
+        let sql = state.storage().sql();
+        let created = sql
+            .exec("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, count INTEGER NOT NULL)", None);
+        if let Err(e) = created {
+            console_log!("ledger: creating table failed: {e}");
+        }
+        Self { sql }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let call: AdmitCall = req.json().await?;
+        let now = worker::Date::now().as_millis();
+        let rows: Vec<CounterRow> =
+            self.sql.exec("SELECT start_ms, count FROM counters WHERE name = ?", vec![call.counter.as_str().into()])?.to_array()?;
+        let mut window =
+            rows.first().map(|r| FixedWindow { start_ms: r.start_ms.max(0) as u64, count: r.count.max(0) as u64 }).unwrap_or_default();
+        let answer = window.admit(now, call.limit);
+        self.sql.exec(
+            "INSERT INTO counters (name, start_ms, count) VALUES (?, ?, ?) \
+             ON CONFLICT(name) DO UPDATE SET start_ms = excluded.start_ms, count = excluded.count",
+            vec![call.counter.as_str().into(), (window.start_ms as i64).into(), (window.count as i64).into()],
+        )?;
+        Response::from_json(&answer)
+    }
+}

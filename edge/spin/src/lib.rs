@@ -1,0 +1,237 @@
+//! edgegate on Fermyon Spin 3.x (spin-sdk 5, a WASIp2 component): the HTTP entry point and the
+//! core's ports over Spin key-value, SQLite and variables. No policy, routing or format code
+//! lives here.
+//!
+//! Stores (see `spin.toml`): key-value store `default` (key `policy/active`), SQLite database
+//! `default` (tenant counters), provider credentials as Spin variables named by policy
+//! (lowercased: policy's `SIM_API_KEY` is the variable `sim_api_key`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use edgegate_core::ledger::{Admission, FixedWindow, RateLimit};
+use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Upstream};
+use edgegate_core::telemetry::RequestRecord;
+use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
+use futures::{SinkExt, StreamExt};
+use spin_sdk::http::{Fields, IncomingRequest, IncomingResponse, OutgoingResponse, ResponseOutparam};
+use spin_sdk::sqlite::{Connection, Value};
+
+/// Key-value key of the active policy snapshot.
+const POLICY_KEY: &str = "policy/active";
+
+/// The component's export. The SDK's macro expands to `unsafe` ABI glue, allowed in this module only.
+#[allow(unsafe_code)]
+mod entry {
+    #[spin_sdk::http_component]
+    async fn handle(req: spin_sdk::http::IncomingRequest, out: spin_sdk::http::ResponseOutparam) {
+        super::handle(req, out).await
+    }
+}
+
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    let host = SpinHost::default();
+    let request = match read_request(req).await {
+        Ok(r) => r,
+        Err(e) => http::Request::new(Bytes::from(e)), // unreadable body: the core answers 404/405/400
+    };
+    let resp = Gateway::new().handle(&host, request).await;
+    let (parts, body) = resp.into_parts();
+    let headers: Vec<(String, Vec<u8>)> = parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    let outgoing = OutgoingResponse::new(Fields::from_list(&headers).unwrap_or_else(|_| Fields::new()));
+    let _ = outgoing.set_status_code(parts.status.as_u16());
+    let mut sink = outgoing.take_body();
+    out.set(outgoing);
+    match body {
+        edgegate_core::Body::Full(bytes) => {
+            let _ = sink.send(bytes.to_vec()).await;
+        }
+        edgegate_core::Body::Stream(mut stream) => {
+            while let Some(frame) = stream.next().await {
+                if sink.send(frame.to_vec()).await.is_err() {
+                    break; // the client went away; dropping the stream records it
+                }
+            }
+        }
+    }
+    drop(sink); // finishes the body before deferred work runs
+    host.run_deferred().await;
+}
+
+async fn read_request(req: IncomingRequest) -> Result<http::Request<Bytes>, String> {
+    let method = match req.method() {
+        spin_sdk::http::Method::Get => http::Method::GET,
+        spin_sdk::http::Method::Post => http::Method::POST,
+        spin_sdk::http::Method::Put => http::Method::PUT,
+        spin_sdk::http::Method::Delete => http::Method::DELETE,
+        spin_sdk::http::Method::Patch => http::Method::PATCH,
+        spin_sdk::http::Method::Head => http::Method::HEAD,
+        spin_sdk::http::Method::Options => http::Method::OPTIONS,
+        spin_sdk::http::Method::Connect => http::Method::CONNECT,
+        spin_sdk::http::Method::Trace => http::Method::TRACE,
+        spin_sdk::http::Method::Other(m) => http::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?,
+    };
+    let mut builder = http::Request::builder().method(method).uri(req.path_with_query().unwrap_or_else(|| "/".into()));
+    for (name, value) in req.headers().entries() {
+        builder = builder.header(name, value);
+    }
+    let mut body = Vec::new();
+    let mut chunks = req.into_body_stream();
+    while let Some(chunk) = chunks.next().await {
+        body.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        if body.len() > MAX_REQUEST_BYTES {
+            break; // the core answers 413
+        }
+    }
+    builder.body(Bytes::from(body)).map_err(|e| e.to_string())
+}
+
+/// The core's ports over Spin's interfaces. One per request (Spin instantiates per request).
+#[derive(Clone, Default)]
+struct SpinHost {
+    deferred: Rc<RefCell<Vec<Task>>>,
+}
+
+impl SpinHost {
+    async fn run_deferred(&self) {
+        let tasks: Vec<Task> = self.deferred.borrow_mut().drain(..).collect();
+        for task in tasks {
+            task.await;
+        }
+    }
+}
+
+fn store_error(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::new(ErrorKind::StoreUnavailable, format!("{what}: {e:?}"))
+}
+
+impl Clock for SpinHost {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl Entropy for SpinHost {
+    fn fill(&self, buf: &mut [u8]) {
+        let bytes = wasi::random::random::get_random_bytes(buf.len() as u64);
+        for (b, r) in buf.iter_mut().zip(bytes) {
+            *b = r;
+        }
+    }
+}
+
+impl PolicyStore for SpinHost {
+    async fn active_policy(&self) -> Result<Option<Bytes>, Error> {
+        let store = spin_sdk::key_value::Store::open_default().map_err(|e| store_error("key-value store `default`", e))?;
+        let raw = store.get(POLICY_KEY).map_err(|e| store_error("key-value read", e))?;
+        Ok(raw.map(Bytes::from))
+    }
+}
+
+impl Ledger for SpinHost {
+    /// One `BEGIN IMMEDIATE` transaction per admission: SQLite takes the write lock first, so
+    /// concurrent instances sharing the database serialise and the count is exact.
+    async fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> Result<Admission, Error> {
+        let db = Connection::open_default().map_err(|e| store_error("sqlite database `default`", e))?;
+        let name = format!("{tenant}/{counter}");
+        let now = self.now_ms();
+        let run = || -> Result<Admission, spin_sdk::sqlite::Error> {
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS edgegate_counters (name TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, count INTEGER NOT NULL)",
+                &[],
+            )?;
+            db.execute("BEGIN IMMEDIATE", &[])?;
+            let rows = db.execute("SELECT start_ms, count FROM edgegate_counters WHERE name = ?", &[Value::Text(name.clone())])?;
+            let mut window = rows
+                .rows
+                .first()
+                .map(|r| FixedWindow {
+                    start_ms: r.get::<i64>(0).unwrap_or(0).max(0) as u64,
+                    count: r.get::<i64>(1).unwrap_or(0).max(0) as u64,
+                })
+                .unwrap_or_default();
+            let answer = window.admit(now, limit);
+            db.execute(
+                "INSERT INTO edgegate_counters (name, start_ms, count) VALUES (?, ?, ?) \
+                 ON CONFLICT(name) DO UPDATE SET start_ms = excluded.start_ms, count = excluded.count",
+                &[Value::Text(name.clone()), Value::Integer(window.start_ms as i64), Value::Integer(window.count as i64)],
+            )?;
+            db.execute("COMMIT", &[])?;
+            Ok(answer)
+        };
+        run().map_err(|e| {
+            let _ = db.execute("ROLLBACK", &[]);
+            store_error("tenant ledger", e)
+        })
+    }
+}
+
+impl Secrets for SpinHost {
+    async fn secret(&self, name: &str) -> Result<Option<String>, Error> {
+        match spin_sdk::variables::get(&name.to_ascii_lowercase()) {
+            Ok(v) => Ok(Some(v)),
+            Err(spin_sdk::variables::Error::Undefined(_) | spin_sdk::variables::Error::InvalidName(_)) => Ok(None),
+            Err(e) => Err(store_error("variables", e)),
+        }
+    }
+}
+
+impl Upstream for SpinHost {
+    async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, Error> {
+        let (parts, body) = request.into_parts();
+        let mut req = spin_sdk::http::Request::builder();
+        req.method(match parts.method {
+            http::Method::GET => spin_sdk::http::Method::Get,
+            http::Method::POST => spin_sdk::http::Method::Post,
+            ref other => spin_sdk::http::Method::Other(other.to_string()),
+        })
+        .uri(parts.uri.to_string());
+        for (name, value) in &parts.headers {
+            if let Ok(v) = value.to_str() {
+                req.header(name.as_str(), v);
+            }
+        }
+        req.body(body.to_vec());
+        let resp: IncomingResponse = spin_sdk::http::send(req.build())
+            .await
+            .map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {e}")))?;
+        let mut out = http::Response::builder().status(resp.status());
+        for (name, value) in resp.headers().entries() {
+            out = out.header(name, value);
+        }
+        // The response must outlive its body stream: dropping it cancels the request.
+        let stream: ByteStream = Box::pin(futures::stream::unfold((resp, None), |(resp, body)| async move {
+            let mut body = match body {
+                Some(b) => b,
+                None => resp.take_body_stream(),
+            };
+            let next = body.next().await?;
+            let item =
+                next.map(Bytes::from).map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {e:?}")));
+            Some((item, (resp, Some(body))))
+        }));
+        out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
+    }
+}
+
+impl Telemetry for SpinHost {
+    async fn export(&self, records: Vec<RequestRecord>) -> Result<(), Error> {
+        // Spin collects component stdout into its logs; OTLP export joins later.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for r in records {
+            if let Ok(line) = serde_json::to_string(&r) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Deferred for SpinHost {
+    fn defer(&self, task: Task) {
+        self.deferred.borrow_mut().push(task);
+    }
+}

@@ -1,0 +1,142 @@
+//! Canonical chat types: the hub every provider format converts to and from.
+//!
+//! They follow the OpenAI Chat Completions shape. Fields the gateway does not interpret are kept in
+//! `extra` so that they reach providers unchanged.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind};
+
+/// A chat completion request as the caller sent it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Model alias (resolved through policy).
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Whether to answer as a server-sent event stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Every other field, passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: Role,
+    /// Text, or an array of content parts; absent on assistant tool-call messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Value>,
+    /// Every other field (`name`, `tool_calls`, `tool_call_id`, …), passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions from the application.
+    System,
+    /// Instructions from the application (newer OpenAI models).
+    Developer,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// Token usage in OpenAI's shape, as reported by the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Their sum.
+    pub total_tokens: u64,
+}
+
+impl ChatRequest {
+    /// Parses and checks a request body. Syntax errors are `invalid_json`; everything else that
+    /// makes the body unusable is `invalid_request` naming the field at fault.
+    pub fn parse(body: &[u8]) -> Result<Self, Error> {
+        let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
+            let kind = if e.is_data() { ErrorKind::InvalidRequest } else { ErrorKind::InvalidJson };
+            let what = if e.is_data() { "invalid request body" } else { "request body is not valid JSON" };
+            Error::new(kind, format!("{what}: {e}"))
+        })?;
+        if req.model.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidRequest, "`model` must not be empty").with_param("model"));
+        }
+        if req.messages.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidRequest, "`messages` must contain at least one message").with_param("messages"));
+        }
+        Ok(req)
+    }
+
+    /// Whether the caller asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// Whether the caller asked for the final usage chunk of a stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.extra.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false)
+    }
+}
+
+impl Message {
+    /// The message's text: the string content, or its text parts joined by newlines.
+    pub fn text(&self) -> String {
+        match &self.content {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n"),
+            _ => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str, expect: Result<(), (&str, Option<&str>)>) {
+        let got = ChatRequest::parse(body.as_bytes()).map(|_| ()).map_err(|e| (e.metric_label(), e.param));
+        let expect = expect.map_err(|(c, p)| (c, p.map(str::to_owned)));
+        assert_eq!(got, expect, "{body}");
+    }
+
+    #[test]
+    fn parse_classifies_every_bad_body() {
+        check(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#, Ok(()));
+        check(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#, Ok(()));
+        check(r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[]}]}"#, Ok(()));
+        check("", Err(("invalid_json", None)));
+        check("{", Err(("invalid_json", None)));
+        check("not json", Err(("invalid_json", None)));
+        check("[]", Err(("invalid_request", None)));
+        check(r#"{"messages":[{"role":"user","content":"hi"}]}"#, Err(("invalid_request", None)));
+        check(r#"{"model":"m"}"#, Err(("invalid_request", None)));
+        check(r#"{"model":"m","messages":[]}"#, Err(("invalid_request", Some("messages"))));
+        check(r#"{"model":"","messages":[{"role":"user","content":"x"}]}"#, Err(("invalid_request", Some("model"))));
+        check(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, Err(("invalid_request", None)));
+        check(r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, Err(("invalid_request", None)));
+        check(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, Err(("invalid_request", None)));
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi","name":"ann"}],"seed":7,"logit_bias":{"1":2}}"#;
+        let req = ChatRequest::parse(body.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+        let back: Value = serde_json::to_value(&req).unwrap_or_default();
+        let orig: Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(back, orig);
+    }
+}

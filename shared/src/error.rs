@@ -1,0 +1,270 @@
+//! The gateway's one error type.
+//!
+//! An [`Error`] is data: building one never logs. Its [`ErrorKind`] decides, in this file and
+//! nowhere else, the HTTP status, the side that caused it, whether another candidate may be tried,
+//! and the low-cardinality label used in metrics and the wire `code`.
+
+use std::fmt;
+
+/// Who caused an error. Downstream is the client, upstream is the provider, always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The caller sent something the gateway refuses (4xx).
+    Downstream,
+    /// A provider failed or misbehaved (502/504).
+    Upstream,
+    /// The gateway or one of its stores failed (5xx).
+    Internal,
+}
+
+/// What went wrong. Each variant maps to exactly one status and one stable wire code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The body is not JSON.
+    InvalidJson,
+    /// The body is JSON but not a valid request for this endpoint.
+    InvalidRequest,
+    /// The body exceeds the gateway's size limit.
+    PayloadTooLarge,
+    /// No API key was presented.
+    MissingApiKey,
+    /// The API key is unknown, revoked or malformed.
+    InvalidApiKey,
+    /// The model alias does not exist or this key may not use it.
+    ModelNotFound,
+    /// No such endpoint.
+    RouteNotFound,
+    /// The endpoint exists but not with this method.
+    MethodNotAllowed,
+    /// The tenant is over a rate limit; retry after the given number of milliseconds.
+    RateLimited {
+        /// Milliseconds until the limit resets.
+        retry_after_ms: u64,
+    },
+    /// The provider could not be reached (connection refused, DNS, TLS, outbound host denied).
+    UpstreamUnavailable,
+    /// The provider answered with an error status.
+    UpstreamStatus(u16),
+    /// The provider rejected the request as invalid (a 4xx other than 401/403/408/429).
+    UpstreamRejected(u16),
+    /// The provider's answer could not be understood.
+    UpstreamProtocol,
+    /// The provider did not answer in time.
+    UpstreamTimeout,
+    /// No policy snapshot could be loaded, or the stored one does not compile.
+    PolicyUnavailable,
+    /// A counter store or other host store failed.
+    StoreUnavailable,
+    /// A provider credential named in policy is not configured on this host.
+    SecretMissing,
+    /// A bug or an impossible state inside the gateway.
+    Internal,
+}
+
+/// Whether the orchestrator may try the next candidate of a plan after this error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retry {
+    /// Trying again elsewhere cannot help.
+    No,
+    /// Another candidate may succeed.
+    Next,
+}
+
+/// The gateway's error: a kind, a human message, and the request field at fault, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// A message for the caller. Never contains secrets or prompt text.
+    pub message: String,
+    /// The request field at fault (OpenAI's `param`).
+    pub param: Option<String>,
+}
+
+impl Error {
+    /// An error of `kind` with a message for the caller.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), param: None }
+    }
+
+    /// Names the request field at fault.
+    #[must_use]
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// The HTTP status this error is answered with. The only status mapping in the gateway.
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::UpstreamRejected(_) => 400,
+            ErrorKind::MissingApiKey | ErrorKind::InvalidApiKey => 401,
+            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::RateLimited { .. } => 429,
+            ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => 502,
+            ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable => 503,
+            ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::SecretMissing | ErrorKind::Internal => 500,
+        }
+    }
+
+    /// Who caused the error.
+    pub fn side(&self) -> Side {
+        match self.kind {
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::MissingApiKey
+            | ErrorKind::InvalidApiKey
+            | ErrorKind::ModelNotFound
+            | ErrorKind::RouteNotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::RateLimited { .. }
+            | ErrorKind::UpstreamRejected(_) => Side::Downstream,
+            ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol | ErrorKind::UpstreamTimeout => {
+                Side::Upstream
+            }
+            ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable | ErrorKind::SecretMissing | ErrorKind::Internal => Side::Internal,
+        }
+    }
+
+    /// Whether the next candidate of a routing plan may be tried.
+    pub fn retry(&self) -> Retry {
+        match self.kind {
+            ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamTimeout | ErrorKind::SecretMissing => Retry::Next,
+            ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => Retry::Next,
+            _ => Retry::No,
+        }
+    }
+
+    /// The low-cardinality label for metrics and the wire `code` field.
+    pub fn metric_label(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidJson => "invalid_json",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::MissingApiKey => "missing_api_key",
+            ErrorKind::InvalidApiKey => "invalid_api_key",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::RouteNotFound => "route_not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::UpstreamStatus(_) => "upstream_error",
+            ErrorKind::UpstreamRejected(_) => "upstream_rejected",
+            ErrorKind::UpstreamProtocol => "upstream_protocol_error",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::PolicyUnavailable => "policy_unavailable",
+            ErrorKind::StoreUnavailable => "store_unavailable",
+            ErrorKind::SecretMissing => "provider_credential_missing",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+
+    /// OpenAI's error `type` for this error.
+    pub fn openai_type(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidApiKey | ErrorKind::MissingApiKey => "authentication_error",
+            ErrorKind::RateLimited { .. } => "rate_limit_error",
+            _ => match self.side() {
+                Side::Downstream => "invalid_request_error",
+                Side::Upstream => "upstream_error",
+                Side::Internal => "server_error",
+            },
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, rounded up, if the caller should wait.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self.kind {
+            ErrorKind::RateLimited { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shaped wire body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_openai_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.openai_type(),
+                "param": self.param,
+                "code": self.metric_label(),
+            }
+        })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.metric_label(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(kind: ErrorKind, status: u16, side: Side, code: &str, ty: &str) {
+        let e = Error::new(kind, "m");
+        assert_eq!((e.status(), e.side(), e.metric_label(), e.openai_type()), (status, side, code, ty));
+    }
+
+    #[test]
+    fn mapping_is_total_and_stable() {
+        use ErrorKind as K;
+        use Side::*;
+        check(K::InvalidJson, 400, Downstream, "invalid_json", "invalid_request_error");
+        check(K::InvalidRequest, 400, Downstream, "invalid_request", "invalid_request_error");
+        check(K::PayloadTooLarge, 413, Downstream, "payload_too_large", "invalid_request_error");
+        check(K::MissingApiKey, 401, Downstream, "missing_api_key", "authentication_error");
+        check(K::InvalidApiKey, 401, Downstream, "invalid_api_key", "authentication_error");
+        check(K::ModelNotFound, 404, Downstream, "model_not_found", "invalid_request_error");
+        check(K::RouteNotFound, 404, Downstream, "route_not_found", "invalid_request_error");
+        check(K::MethodNotAllowed, 405, Downstream, "method_not_allowed", "invalid_request_error");
+        check(K::RateLimited { retry_after_ms: 1 }, 429, Downstream, "rate_limit_exceeded", "rate_limit_error");
+        check(K::UpstreamUnavailable, 502, Upstream, "upstream_unavailable", "upstream_error");
+        check(K::UpstreamStatus(503), 502, Upstream, "upstream_error", "upstream_error");
+        check(K::UpstreamRejected(422), 400, Downstream, "upstream_rejected", "invalid_request_error");
+        check(K::UpstreamProtocol, 502, Upstream, "upstream_protocol_error", "upstream_error");
+        check(K::UpstreamTimeout, 504, Upstream, "upstream_timeout", "upstream_error");
+        check(K::PolicyUnavailable, 503, Internal, "policy_unavailable", "server_error");
+        check(K::StoreUnavailable, 503, Internal, "store_unavailable", "server_error");
+        check(K::SecretMissing, 500, Internal, "provider_credential_missing", "server_error");
+        check(K::Internal, 500, Internal, "internal_error", "server_error");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one_second() {
+        let e = |ms| Error::new(ErrorKind::RateLimited { retry_after_ms: ms }, "").retry_after_secs();
+        assert_eq!(e(0), Some(1));
+        assert_eq!(e(1), Some(1));
+        assert_eq!(e(1000), Some(1));
+        assert_eq!(e(1001), Some(2));
+        assert_eq!(Error::new(ErrorKind::Internal, "").retry_after_secs(), None);
+    }
+
+    #[test]
+    fn wire_body_is_openai_shaped() {
+        let e = Error::new(ErrorKind::InvalidRequest, "messages must not be empty").with_param("messages");
+        assert_eq!(
+            e.to_openai_json().to_string(),
+            r#"{"error":{"code":"invalid_request","message":"messages must not be empty","param":"messages","type":"invalid_request_error"}}"#
+        );
+    }
+
+    #[test]
+    fn only_upstream_failures_move_to_the_next_candidate() {
+        assert_eq!(Error::new(ErrorKind::UpstreamStatus(500), "").retry(), Retry::Next);
+        assert_eq!(Error::new(ErrorKind::UpstreamStatus(429), "").retry(), Retry::Next);
+        assert_eq!(Error::new(ErrorKind::UpstreamUnavailable, "").retry(), Retry::Next);
+        assert_eq!(Error::new(ErrorKind::UpstreamRejected(400), "").retry(), Retry::No);
+        assert_eq!(Error::new(ErrorKind::InvalidRequest, "").retry(), Retry::No);
+    }
+}

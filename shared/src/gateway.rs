@@ -1,0 +1,433 @@
+//! The orchestrator: the only code that calls ports. It runs the phases of [`crate::phases`] in
+//! order for each request, turns every outcome into an OpenAI-shaped response with an
+//! `x-request-id`, and always runs the record phase — on success, on error, at the end of a
+//! stream, and when a client abandons a stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{HeaderValue, Method, StatusCode};
+
+use crate::chat::ChatRequest;
+use crate::error::{Error, ErrorKind};
+use crate::phases::{self, Candidate, RateState};
+use crate::policy::{PolicyCache, ProviderKind, hex};
+use crate::ports::{ByteStream, Host};
+use crate::providers::{self, StreamDecoder, StreamEvent, mock};
+use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord};
+
+/// Largest request body accepted; hosts should stop reading beyond it.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest non-stream upstream body read.
+const MAX_UPSTREAM_BYTES: usize = 32 << 20;
+/// Largest upstream error body read (for its message).
+const MAX_UPSTREAM_ERROR_BYTES: usize = 64 << 10;
+
+/// A response body: complete, or a stream that never fails (failures are written into it).
+pub enum Body {
+    /// The whole body.
+    Full(Bytes),
+    /// Server-sent events, produced as the upstream answers.
+    Stream(Pin<Box<dyn Stream<Item = Bytes>>>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Full(b) => f.debug_tuple("Full").field(b).finish(),
+            Body::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// The gateway for one isolate: holds what outlives a request (the compiled policy).
+#[derive(Debug, Default)]
+pub struct Gateway {
+    policy: PolicyCache,
+}
+
+/// The endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    Models,
+    ChatCompletions,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Health => "GET /healthz",
+            Route::Models => "GET /v1/models",
+            Route::ChatCompletions => "POST /v1/chat/completions",
+        }
+    }
+}
+
+fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
+    let (route, allowed) = match path.trim_end_matches('/') {
+        "/healthz" => (Route::Health, Method::GET),
+        "/v1/models" => (Route::Models, Method::GET),
+        "/v1/chat/completions" => (Route::ChatCompletions, Method::POST),
+        _ => return Err(Error::new(ErrorKind::RouteNotFound, format!("no such endpoint: {path}"))),
+    };
+    if *method != allowed {
+        return Err(Error::new(ErrorKind::MethodNotAllowed, format!("{path} accepts {allowed} only")));
+    }
+    Ok(route)
+}
+
+/// Per-request context, owned by the request and passed `&mut` to each step.
+struct Ctx {
+    record: RequestRecord,
+    rate: Option<RateState>,
+}
+
+/// What a successful dispatch produced.
+enum Reply {
+    Json(Bytes),
+    Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, wants_usage: bool },
+}
+
+impl Gateway {
+    /// A gateway with an empty policy cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handles one request. Never fails: every error becomes an OpenAI-shaped response.
+    pub async fn handle<H: Host>(&self, host: &H, req: http::Request<Bytes>) -> http::Response<Body> {
+        let start_ms = host.now_ms();
+        let mut id = [0u8; 12];
+        host.fill(&mut id);
+        let route = route_of(req.method(), req.uri().path());
+        let mut ctx = Ctx {
+            record: RequestRecord {
+                schema: RECORD_SCHEMA,
+                request_id: format!("req_{}", hex(&id)),
+                start_ms,
+                route: route.as_ref().map_or("unmatched", |r| r.name()),
+                policy_version: None,
+                tenant: None,
+                key_id: None,
+                model: None,
+                stream: false,
+                status: 0,
+                error: None,
+                attempts: Vec::new(),
+                usage: None,
+                duration_ms: 0,
+            },
+            rate: None,
+        };
+        let outcome = match route {
+            Ok(route) => self.dispatch(host, &mut ctx, route, req).await,
+            Err(e) => Err(e),
+        };
+        let (mut resp, stream) = match outcome {
+            Ok(Reply::Json(body)) => (json_response(StatusCode::OK, body), None),
+            Ok(Reply::Stream { upstream, decoder, wants_usage }) => {
+                let mut resp = http::Response::new(Body::Full(Bytes::new()));
+                let h = resp.headers_mut();
+                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                (resp, Some((upstream, decoder, wants_usage)))
+            }
+            Err(e) => {
+                ctx.record.error = Some(e.metric_label());
+                (error_response(&e), None)
+            }
+        };
+        set_headers(&mut resp, &ctx);
+        ctx.record.status = resp.status().as_u16();
+        match stream {
+            None => finish(host, ctx.record),
+            Some((upstream, decoder, wants_usage)) => {
+                let relay = Relay {
+                    upstream,
+                    decoder,
+                    wants_usage,
+                    out: VecDeque::new(),
+                    ended: false,
+                    finisher: Some((host.clone(), ctx.record)),
+                };
+                *resp.body_mut() = Body::Stream(Box::pin(relay));
+            }
+        }
+        resp
+    }
+
+    async fn dispatch<H: Host>(&self, host: &H, ctx: &mut Ctx, route: Route, req: http::Request<Bytes>) -> Result<Reply, Error> {
+        if route == Route::Health {
+            return Ok(Reply::Json(Bytes::from_static(br#"{"status":"ok"}"#)));
+        }
+        let policy = self.policy.resolve(host.active_policy().await)?;
+        ctx.record.policy_version = Some(policy.version.clone());
+
+        let principal = phases::authenticate(&policy, req.headers())?;
+        ctx.record.tenant = Some(principal.tenant.id.clone());
+        ctx.record.key_id = Some(principal.key.id.clone());
+
+        if route == Route::Models {
+            let data: Vec<_> = policy
+                .aliases()
+                .filter(|a| principal.key.may_use(a))
+                .map(|a| serde_json::json!({"id": a, "object": "model", "created": 0, "owned_by": "edgegate"}))
+                .collect();
+            return Ok(Reply::Json(Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())));
+        }
+
+        if req.body().len() > MAX_REQUEST_BYTES {
+            return Err(Error::new(ErrorKind::PayloadTooLarge, format!("request body exceeds {MAX_REQUEST_BYTES} bytes")));
+        }
+
+        if let Some((counter, limit)) = phases::admission_query(&principal) {
+            let answer = host.admit(&principal.tenant.id, counter, limit).await?;
+            let (state, admitted) = phases::admit(answer, host.now_ms());
+            ctx.rate = Some(state);
+            admitted?;
+        }
+
+        let chat = phases::validate(req.body())?;
+        ctx.record.model = Some(chat.model.clone());
+        ctx.record.stream = chat.is_stream();
+
+        let plan = phases::route(&policy, &principal, &chat.model)?;
+        // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
+        self.call_upstream(host, ctx, &chat, &plan).await
+    }
+
+    /// Phase 5, **call upstream**: walks the plan in order until a candidate answers; keeps every
+    /// failed attempt. A streamed answer is returned as soon as its status is known to be good.
+    async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, chat: &ChatRequest, plan: &[Candidate]) -> Result<Reply, Error> {
+        let mut failures: Vec<String> = Vec::new();
+        let mut last: Option<Error> = None;
+        for candidate in plan {
+            let sent_ms = host.now_ms();
+            let result = self.attempt(host, ctx, chat, candidate).await;
+            let (status, error) = match &result {
+                Ok((status, _)) => (Some(*status), None),
+                Err((status, e)) => (*status, Some(e.metric_label())),
+            };
+            ctx.record.attempts.push(AttemptRecord {
+                provider: candidate.provider.id.clone(),
+                model: candidate.target.model.clone(),
+                status,
+                error,
+                duration_ms: host.now_ms().saturating_sub(sent_ms),
+            });
+            match result {
+                Ok((_, reply)) => return Ok(reply),
+                Err((_, e)) if e.retry() == crate::error::Retry::No => return Err(e),
+                Err((_, e)) => {
+                    failures.push(format!("{}: {}", candidate.provider.id, e.message));
+                    last = Some(e);
+                }
+            }
+        }
+        let mut err = last.unwrap_or_else(|| Error::new(ErrorKind::Internal, "empty routing plan"));
+        if failures.len() > 1 {
+            err.message = format!("all {} providers failed: {}", failures.len(), failures.join("; "));
+        }
+        Err(err)
+    }
+
+    async fn attempt<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        chat: &ChatRequest,
+        c: &Candidate,
+    ) -> Result<(u16, Reply), (Option<u16>, Error)> {
+        let adapter = providers::adapter(c.provider.kind);
+        let credential = match &c.provider.api_key_secret {
+            None => None,
+            Some(name) => match host.secret(name).await {
+                Ok(Some(v)) => Some(v),
+                Ok(None) => {
+                    return Err((None, Error::new(ErrorKind::SecretMissing, format!("provider credential `{name}` is not configured"))));
+                }
+                Err(e) => return Err((None, e)),
+            },
+        };
+        let request = adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()).map_err(|e| (None, e))?;
+        let response = match c.provider.kind {
+            ProviderKind::Mock => mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id)),
+            ProviderKind::OpenaiCompatible => host.send(request).await.map_err(|e| (None, e))?,
+        };
+        let status = response.status().as_u16();
+        let body = response.into_body();
+        if !(200..300).contains(&status) {
+            let bytes = collect(body, MAX_UPSTREAM_ERROR_BYTES).await.unwrap_or_default();
+            return Err((Some(status), adapter.error_response(status, &bytes)));
+        }
+        if chat.is_stream() {
+            let decoder = adapter.stream_decoder();
+            return Ok((status, Reply::Stream { upstream: body, decoder, wants_usage: chat.wants_stream_usage() }));
+        }
+        let bytes = collect(body, MAX_UPSTREAM_BYTES).await.map_err(|e| (Some(status), e))?;
+        let completion = adapter.chat_response(&bytes).map_err(|e| (Some(status), e))?;
+        ctx.record.usage = completion.usage;
+        Ok((status, Reply::Json(completion.body)))
+    }
+}
+
+/// Reads a whole body, up to `limit` bytes.
+async fn collect(mut body: ByteStream, limit: usize) -> Result<Bytes, Error> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider response exceeds {limit} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::Full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The response for an error: the one place an [`Error`] becomes HTTP.
+fn error_response(e: &Error) -> http::Response<Body> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(status, Bytes::from(e.to_openai_json().to_string()));
+    if let Some(secs) = e.retry_after_secs() {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.record.request_id) {
+        h.insert("x-request-id", v);
+    }
+    if let Some(v) = ctx.record.policy_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert("x-edgegate-policy-version", v);
+    }
+    if let Some(rate) = ctx.rate {
+        h.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
+        h.insert("x-ratelimit-remaining-requests", HeaderValue::from(rate.remaining));
+        if let Ok(v) = HeaderValue::from_str(&format!("{}s", rate.reset_in_ms.div_ceil(1000))) {
+            h.insert("x-ratelimit-reset-requests", v);
+        }
+    }
+}
+
+/// Phase 7, **record**: stamps the duration and exports the record as deferred work.
+fn finish<H: Host>(host: &H, mut record: RequestRecord) {
+    record.duration_ms = host.now_ms().saturating_sub(record.start_ms);
+    let exporter = host.clone();
+    host.defer(Box::pin(async move {
+        // Export failures must never reach a client; the host's exporter reports its own health.
+        let _ = exporter.export(vec![record]).await;
+    }));
+}
+
+/// Relays a provider's stream to the caller as OpenAI server-sent events.
+///
+/// It never ends silently: a stream that the provider cuts, garbles or fails ends with an
+/// OpenAI-shaped `error` event instead of `data: [DONE]`. The record phase runs when the stream
+/// ends, or when the caller goes away (`client_disconnected`).
+struct Relay<H: Host> {
+    upstream: ByteStream,
+    decoder: Box<dyn StreamDecoder>,
+    wants_usage: bool,
+    out: VecDeque<Bytes>,
+    ended: bool,
+    finisher: Option<(H, RequestRecord)>,
+}
+
+// No field is structurally pinned: the upstream stream is already boxed.
+impl<H: Host> Unpin for Relay<H> {}
+
+impl<H: Host> Relay<H> {
+    fn record(&mut self) -> Option<&mut RequestRecord> {
+        self.finisher.as_mut().map(|(_, r)| r)
+    }
+
+    fn emit(&mut self, events: Vec<StreamEvent>) {
+        for event in events {
+            match event {
+                StreamEvent::Chunk { json, usage, usage_only } => {
+                    if let (Some(u), Some(r)) = (usage, self.record()) {
+                        r.usage = Some(u);
+                    }
+                    if !usage_only || self.wants_usage {
+                        self.out.push_back(Bytes::from(format!("data: {json}\n\n")));
+                    }
+                }
+                StreamEvent::Done => {
+                    self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &Error) {
+        if let Some(r) = self.record() {
+            r.error = Some(e.metric_label());
+        }
+        self.out.push_back(Bytes::from(format!("data: {}\n\n", e.to_openai_json())));
+        self.ended = true;
+    }
+
+    fn complete(&mut self, error: Option<&'static str>) {
+        if let Some((host, mut record)) = self.finisher.take() {
+            if record.error.is_none() {
+                record.error = error;
+            }
+            finish(&host, record);
+        }
+    }
+}
+
+impl<H: Host> Stream for Relay<H> {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.out.pop_front() {
+                return Poll::Ready(Some(frame));
+            }
+            if this.ended {
+                this.complete(None);
+                return Poll::Ready(None);
+            }
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(bytes))) => match this.decoder.push(&bytes) {
+                    Ok(events) => this.emit(events),
+                    Err(e) => this.fail(&e),
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    this.fail(&Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {}", e.message)))
+                }
+                Poll::Ready(None) => match this.decoder.finish() {
+                    Ok(events) => {
+                        this.emit(events);
+                        this.ended = true;
+                    }
+                    Err(e) => this.fail(&e),
+                },
+            }
+        }
+    }
+}
+
+impl<H: Host> Drop for Relay<H> {
+    fn drop(&mut self) {
+        let error = if self.ended { None } else { Some("client_disconnected") };
+        self.complete(error);
+    }
+}

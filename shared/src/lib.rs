@@ -1,0 +1,29 @@
+//! The edgegate core: everything the gateway decides, with none of the I/O.
+//!
+//! This crate does **no networking, reads no clock, draws no randomness and logs nothing**. A host
+//! (one thin crate per edge runtime) implements the small traits in [`ports`] and hands each
+//! request to [`Gateway::handle`], which runs the phases of [`phases`] in order:
+//!
+//! authenticate → admit → validate → route → call upstream → guard → record.
+//!
+//! Errors are one type, [`Error`], mapped to HTTP in one place. Providers live one per file in
+//! [`providers`] and are sans-IO as well: they build requests, read responses and decode streams
+//! with pure step functions.
+
+pub mod chat;
+pub mod error;
+pub mod gateway;
+pub mod ledger;
+pub mod phases;
+pub mod policy;
+pub mod ports;
+pub mod providers;
+pub mod sse;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{Error, ErrorKind, Retry, Side};
+pub use gateway::{Body, Gateway, MAX_REQUEST_BYTES};
+pub use policy::{Policy, PolicyCache};
+pub use ports::{ByteStream, Host};

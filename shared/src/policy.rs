@@ -1,0 +1,427 @@
+//! Policy snapshots: parse the raw document, then compile it into lookup tables.
+//!
+//! [`Policy::compile`] is the only way to get a [`Policy`]; it returns every problem it finds, each
+//! with the JSON path of the offending value, and precomputes the per-request lookups.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind};
+use crate::ledger::RateLimit;
+
+/// The raw policy document, exactly as stored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    requests_per_minute: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    tenant: String,
+    /// `sha256:<64 hex digits>` of the secret key.
+    hash: String,
+    /// Aliases this key may use; absent means every alias.
+    models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    id: String,
+    kind: ProviderKind,
+    base_url: Option<String>,
+    api_key_secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    alias: String,
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    provider: String,
+    model: String,
+}
+
+/// Which wire format and transport a provider uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The built-in deterministic provider: answers inside the gateway, no network.
+    Mock,
+    /// Any server speaking OpenAI Chat Completions under `base_url`.
+    OpenaiCompatible,
+}
+
+/// One problem in a policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// JSON path of the offending value, e.g. `keys[2].tenant`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// A tenant after compilation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: String,
+    /// Request rate limit, if any.
+    pub requests_per_minute: Option<RateLimit>,
+}
+
+/// An API key after compilation (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Key id, safe to log.
+    pub id: String,
+    /// Owning tenant id.
+    pub tenant: String,
+    /// Aliases this key may use; `None` means all.
+    pub models: Option<Vec<String>>,
+}
+
+impl ApiKey {
+    /// Whether this key may use the model alias `alias`.
+    pub fn may_use(&self, alias: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.iter().any(|a| a == alias || a == "*"))
+    }
+}
+
+/// A provider after compilation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// Provider id.
+    pub id: String,
+    /// Wire format and transport.
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash (empty for the built-in mock).
+    pub base_url: String,
+    /// Name of the secret holding the credential.
+    pub api_key_secret: Option<String>,
+}
+
+/// One place a model alias can be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Provider id (always present in [`Policy::providers`]).
+    pub provider: String,
+    /// Model name sent to that provider.
+    pub model: String,
+}
+
+/// A compiled, validated policy snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Content hash of the raw document; names the snapshot in every response and record.
+    pub version: String,
+    tenants: HashMap<String, Tenant>,
+    keys: HashMap<[u8; 32], ApiKey>,
+    providers: HashMap<String, Provider>,
+    models: BTreeMap<String, Vec<Target>>,
+}
+
+impl Policy {
+    /// Parses and validates a policy document, returning every problem found.
+    pub fn compile(raw: &[u8]) -> Result<Policy, Vec<PolicyError>> {
+        let de = &mut serde_json::Deserializer::from_slice(raw);
+        let doc: RawPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            vec![PolicyError { path, message: e.into_inner().to_string() }]
+        })?;
+        let mut errors = Vec::new();
+        let mut err = |path: String, message: String| errors.push(PolicyError { path, message });
+
+        let mut tenants = HashMap::new();
+        for (i, t) in doc.tenants.into_iter().enumerate() {
+            if t.id.is_empty() {
+                err(format!("tenants[{i}].id"), "must not be empty".into());
+            }
+            let tenant = Tenant {
+                id: t.id.clone(),
+                requests_per_minute: t.limits.requests_per_minute.map(|limit| RateLimit { limit, window_ms: 60_000 }),
+            };
+            if tenants.insert(t.id.clone(), tenant).is_some() {
+                err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
+            }
+        }
+
+        let mut providers = HashMap::new();
+        for (i, p) in doc.providers.into_iter().enumerate() {
+            let base_url = match (p.kind, p.base_url) {
+                (ProviderKind::Mock, _) => String::new(),
+                (ProviderKind::OpenaiCompatible, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                    url.trim_end_matches('/').to_owned()
+                }
+                (ProviderKind::OpenaiCompatible, Some(_)) => {
+                    err(format!("providers[{i}].base_url"), "must start with http:// or https://".into());
+                    String::new()
+                }
+                (ProviderKind::OpenaiCompatible, None) => {
+                    err(format!("providers[{i}].base_url"), "required for kind openai_compatible".into());
+                    String::new()
+                }
+            };
+            let provider = Provider { id: p.id.clone(), kind: p.kind, base_url, api_key_secret: p.api_key_secret };
+            if providers.insert(p.id.clone(), provider).is_some() {
+                err(format!("providers[{i}].id"), format!("duplicate provider id {:?}", p.id));
+            }
+        }
+
+        let mut models = BTreeMap::new();
+        for (i, m) in doc.models.into_iter().enumerate() {
+            if m.targets.is_empty() {
+                err(format!("models[{i}].targets"), "must name at least one target".into());
+            }
+            for (j, t) in m.targets.iter().enumerate() {
+                if !providers.contains_key(&t.provider) {
+                    err(format!("models[{i}].targets[{j}].provider"), format!("unknown provider {:?}", t.provider));
+                }
+            }
+            let targets = m.targets.into_iter().map(|t| Target { provider: t.provider, model: t.model }).collect();
+            if models.insert(m.alias.clone(), targets).is_some() {
+                err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));
+            }
+        }
+
+        let mut keys = HashMap::new();
+        for (i, k) in doc.keys.into_iter().enumerate() {
+            if !tenants.contains_key(&k.tenant) {
+                err(format!("keys[{i}].tenant"), format!("unknown tenant {:?}", k.tenant));
+            }
+            for (j, alias) in k.models.iter().flatten().enumerate() {
+                if alias != "*" && !models.contains_key(alias) {
+                    err(format!("keys[{i}].models[{j}]"), format!("unknown model alias {alias:?}"));
+                }
+            }
+            let Some(hash) = parse_key_hash(&k.hash) else {
+                err(format!("keys[{i}].hash"), "must be \"sha256:\" followed by 64 lowercase hex digits".into());
+                continue;
+            };
+            let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models };
+            if keys.insert(hash, key).is_some() {
+                err(format!("keys[{i}].hash"), "duplicate key hash".into());
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let digest = Sha256::digest(raw);
+        let version = hex(&digest[..8]);
+        Ok(Policy { version, tenants, keys, providers, models })
+    }
+
+    /// The key whose secret is `secret`, looked up by its SHA-256.
+    pub fn key_by_secret(&self, secret: &str) -> Option<&ApiKey> {
+        self.keys.get(&hash_key(secret))
+    }
+
+    /// A tenant by id.
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.get(id)
+    }
+
+    /// A provider by id.
+    pub fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.get(id)
+    }
+
+    /// The ordered targets of a model alias.
+    pub fn targets(&self, alias: &str) -> Option<&[Target]> {
+        self.models.get(alias).map(Vec::as_slice)
+    }
+
+    /// Every model alias, in order.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+}
+
+/// SHA-256 of an API key's secret, as policy stores it.
+pub fn hash_key(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// `sha256:<hex>` form of [`hash_key`], as written in policy documents.
+pub fn key_hash_string(secret: &str) -> String {
+    format!("sha256:{}", hex(&hash_key(secret)))
+}
+
+fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
+    let digits = s.strip_prefix("sha256:")?.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// The compiled snapshot an isolate is serving, recompiled only when the stored bytes change.
+///
+/// If the store fails or a new snapshot does not compile, the last good snapshot keeps serving.
+#[derive(Debug, Default)]
+pub struct PolicyCache {
+    current: RefCell<Option<(Bytes, Rc<Policy>)>>,
+}
+
+impl PolicyCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The policy for `loaded` (the store's answer), compiling it if it changed.
+    pub fn resolve(&self, loaded: Result<Option<Bytes>, Error>) -> Result<Rc<Policy>, Error> {
+        let last_good = || self.current.borrow().as_ref().map(|(_, p)| Rc::clone(p));
+        let raw = match loaded {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Err(Error::new(ErrorKind::PolicyUnavailable, "no policy has been published")),
+            Err(e) => return last_good().ok_or(e),
+        };
+        if let Some((bytes, policy)) = self.current.borrow().as_ref()
+            && *bytes == raw
+        {
+            return Ok(Rc::clone(policy));
+        }
+        match Policy::compile(&raw) {
+            Ok(policy) => {
+                let policy = Rc::new(policy);
+                *self.current.borrow_mut() = Some((raw, Rc::clone(&policy)));
+                Ok(policy)
+            }
+            Err(_) => last_good().ok_or_else(|| Error::new(ErrorKind::PolicyUnavailable, "the published policy does not compile")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = include_str!("../../deploy/local/demo-policy.json");
+
+    fn errors(doc: &str) -> Vec<(String, String)> {
+        match Policy::compile(doc.as_bytes()) {
+            Ok(_) => vec![],
+            Err(e) => e.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn demo_policy_compiles_and_finds_the_demo_key() {
+        let p = Policy::compile(DEMO.as_bytes()).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let key = p.key_by_secret("sk-edgegate-demo").map(|k| k.tenant.as_str());
+        assert_eq!(key, Some("demo"));
+        assert!(p.key_by_secret("sk-edgegate-demo ").is_none());
+        assert_eq!(p.version.len(), 16);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let doc = r#"{
+          "tenants": [{"id": "a"}, {"id": "a"}],
+          "keys": [{"id": "k", "tenant": "nobody", "hash": "sha256:xyz", "models": ["ghost"]}],
+          "providers": [{"id": "p", "kind": "openai_compatible"}, {"id": "q", "kind": "openai_compatible", "base_url": "ftp://x"}],
+          "models": [{"alias": "m", "targets": [{"provider": "nope", "model": "x"}]}, {"alias": "e", "targets": []}]
+        }"#;
+        let paths: Vec<String> = errors(doc).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "tenants[1].id",
+                "providers[0].base_url",
+                "providers[1].base_url",
+                "models[0].targets[0].provider",
+                "models[1].targets",
+                "keys[0].tenant",
+                "keys[0].models[0]",
+                "keys[0].hash",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_name_their_path() {
+        assert_eq!(errors(r#"{"tenants":[{"id":"a","color":"red"}]}"#)[0].0, "tenants[0].color");
+        assert_eq!(
+            errors(r#"{"tenants":[{"id":"a","limits":{"requests_per_minute":"many"}}]}"#)[0].0,
+            "tenants[0].limits.requests_per_minute"
+        );
+        assert_eq!(errors(r#"{"providers":[{"id":"a","kind":"carrier_pigeon"}]}"#)[0].0, "providers[0].kind");
+        assert_eq!(errors("nope")[0].0, ".");
+    }
+
+    #[test]
+    fn cache_recompiles_only_on_change_and_keeps_the_last_good_snapshot() {
+        let cache = PolicyCache::new();
+        let store_down = || Err(Error::new(ErrorKind::StoreUnavailable, "kv down"));
+        assert_eq!(cache.resolve(store_down()).map_err(|e| e.kind), Err(ErrorKind::StoreUnavailable));
+        assert_eq!(cache.resolve(Ok(None)).map_err(|e| e.kind), Err(ErrorKind::PolicyUnavailable));
+
+        let a = cache.resolve(Ok(Some(Bytes::from_static(DEMO.as_bytes())))).unwrap_or_else(|e| unreachable!("{e}"));
+        let again = cache.resolve(Ok(Some(Bytes::from_static(DEMO.as_bytes())))).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Rc::ptr_eq(&a, &again), "unchanged bytes must not recompile");
+
+        let kept = cache.resolve(Ok(Some(Bytes::from_static(b"{broken")))).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Rc::ptr_eq(&a, &kept), "a bad snapshot must not replace the good one");
+        let kept = cache.resolve(store_down()).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Rc::ptr_eq(&a, &kept), "a store failure must not drop the good one");
+
+        let empty = cache.resolve(Ok(Some(Bytes::from_static(b"{}")))).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_ne!(empty.version, a.version);
+    }
+}

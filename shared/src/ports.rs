@@ -1,0 +1,84 @@
+//! Ports: the small traits through which a host lends the core what it must not do itself —
+//! read a clock, draw randomness, read stores, call the network, and run work after the response.
+//!
+//! Every method is a native `async fn` (or plain `fn`) without `Send` bounds: both edge runtimes
+//! run one request per single-threaded isolate or instance.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::error::Error;
+use crate::ledger::{Admission, RateLimit};
+use crate::telemetry::RequestRecord;
+
+/// A body that arrives in pieces. Errors end it.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Error>>>>;
+
+/// Work that runs after the response has been handed to the client.
+pub type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Wall-clock time.
+pub trait Clock {
+    /// Milliseconds since the Unix epoch. On Workers this only advances across I/O.
+    fn now_ms(&self) -> u64;
+}
+
+/// Randomness for ids (and later, weighted routing).
+pub trait Entropy {
+    /// Fills `buf` with random bytes.
+    fn fill(&self, buf: &mut [u8]);
+}
+
+/// Where the active policy snapshot lives.
+///
+/// Consistency: Workers KV is eventually consistent (a write may take up to ~60 s to reach every
+/// location); Spin key-value is as consistent as its backend (local SQLite file: immediate; Redis:
+/// per the server). The core compares snapshot bytes and recompiles only when they change.
+pub trait PolicyStore {
+    /// The raw JSON of the active snapshot, or `None` when none was published.
+    fn active_policy(&self) -> impl Future<Output = Result<Option<Bytes>, Error>>;
+}
+
+/// Per-tenant counters that admit or refuse work atomically.
+///
+/// Consistency: Workers uses one Durable Object per tenant, whose single-threaded execution makes
+/// each `admit` atomic and exact. Spin uses one SQLite transaction per `admit`, exact for all
+/// instances sharing the database. Implementations run [`crate::ledger::FixedWindow::admit`]
+/// inside that atomic section, so the arithmetic is the same everywhere.
+pub trait Ledger {
+    /// Counts one request against the counter `counter` of `tenant` if `limit` allows it.
+    fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> impl Future<Output = Result<Admission, Error>>;
+}
+
+/// Provider credentials, looked up by the name policy gives them (never stored in policy).
+pub trait Secrets {
+    /// The secret called `name`, or `None` if this host has none by that name.
+    fn secret(&self, name: &str) -> impl Future<Output = Result<Option<String>, Error>>;
+}
+
+/// HTTP to providers.
+pub trait Upstream {
+    /// Sends `request` and returns as soon as the status and headers are known; the body streams.
+    /// Connection failures are [`crate::ErrorKind::UpstreamUnavailable`]; statuses are not errors.
+    fn send(&self, request: http::Request<Bytes>) -> impl Future<Output = Result<http::Response<ByteStream>, Error>>;
+}
+
+/// Where request records go.
+pub trait Telemetry {
+    /// Exports a batch of records. Called from deferred work; a failure never reaches a client.
+    fn export(&self, records: Vec<RequestRecord>) -> impl Future<Output = Result<(), Error>>;
+}
+
+/// Work after the response (Workers: `ctx.wait_until`; Spin: after the body is finished).
+pub trait Deferred {
+    /// Runs `task` once the response no longer needs the isolate.
+    fn defer(&self, task: Task);
+}
+
+/// Everything the gateway needs from a runtime. Cheap to clone: streams keep a copy until they end.
+pub trait Host: Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + Clone + 'static {}
+
+impl<T> Host for T where T: Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + Clone + 'static {}

@@ -1,0 +1,71 @@
+//! Providers: one file each, sans-IO. A provider builds the upstream request, reads the upstream
+//! response, and decodes the upstream stream into [`StreamEvent`]s with a pure step function.
+//!
+//! [`adapter`] is the only `match` over [`ProviderKind`].
+
+use bytes::Bytes;
+
+use crate::chat::{ChatRequest, Usage};
+use crate::error::Error;
+use crate::policy::{Provider, ProviderKind, Target};
+
+pub mod mock;
+pub mod openai_compatible;
+
+/// What a stream decoder saw in the upstream stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// One chunk in OpenAI `chat.completion.chunk` form, as JSON text.
+    Chunk {
+        /// The chunk, ready to forward.
+        json: String,
+        /// Usage carried by this chunk, if any.
+        usage: Option<Usage>,
+        /// Whether this chunk is only the usage report (`choices` empty).
+        usage_only: bool,
+    },
+    /// The provider said the answer is complete.
+    Done,
+}
+
+/// A pure decoder from upstream stream bytes to events.
+pub trait StreamDecoder {
+    /// Feeds bytes; returns the events they complete, or the first protocol error.
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, Error>;
+    /// Ends the stream; an error if the provider stopped before saying it was done.
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, Error>;
+}
+
+/// A complete, non-streamed answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The answer in OpenAI `chat.completion` form.
+    pub body: Bytes,
+    /// Usage reported by the provider.
+    pub usage: Option<Usage>,
+}
+
+/// The per-provider conversions. Implementations are stateless.
+pub trait ProviderAdapter {
+    /// The upstream HTTP request for `req`, sent to `target.model` at `provider`.
+    fn chat_request(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &ChatRequest,
+        credential: Option<&str>,
+    ) -> Result<http::Request<Bytes>, Error>;
+    /// Reads a successful (2xx) non-stream answer.
+    fn chat_response(&self, body: &[u8]) -> Result<Completion, Error>;
+    /// Turns an error status and its body into the gateway's error.
+    fn error_response(&self, status: u16, body: &[u8]) -> Error;
+    /// A fresh stream decoder.
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+}
+
+/// The adapter for a provider kind. The built-in mock speaks the OpenAI wire format.
+pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
+    match kind {
+        ProviderKind::Mock | ProviderKind::OpenaiCompatible => &openai_compatible::OpenAiCompatible,
+    }
+}

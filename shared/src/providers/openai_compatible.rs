@@ -1,0 +1,268 @@
+//! OpenAI Chat Completions over HTTP: OpenAI itself and every server that copies its API.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent};
+use crate::chat::{ChatRequest, Usage};
+use crate::error::{Error, ErrorKind};
+use crate::policy::{Provider, Target};
+use crate::sse::{SseEvent, SseParser};
+
+/// The adapter for OpenAI-compatible providers.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAiCompatible;
+
+#[derive(Deserialize)]
+struct WireCompletion {
+    #[allow(dead_code)]
+    choices: Vec<IgnoredAny>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        let total = u.total_tokens.unwrap_or(u.prompt_tokens + u.completion_tokens);
+        Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: total }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    error: WireError,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Longest provider message quoted back to a caller.
+const MAX_QUOTED: usize = 300;
+
+impl ProviderAdapter for OpenAiCompatible {
+    fn chat_request(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &ChatRequest,
+        credential: Option<&str>,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let mut upstream = req.clone();
+        upstream.model.clone_from(&target.model);
+        if req.is_stream() {
+            // Ask for the final usage chunk so a stream's cost is always known.
+            let options = upstream.extra.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(o) = options {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        let body = serde_json::to_vec(&upstream).map_err(|e| Error::new(ErrorKind::Internal, format!("encoding upstream request: {e}")))?;
+        let mut builder = http::Request::post(format!("{}/chat/completions", provider.base_url))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, if req.is_stream() { "text/event-stream" } else { "application/json" });
+        if let Some(key) = credential {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        builder
+            .body(Bytes::from(body))
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+    }
+
+    fn chat_response(&self, body: &[u8]) -> Result<Completion, Error> {
+        let wire: WireCompletion = serde_json::from_slice(body)
+            .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unreadable completion: {e}")))?;
+        Ok(Completion { body: Bytes::copy_from_slice(body), usage: wire.usage.map(Usage::from) })
+    }
+
+    fn error_response(&self, status: u16, body: &[u8]) -> Error {
+        let quoted = serde_json::from_slice::<WireErrorBody>(body)
+            .ok()
+            .and_then(|b| b.error.message)
+            .map(|m| m.chars().take(MAX_QUOTED).collect::<String>());
+        match status {
+            // The gateway's own credential was refused: the caller cannot fix that, and the
+            // provider's message may quote part of the key, so it is not passed on.
+            401 | 403 => Error::new(ErrorKind::UpstreamStatus(status), format!("provider refused the gateway's credential ({status})")),
+            408 | 429 => Error::new(
+                ErrorKind::UpstreamStatus(status),
+                format!("provider returned {status}: {}", quoted.as_deref().unwrap_or("no message")),
+            ),
+            400..=499 => Error::new(
+                ErrorKind::UpstreamRejected(status),
+                format!("provider rejected the request ({status}): {}", quoted.as_deref().unwrap_or("no message")),
+            ),
+            _ => Error::new(
+                ErrorKind::UpstreamStatus(status),
+                format!("provider returned {status}: {}", quoted.as_deref().unwrap_or("no message")),
+            ),
+        }
+    }
+
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder::default())
+    }
+}
+
+/// Decodes an OpenAI `chat.completion.chunk` event stream.
+#[derive(Debug, Default)]
+struct Decoder {
+    sse: SseParser,
+    done: bool,
+}
+
+impl Decoder {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
+        if self.done {
+            return Ok(());
+        }
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            out.push(StreamEvent::Done);
+            return Ok(());
+        }
+        let chunk: WireChunk = serde_json::from_str(data)
+            .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent a malformed stream chunk: {e}")))?;
+        if let Some(err) = chunk.error {
+            let msg = err.message.unwrap_or_default().chars().take(MAX_QUOTED).collect::<String>();
+            return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider reported an error mid-stream: {msg}")));
+        }
+        let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty) && chunk.usage.is_some();
+        out.push(StreamEvent::Chunk { json: data.to_owned(), usage: chunk.usage.map(Usage::from), usage_only });
+        Ok(())
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, Error> {
+        let mut out = Vec::new();
+        for ev in self.sse.push(bytes) {
+            self.event(ev, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, Error> {
+        let mut out = Vec::new();
+        if let Some(ev) = self.sse.finish() {
+            self.event(ev, &mut out)?;
+        }
+        if !self.done {
+            return Err(Error::new(ErrorKind::UpstreamProtocol, "provider stream ended before the answer was complete"));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ProviderKind;
+
+    fn provider() -> Provider {
+        Provider { id: "p".into(), kind: ProviderKind::OpenaiCompatible, base_url: "http://127.0.0.1:9/v1".into(), api_key_secret: None }
+    }
+
+    fn request(body: &str) -> ChatRequest {
+        ChatRequest::parse(body.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn request_targets_the_provider_model_and_asks_for_stream_usage() {
+        let target = Target { provider: "p".into(), model: "real-model".into() };
+        let req =
+            request(r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"x":1},"seed":3}"#);
+        let up = OpenAiCompatible.chat_request(&provider(), &target, &req, Some("sk-up")).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(up.uri(), "http://127.0.0.1:9/v1/chat/completions");
+        assert_eq!(up.headers()["authorization"], "Bearer sk-up");
+        let body: Value = serde_json::from_slice(up.body()).unwrap_or_default();
+        assert_eq!(
+            body,
+            serde_json::json!({"model":"real-model","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"x":1,"include_usage":true},"seed":3})
+        );
+    }
+
+    #[test]
+    fn error_statuses_map_to_kinds_and_never_quote_credential_errors() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#;
+        let e = OpenAiCompatible.error_response(401, body);
+        assert_eq!(e.kind, ErrorKind::UpstreamStatus(401));
+        assert!(!e.message.contains("sk-abc"));
+        assert_eq!(OpenAiCompatible.error_response(400, br#"{"error":{"message":"bad temp"}}"#).kind, ErrorKind::UpstreamRejected(400));
+        assert!(OpenAiCompatible.error_response(400, br#"{"error":{"message":"bad temp"}}"#).message.contains("bad temp"));
+        assert_eq!(OpenAiCompatible.error_response(429, b"").kind, ErrorKind::UpstreamStatus(429));
+        assert_eq!(OpenAiCompatible.error_response(503, b"<html>").kind, ErrorKind::UpstreamStatus(503));
+    }
+
+    fn decode(chunks: &[&str]) -> (Vec<StreamEvent>, Option<String>) {
+        let mut d = OpenAiCompatible.stream_decoder();
+        let mut events = Vec::new();
+        for c in chunks {
+            match d.push(c.as_bytes()) {
+                Ok(ev) => events.extend(ev),
+                Err(e) => return (events, Some(e.message)),
+            }
+        }
+        match d.finish() {
+            Ok(ev) => {
+                events.extend(ev);
+                (events, None)
+            }
+            Err(e) => (events, Some(e.message)),
+        }
+    }
+
+    #[test]
+    fn decoder_passes_chunks_and_reports_usage_done_cuts_and_garbage() {
+        let c1 = r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#;
+        let u = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        let (ev, err) = decode(&[&format!("data: {c1}\n\ndata: {u}\n\n"), "data: [DONE]\n\n"]);
+        assert_eq!(err, None);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[0], StreamEvent::Chunk { json: c1.into(), usage: None, usage_only: false });
+        assert_eq!(
+            ev[1],
+            StreamEvent::Chunk {
+                json: u.into(),
+                usage: Some(Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 }),
+                usage_only: true
+            }
+        );
+        assert_eq!(ev[2], StreamEvent::Done);
+
+        let (ev, err) = decode(&[&format!("data: {c1}\n\n")]);
+        assert_eq!(ev.len(), 1);
+        assert!(err.is_some_and(|m| m.contains("ended before")), "a cut stream is an error");
+
+        let (_, err) = decode(&["data: {not json\n\n"]);
+        assert!(err.is_some_and(|m| m.contains("malformed")));
+
+        let (_, err) = decode(&["data: {\"error\":{\"message\":\"overloaded\"}}\n\n"]);
+        assert!(err.is_some_and(|m| m.contains("overloaded")));
+    }
+}

@@ -1,0 +1,58 @@
+//! Telemetry records: what the record phase writes for every request, success or failure.
+//!
+//! Records carry ids, decisions, timings and usage — never prompt text, keys or secrets.
+
+use serde::Serialize;
+
+use crate::chat::Usage;
+
+/// Version of the record schema; bumped on any incompatible change.
+pub const RECORD_SCHEMA: u32 = 1;
+
+/// One upstream attempt of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// Provider id from policy.
+    pub provider: String,
+    /// Model name sent upstream.
+    pub model: String,
+    /// Upstream HTTP status, if one was received.
+    pub status: Option<u16>,
+    /// Error label if the attempt failed.
+    pub error: Option<&'static str>,
+    /// Milliseconds from sending to the response head.
+    pub duration_ms: u64,
+}
+
+/// Everything the gateway decided and observed for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    /// Always [`RECORD_SCHEMA`].
+    pub schema: u32,
+    /// The `x-request-id` sent to the client.
+    pub request_id: String,
+    /// Start of the request, epoch milliseconds.
+    pub start_ms: u64,
+    /// HTTP method and path (the route template, not the raw URL).
+    pub route: &'static str,
+    /// Version of the policy snapshot that decided the request.
+    pub policy_version: Option<String>,
+    /// Tenant, once authenticated.
+    pub tenant: Option<String>,
+    /// API key id (never the key), once authenticated.
+    pub key_id: Option<String>,
+    /// Model alias the caller asked for.
+    pub model: Option<String>,
+    /// Whether the caller asked for a stream.
+    pub stream: bool,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Error label when the request failed, including failures after a stream had started.
+    pub error: Option<&'static str>,
+    /// Every upstream attempt in order.
+    pub attempts: Vec<AttemptRecord>,
+    /// Token usage reported by the provider.
+    pub usage: Option<Usage>,
+    /// Milliseconds from start to the end of the response (end of stream for streams).
+    pub duration_ms: u64,
+}

@@ -1,0 +1,186 @@
+//! A deterministic host for tests: a fake clock, seeded entropy, in-memory stores, a scripted
+//! upstream that replays responses and records what it was sent, and a telemetry sink to read.
+//!
+//! Nothing here sleeps, binds a port or calls the network.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::error::{Error, ErrorKind};
+use crate::gateway::{Body, Gateway};
+use crate::ledger::{Admission, FixedWindow, RateLimit};
+use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Upstream};
+use crate::telemetry::RequestRecord;
+
+/// One scripted upstream answer.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// Answer with this status, content type and body pieces; `Err` pieces break the stream there.
+    Respond {
+        /// HTTP status.
+        status: u16,
+        /// Body pieces, in order.
+        chunks: Vec<Result<Bytes, Error>>,
+    },
+    /// Fail to connect.
+    Unreachable,
+}
+
+impl Scripted {
+    /// A JSON answer.
+    pub fn json(status: u16, body: &str) -> Self {
+        Scripted::Respond { status, chunks: vec![Ok(Bytes::copy_from_slice(body.as_bytes()))] }
+    }
+
+    /// An event-stream answer made of these pieces.
+    pub fn sse(pieces: &[&str]) -> Self {
+        Scripted::Respond { status: 200, chunks: pieces.iter().map(|p| Ok(Bytes::copy_from_slice(p.as_bytes()))).collect() }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    now_ms: Cell<u64>,
+    seed: Cell<u64>,
+    policy: RefCell<Option<Result<Bytes, Error>>>,
+    ledger: RefCell<HashMap<String, FixedWindow>>,
+    secrets: RefCell<HashMap<String, String>>,
+    script: RefCell<VecDeque<Scripted>>,
+    sent: RefCell<Vec<http::Request<Bytes>>>,
+    records: RefCell<Vec<RequestRecord>>,
+    deferred: RefCell<Vec<Task>>,
+}
+
+/// The test host. Clones share state.
+#[derive(Clone, Default)]
+pub struct TestHost(Rc<Inner>);
+
+impl TestHost {
+    /// A host at `now_ms` with `policy` published and entropy seeded with 1.
+    pub fn new(now_ms: u64, policy: &str) -> Self {
+        let host = TestHost::default();
+        host.0.now_ms.set(now_ms);
+        host.0.seed.set(1);
+        host.set_policy(Ok(Bytes::copy_from_slice(policy.as_bytes())));
+        host
+    }
+
+    /// Replaces what the policy store answers.
+    pub fn set_policy(&self, answer: Result<Bytes, Error>) {
+        *self.0.policy.borrow_mut() = Some(answer);
+    }
+
+    /// Moves the clock.
+    pub fn advance(&self, ms: u64) {
+        self.0.now_ms.set(self.0.now_ms.get() + ms);
+    }
+
+    /// Adds a secret.
+    pub fn set_secret(&self, name: &str, value: &str) {
+        self.0.secrets.borrow_mut().insert(name.into(), value.into());
+    }
+
+    /// Queues the next upstream answer.
+    pub fn script(&self, answer: Scripted) {
+        self.0.script.borrow_mut().push_back(answer);
+    }
+
+    /// Requests sent upstream so far.
+    pub fn sent(&self) -> Vec<http::Request<Bytes>> {
+        self.0.sent.borrow().clone()
+    }
+
+    /// Runs deferred work, then returns every exported record so far.
+    pub fn records(&self) -> Vec<RequestRecord> {
+        let tasks: Vec<Task> = self.0.deferred.borrow_mut().drain(..).collect();
+        for task in tasks {
+            futures::executor::block_on(task);
+        }
+        self.0.records.borrow().clone()
+    }
+
+    /// Sends one request through `gateway` and reads the whole response.
+    pub fn call(&self, gateway: &Gateway, req: http::Request<Bytes>) -> (http::response::Parts, Bytes) {
+        futures::executor::block_on(async {
+            let (parts, body) = gateway.handle(self, req).await.into_parts();
+            let bytes = match body {
+                Body::Full(b) => b,
+                Body::Stream(s) => Bytes::from(s.collect::<Vec<Bytes>>().await.concat()),
+            };
+            (parts, bytes)
+        })
+    }
+}
+
+impl Clock for TestHost {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms.get()
+    }
+}
+
+impl Entropy for TestHost {
+    fn fill(&self, buf: &mut [u8]) {
+        // xorshift64*: deterministic, good enough to make distinct ids.
+        for b in buf {
+            let mut x = self.0.seed.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0.seed.set(x);
+            *b = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
+        }
+    }
+}
+
+impl PolicyStore for TestHost {
+    async fn active_policy(&self) -> Result<Option<Bytes>, Error> {
+        self.0.policy.borrow().clone().transpose()
+    }
+}
+
+impl Ledger for TestHost {
+    async fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> Result<Admission, Error> {
+        let now = self.now_ms();
+        Ok(self.0.ledger.borrow_mut().entry(format!("{tenant}/{counter}")).or_default().admit(now, limit))
+    }
+}
+
+impl Secrets for TestHost {
+    async fn secret(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self.0.secrets.borrow().get(name).cloned())
+    }
+}
+
+impl Upstream for TestHost {
+    async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, Error> {
+        self.0.sent.borrow_mut().push(request);
+        let next = self.0.script.borrow_mut().pop_front();
+        match next {
+            None => Err(Error::new(ErrorKind::Internal, "testkit: no scripted upstream answer left")),
+            Some(Scripted::Unreachable) => Err(Error::new(ErrorKind::UpstreamUnavailable, "connection refused")),
+            Some(Scripted::Respond { status, chunks }) => {
+                let body: ByteStream = Box::pin(futures::stream::iter(chunks));
+                let mut resp = http::Response::new(body);
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                Ok(resp)
+            }
+        }
+    }
+}
+
+impl Telemetry for TestHost {
+    async fn export(&self, records: Vec<RequestRecord>) -> Result<(), Error> {
+        self.0.records.borrow_mut().extend(records);
+        Ok(())
+    }
+}
+
+impl Deferred for TestHost {
+    fn defer(&self, task: Task) {
+        self.0.deferred.borrow_mut().push(task);
+    }
+}

@@ -1,0 +1,255 @@
+// The same end-to-end suite against the built wasm in both runtimes: workerd (the Workers
+// runtime) and the Spin test host, each in front of the upstream simulator.
+
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { startSimulator, startWorkerd, startSpin, sha256, sseData, awayFromMinuteEdge } from "./lib.mjs";
+
+const KEY = "sk-e2e-main";
+const LIMITED_KEY = "sk-e2e-limited";
+const RACE_KEY = "sk-e2e-race";
+const SCOPED_KEY = "sk-e2e-scoped";
+const SIM_SECRET = "sk-sim-upstream-secret";
+const LIMIT = 3;
+const RACE_LIMIT = 10;
+
+function policy(simUrl) {
+  const sim = (id, extra = {}) => ({ id, kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "SIM_API_KEY", ...extra });
+  return {
+    tenants: [
+      { id: "main" },
+      { id: "limited", limits: { requests_per_minute: LIMIT } },
+      { id: "race", limits: { requests_per_minute: RACE_LIMIT } },
+    ],
+    keys: [
+      { id: "main-key", tenant: "main", hash: sha256(KEY) },
+      { id: "limited-key", tenant: "limited", hash: sha256(LIMITED_KEY), models: ["mock"] },
+      { id: "race-key", tenant: "race", hash: sha256(RACE_KEY), models: ["mock"] },
+      { id: "scoped-key", tenant: "main", hash: sha256(SCOPED_KEY), models: ["mock"] },
+    ],
+    providers: [
+      { id: "builtin", kind: "mock" },
+      sim("sim"),
+      { id: "closed", kind: "openai_compatible", base_url: "http://127.0.0.1:9/v1" },
+    ],
+    models: [
+      { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
+      { alias: "sim-chat", targets: [{ provider: "sim", model: "sim-model-1" }] },
+      { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },
+      { alias: "all-down", targets: [{ provider: "sim", model: "down sim:status=500" }, { provider: "closed", model: "x" }] },
+      { alias: "unreachable", targets: [{ provider: "closed", model: "x" }] },
+    ],
+  };
+}
+
+const runtimes = {
+  workerd: (p) => startWorkerd({ policy: p, secrets: { SIM_API_KEY: SIM_SECRET } }),
+  spin: (p) => startSpin({ policy: p, variables: { sim_api_key: SIM_SECRET } }),
+};
+
+for (const [name, start] of Object.entries(runtimes)) {
+  describe(`edgegate on ${name}`, () => {
+    let sim;
+    let gw;
+    const post = (body, { key = KEY, raw } = {}) =>
+      fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) },
+        body: raw ?? JSON.stringify(body),
+      });
+    const chat = (model, content = "hello", extra = {}) => ({ model, messages: [{ role: "user", content }], ...extra });
+
+    before(async () => {
+      sim = await startSimulator({ requireKey: SIM_SECRET });
+      gw = await start(policy(sim.url));
+    });
+    after(async () => {
+      await gw?.stop();
+      await sim?.stop();
+    });
+
+    it("answers health checks without a key", async () => {
+      const r = await fetch(`${gw.url}/healthz`);
+      assert.equal(r.status, 200);
+      assert.deepEqual(await r.json(), { status: "ok" });
+      assert.match(r.headers.get("x-request-id"), /^req_[0-9a-f]{24}$/);
+    });
+
+    it("lists the aliases a key may use", async () => {
+      const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
+      assert.deepEqual(await ids(KEY), ["all-down", "failover", "mock", "sim-chat", "unreachable"]);
+      assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
+    });
+
+    it("relays a completion from an OpenAI-compatible provider with the provider credential", async () => {
+      await sim.clear();
+      const r = await post(chat("sim-chat", "what is edgegate?", { temperature: 0.2, seed: 7 }));
+      assert.equal(r.status, 200);
+      const body = await r.json();
+      assert.equal(body.object, "chat.completion");
+      assert.equal(body.choices[0].message.content, "Simulated answer to: what is edgegate?");
+      assert.equal(body.usage.total_tokens, body.usage.prompt_tokens + body.usage.completion_tokens);
+      assert.ok(r.headers.get("x-request-id"));
+      assert.ok(r.headers.get("x-edgegate-policy-version"));
+      const [seen] = await sim.received();
+      assert.equal(seen.path, "/v1/chat/completions");
+      assert.equal(seen.headers.authorization, `Bearer ${SIM_SECRET}`);
+      assert.equal(seen.body.model, "sim-model-1", "the alias is replaced by the provider's model");
+      assert.equal(seen.body.seed, 7, "unknown fields pass through");
+      assert.equal(seen.body.temperature, 0.2);
+    });
+
+    it("streams a provider's answer as SSE ending in [DONE]", async () => {
+      await sim.clear();
+      const r = await post(chat("sim-chat", "stream me", { stream: true }));
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get("content-type"), /^text\/event-stream/);
+      const data = sseData(await r.text());
+      assert.equal(data.at(-1), "[DONE]");
+      const chunks = data.slice(0, -1).map((d) => JSON.parse(d));
+      assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? "").join(""), "Simulated answer to: stream me");
+      assert.ok(chunks.every((c) => !c.usage), "the usage chunk the gateway asked for is not shown to a caller who did not");
+      const [seen] = await sim.received();
+      assert.equal(seen.body.stream_options.include_usage, true, "the gateway always asks upstream for usage");
+    });
+
+    it("answers from the built-in mock, streamed and not", async () => {
+      const r = await post(chat("mock", "hi there"));
+      assert.equal(r.status, 200);
+      assert.match((await r.json()).choices[0].message.content, /You said: hi there$/);
+      const s = await post(chat("mock", "hi there", { stream: true, stream_options: { include_usage: true } }));
+      const data = sseData(await s.text());
+      assert.equal(data.at(-1), "[DONE]");
+      assert.ok(JSON.parse(data.at(-2)).usage.completion_tokens > 0);
+    });
+
+    it("fails over to the next target when the first fails", async () => {
+      await sim.clear();
+      const r = await post(chat("failover"));
+      assert.equal(r.status, 200);
+      assert.equal((await r.json()).model, "sim-backup");
+      assert.deepEqual((await sim.received()).map((s) => s.body.model), ["flaky sim:status=503", "sim-backup"]);
+    });
+
+    const errorCases = [
+      ["no key", () => post(chat("mock"), { key: null }), 401, "missing_api_key"],
+      ["a wrong key", () => post(chat("mock"), { key: "sk-nope" }), 401, "invalid_api_key"],
+      ["an unknown model", () => post(chat("gpt-17")), 404, "model_not_found"],
+      ["a model the key may not use", () => post(chat("sim-chat"), { key: SCOPED_KEY }), 404, "model_not_found"],
+      ["malformed JSON", () => post(null, { raw: '{"model": "mock", "messages": [' }), 400, "invalid_json"],
+      ["a body that is not a chat request", () => post({ model: "mock", messages: "hi" }), 400, "invalid_request"],
+      ["empty messages", () => post({ model: "mock", messages: [] }), 400, "invalid_request"],
+      ["the wrong method", () => fetch(`${gw.url}/v1/chat/completions`), 405, "method_not_allowed"],
+      ["an unknown path", () => fetch(`${gw.url}/v1/nothing`), 404, "route_not_found"],
+      ["every provider failing", () => post(chat("all-down")), 502, "upstream_unavailable"],
+      ["a provider error status", () => post(chat("sim-chat", "sim:status=500")), 502, "upstream_error"],
+      ["an unreachable provider", () => post(chat("unreachable")), 502, "upstream_unavailable"],
+    ];
+    for (const [what, send, status, code] of errorCases) {
+      it(`answers ${what} with an OpenAI-shaped ${status} (${code})`, async () => {
+        const r = await send();
+        const text = await r.text();
+        assert.equal(r.status, status, text);
+        assert.match(r.headers.get("content-type"), /application\/json/);
+        assert.match(r.headers.get("x-request-id") ?? "", /^req_/);
+        const body = JSON.parse(text);
+        assert.equal(body.error.code, code, text);
+        assert.equal(typeof body.error.message, "string");
+        assert.equal(typeof body.error.type, "string");
+        assert.ok("param" in body.error);
+        assert.ok(!text.includes(SIM_SECRET), "the provider credential never leaks");
+      });
+    }
+
+    for (const [fault, what] of [["sim:cut=2", "cut mid-stream"], ["sim:malformed=2", "sending a malformed chunk"]]) {
+      it(`ends a stream with an error event, not [DONE], when the provider is ${what}`, async () => {
+        const r = await post(chat("sim-chat", `tell me a story ${fault}`, { stream: true }));
+        assert.equal(r.status, 200);
+        const data = sseData(await r.text());
+        assert.ok(data.length >= 2, "content before the fault is delivered");
+        assert.ok(!data.includes("[DONE]"), "a broken stream must not look complete");
+        const last = JSON.parse(data.at(-1));
+        assert.ok(last.error, `last event is an error: ${data.at(-1)}`);
+        assert.match(last.error.code, /^upstream_/);
+      });
+    }
+
+    it("enforces the tenant's request limit with 429 and Retry-After", async () => {
+      await awayFromMinuteEdge();
+      const statuses = [];
+      let refused;
+      for (let i = 0; i < LIMIT + 2; i++) {
+        const r = await post(chat("mock"), { key: LIMITED_KEY });
+        statuses.push(r.status);
+        if (r.status === 429) refused = { r, body: await r.json() };
+        else await r.arrayBuffer();
+      }
+      assert.deepEqual(statuses, [...Array(LIMIT).fill(200), 429, 429]);
+      assert.equal(refused.body.error.code, "rate_limit_exceeded");
+      const retryAfter = Number(refused.r.headers.get("retry-after"));
+      assert.ok(retryAfter >= 1 && retryAfter <= 60, `Retry-After ${retryAfter}`);
+      assert.equal(refused.r.headers.get("x-ratelimit-limit-requests"), String(LIMIT));
+      assert.equal(refused.r.headers.get("x-ratelimit-remaining-requests"), "0");
+      assert.equal((await post(chat("mock"))).status, 200, "other tenants are unaffected");
+    });
+
+    it("admits exactly the limit under concurrent requests", async () => {
+      await awayFromMinuteEdge();
+      const results = await Promise.all(
+        Array.from({ length: RACE_LIMIT * 3 }, async () => {
+          const r = await post(chat("mock"), { key: RACE_KEY });
+          await r.arrayBuffer();
+          return r.status;
+        }),
+      );
+      assert.equal(results.filter((s) => s === 200).length, RACE_LIMIT, JSON.stringify(results));
+      assert.equal(results.filter((s) => s === 429).length, RACE_LIMIT * 2);
+    });
+
+    it("serves the official OpenAI SDK with only the base URL changed", async () => {
+      const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      const completion = await client.chat.completions.create({ model: "sim-chat", messages: [{ role: "user", content: "sdk" }] });
+      assert.equal(completion.choices[0].message.content, "Simulated answer to: sdk");
+      const stream = await client.chat.completions.create({ model: "sim-chat", messages: [{ role: "user", content: "sdk stream" }], stream: true });
+      let text = "";
+      for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? "";
+      assert.equal(text, "Simulated answer to: sdk stream");
+      const models = [];
+      for await (const m of client.models.list()) models.push(m.id);
+      assert.ok(models.includes("sim-chat"));
+      await assert.rejects(
+        new OpenAI({ apiKey: "sk-bad", baseURL: `${gw.url}/v1`, maxRetries: 0 }).chat.completions.create({ model: "mock", messages: [{ role: "user", content: "x" }] }),
+        (e) => e instanceof OpenAI.AuthenticationError && e.status === 401 && e.code === "invalid_api_key",
+      );
+      await assert.rejects(
+        client.chat.completions.create({ model: "nope", messages: [{ role: "user", content: "x" }] }),
+        (e) => e instanceof OpenAI.NotFoundError && e.code === "model_not_found",
+      );
+      await assert.rejects(
+        (async () => {
+          const s = await client.chat.completions.create({ model: "sim-chat", messages: [{ role: "user", content: "x sim:cut=1" }], stream: true });
+          for await (const _ of s);
+        })(),
+        (e) => e instanceof OpenAI.APIError,
+        "a cut stream raises in the SDK instead of ending quietly",
+      );
+    });
+
+    it("writes a telemetry record for each request", async () => {
+      const r = await post(chat("mock", "record me"));
+      const id = r.headers.get("x-request-id");
+      await r.arrayBuffer();
+      let record;
+      for (let i = 0; i < 50 && !record; i++) {
+        record = gw.lines.map((l) => { try { return JSON.parse(l); } catch { return null; } }).find((rec) => rec?.request_id === id);
+        if (!record) await new Promise((res) => setTimeout(res, 20));
+      }
+      assert.ok(record, `a record for ${id} in the runtime's log`);
+      assert.equal(record.status, 200);
+      assert.equal(record.tenant, "main");
+      assert.equal(record.key_id, "main-key");
+      assert.ok(!JSON.stringify(record).includes("record me"), "records never carry prompt text");
+    });
+  });
+}

@@ -1,0 +1,142 @@
+// Starts the real pieces for end-to-end tests: the upstream simulator, the built Worker in
+// workerd (Miniflare, with bindings derived from wrangler.toml by wrangler itself), and the built
+// Spin component in the Spin test host (driven by spin.toml). Every server listens on 127.0.0.1
+// with a port chosen by the OS, and every one is stopped by the returned `stop()`.
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createHash } from "node:crypto";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+export const sha256 = (s) => "sha256:" + createHash("sha256").update(s).digest("hex");
+
+/** Spawns a binary that prints `listening on http://ADDR` and resolves once it has. */
+function spawnServer(bin, args, env = {}) {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    const lines = [];
+    const timer = setTimeout(() => reject(new Error(`${bin} did not start in 60 s:\n${err}`)), 60_000);
+    child.stderr.on("data", (d) => (err += d));
+    child.stdout.on("data", (d) => {
+      out += d;
+      let i;
+      while ((i = out.indexOf("\n")) >= 0) {
+        lines.push(out.slice(0, i));
+        out = out.slice(i + 1);
+      }
+      const ready = lines.find((l) => l.startsWith("listening on "));
+      if (ready && timer) {
+        clearTimeout(timer);
+        resolvePromise({
+          url: ready.slice("listening on ".length).trim(),
+          lines,
+          stderr: () => err,
+          stop: () =>
+            new Promise((r) => {
+              if (child.exitCode !== null) return r();
+              child.once("exit", r);
+              child.kill("SIGINT");
+            }),
+        });
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${bin} exited with ${code}:\n${err}`));
+    });
+  });
+}
+
+/** The upstream simulator; requires `Authorization: Bearer <requireKey>` when given. */
+export async function startSimulator({ requireKey } = {}) {
+  const bin = process.env.EDGEGATE_UPSTREAM_SIM;
+  if (!bin) throw new Error("EDGEGATE_UPSTREAM_SIM is not set: run the tests with `npm test`");
+  const args = ["--listen", "127.0.0.1:0"];
+  if (requireKey) args.push("--require-key", requireKey);
+  const sim = await spawnServer(bin, args);
+  sim.received = async () => (await fetch(`${sim.url}/_sim/requests`)).json();
+  sim.clear = async () => (await fetch(`${sim.url}/_sim/requests`, { method: "DELETE" })).json();
+  return sim;
+}
+
+/** The built Worker in workerd, with `policy` in KV and `secrets` as secret bindings. */
+export async function startWorkerd({ policy, secrets = {} }) {
+  const { Miniflare } = await import("miniflare");
+  const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
+  const { workerOptions, main } = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml"));
+  const logs = [];
+  const mf = new Miniflare({
+    ...workerOptions,
+    name: "edgegate",
+    modules: true,
+    modulesRoot: ROOT,
+    scriptPath: main ?? join(ROOT, "edge/cloudflare/build/index.js"),
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    bindings: { ...(workerOptions.bindings ?? {}), ...secrets },
+    host: "127.0.0.1",
+    port: 0,
+    kvPersist: false,
+    durableObjectsPersist: false,
+    handleRuntimeStdio(stdout, stderr) {
+      stdout.on("data", (d) => logs.push(...String(d).split("\n").filter(Boolean)));
+      stderr.on("data", (d) => process.stderr.write(d));
+    },
+  });
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  const kv = await mf.getKVNamespace("POLICY");
+  await kv.put("policy/active", JSON.stringify(policy));
+  return {
+    url,
+    lines: logs,
+    setPolicy: (p) => kv.put("policy/active", JSON.stringify(p)),
+    stop: () => mf.dispose(),
+  };
+}
+
+/** The built Spin component in the Spin test host, with `policy` seeded into key-value. */
+export async function startSpin({ policy, variables = {} }) {
+  const bin = process.env.EDGEGATE_SPIN_HOST;
+  if (!bin) throw new Error("EDGEGATE_SPIN_HOST is not set: run the tests with `npm test`");
+  const dir = mkdtempSync(join(tmpdir(), "edgegate-spin-"));
+  writeFileSync(join(dir, "policy.json"), JSON.stringify(policy));
+  const env = Object.fromEntries(Object.entries(variables).map(([k, v]) => [`SPIN_VARIABLE_${k.toUpperCase()}`, v]));
+  const host = await spawnServer(
+    bin,
+    ["--manifest", join(ROOT, "spin.toml"), "--listen", "127.0.0.1:0", "--state-dir", join(dir, "state"), "--key-value", `policy/active=@${join(dir, "policy.json")}`],
+    env,
+  );
+  return {
+    url: host.url,
+    lines: host.lines,
+    stop: async () => {
+      await host.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Parses an SSE body into its data payloads. */
+export function sseData(text) {
+  return text
+    .split(/\r?\n\r?\n/)
+    .map((frame) =>
+      frame
+        .split(/\r?\n/)
+        .filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trimStart())
+        .join("\n"),
+    )
+    .filter((d) => d.length > 0);
+}
+
+/** Waits, if needed, so that the next `seconds` do not cross a minute boundary. */
+export async function awayFromMinuteEdge(seconds = 8) {
+  const intoMinute = (Date.now() % 60_000) / 1000;
+  if (intoMinute > 60 - seconds) await new Promise((r) => setTimeout(r, (60 - intoMinute + 0.2) * 1000));
+}

@@ -1,0 +1,283 @@
+//! A simulated OpenAI-compatible provider for tests and benchmarks, on 127.0.0.1 only.
+//!
+//! Speaks `POST /v1/chat/completions` (JSON and SSE ending in `data: [DONE]`, with the usage
+//! chunk when `stream_options.include_usage` is set) and `GET /v1/models`. Faults are chosen per
+//! request, by `x-sim-*` headers or — since a gateway does not forward client headers — by
+//! directives in the model name or message text, e.g. `sim:status=503`:
+//!
+//! - `status=N`        answer with status N and an OpenAI-shaped error body
+//! - `retry-after=S`   add `Retry-After: S`
+//! - `latency=MS`      wait before the response head
+//! - `chunk-delay=MS`  wait between stream chunks
+//! - `cut=N`           stream N content chunks, then drop the connection
+//! - `malformed=N`     make stream chunk N unparseable
+//!
+//! `GET /_sim/requests` returns what was received (newest last); `DELETE` clears it.
+//! Usage: `upstream-sim [--listen 127.0.0.1:0] [--latency-ms N] [--require-key KEY]`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Default)]
+struct Config {
+    latency_ms: u64,
+    require_key: Option<String>,
+}
+
+struct Sim {
+    config: Config,
+    received: Mutex<Vec<Value>>,
+}
+
+/// Keeps at most this many received requests.
+const KEEP: usize = 1000;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
+    let mut config = Config::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--listen" => listen = value.parse()?,
+            "--latency-ms" => config.latency_ms = value.parse()?,
+            "--require-key" => config.require_key = Some(value),
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if !listen.ip().is_loopback() {
+        return Err("the simulator only listens on loopback addresses".into());
+    }
+    let sim = Arc::new(Sim { config, received: Mutex::new(Vec::new()) });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        println!("listening on http://{}", listener.local_addr()?);
+        loop {
+            let (sock, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            sock.set_nodelay(true)?;
+            let sim = Arc::clone(&sim);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let sim = Arc::clone(&sim);
+                    async move { Ok::<_, Infallible>(sim.handle(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(sock), service).await;
+            });
+        }
+    })
+}
+
+fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert("content-type", content_type.parse().unwrap_or(hyper::header::HeaderValue::from_static("text/plain")));
+    resp
+}
+
+fn error(status: u16, message: &str) -> hyper::Response<Body> {
+    let kind = if status == 429 {
+        "rate_limit_error"
+    } else if status >= 500 {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    full(status, "application/json", json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string())
+}
+
+/// Fault directives: `x-sim-NAME` headers, then `sim:NAME=VALUE` words in the model and messages.
+fn directives(headers: &hyper::HeaderMap, body: &Value) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let mut scan = |text: &str| {
+        for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+            if let Some((k, v)) = word.strip_prefix("sim:").and_then(|d| d.split_once('='))
+                && let Ok(v) = v.parse()
+            {
+                out.insert(k.to_owned(), v);
+            }
+        }
+    };
+    scan(body["model"].as_str().unwrap_or(""));
+    for m in body["messages"].as_array().into_iter().flatten() {
+        scan(m["content"].as_str().unwrap_or(""));
+    }
+    for (name, value) in headers {
+        if let (Some(k), Ok(v)) = (name.as_str().strip_prefix("x-sim-"), value.to_str())
+            && let Ok(v) = v.parse()
+        {
+            out.insert(k.to_owned(), v);
+        }
+    }
+    out
+}
+
+impl Sim {
+    async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+        let (parts, body) = req.into_parts();
+        let bytes = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(400, "unreadable body"),
+        };
+        let path = parts.uri.path().to_owned();
+        if path == "/_sim/requests" {
+            let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            if parts.method == hyper::Method::DELETE {
+                received.clear();
+            }
+            return full(200, "application/json", Value::Array(received.clone()).to_string());
+        }
+        let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        {
+            let headers: serde_json::Map<String, Value> =
+                parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.to_str().unwrap_or("").to_owned()))).collect();
+            let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
+            if received.len() >= KEEP {
+                received.remove(0);
+            }
+            received.push(json!({"method": parts.method.as_str(), "path": path, "headers": headers, "body": parsed}));
+        }
+        if let Some(key) = &self.config.require_key {
+            let presented = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if presented != Some(key.as_str()) {
+                return error(401, "Incorrect API key provided");
+            }
+        }
+        let d = directives(&parts.headers, &parsed);
+        let latency = d.get("latency").copied().unwrap_or(self.config.latency_ms);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        match (parts.method.as_str(), path.as_str()) {
+            ("GET", "/v1/models") => full(
+                200,
+                "application/json",
+                json!({"object": "list", "data": [{"id": "sim-1", "object": "model", "created": 0, "owned_by": "sim"}]}).to_string(),
+            ),
+            ("POST", "/v1/chat/completions") => {
+                if let Some(&status) = d.get("status").filter(|s| **s >= 400) {
+                    let mut resp = error(status as u16, &format!("simulated failure {status}"));
+                    if let Some(ra) = d.get("retry-after") {
+                        resp.headers_mut().insert("retry-after", (*ra).into());
+                    }
+                    return resp;
+                }
+                if parsed.is_null() || !parsed["messages"].is_array() {
+                    return error(400, "'messages' is a required property");
+                }
+                chat(&parsed, &d)
+            }
+            _ => error(404, "unknown endpoint"),
+        }
+    }
+}
+
+fn chat(req: &Value, d: &HashMap<String, u64>) -> hyper::Response<Body> {
+    let model = req["model"].as_str().unwrap_or("sim-1");
+    let last_user = req["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let reply = format!("Simulated answer to: {last_user}");
+    let prompt_tokens: u64 = req["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["content"].as_str().unwrap_or("").split_whitespace().count() as u64 + 3)
+        .sum();
+    let completion_tokens = reply.split_whitespace().count() as u64;
+    let usage =
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    let id = "chatcmpl-sim";
+    if req["stream"] != true {
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model, "system_fingerprint": "fp_sim",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+            "usage": usage,
+        });
+        return full(200, "application/json", body.to_string());
+    }
+    let include_usage = req["stream_options"]["include_usage"] == true;
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut frames: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    frames.extend(reply.split_inclusive(' ').map(|w| chunk(json!({"content": w}), Value::Null)));
+    frames.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        frames.push(format!(
+            "data: {}\n\n",
+            json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})
+        ));
+    }
+    frames.push("data: [DONE]\n\n".to_owned());
+    if let Some(&n) = d.get("malformed")
+        && let Some(f) = frames.get_mut(n as usize)
+    {
+        *f = "data: {\"choices\": [{\"delta\": {\"content\": \"brok\n\n".to_owned();
+    }
+    let cut = d.get("cut").map(|&n| n as usize + 1); // the role chunk plus N content chunks
+    let delay = Duration::from_millis(d.get("chunk-delay").copied().unwrap_or(0));
+    let mut resp = hyper::Response::new(BodyExt::boxed(stream_body(frames, cut, delay)));
+    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/event-stream"));
+    resp
+}
+
+/// The frames as a body stream; after `cut` frames the stream fails, so hyper drops the connection
+/// without ending the chunked body.
+fn stream_body(
+    frames: Vec<String>,
+    cut: Option<usize>,
+    delay: Duration,
+) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + Sync + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for (i, frame) in frames.into_iter().enumerate() {
+            if cut.is_some_and(|c| i >= c) {
+                // Let hyper flush what was sent, then fail the body so the connection drops.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(Err(std::io::Error::other("simulated cut"))).await;
+                return;
+            }
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(Ok(Frame::data(Bytes::from(frame)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    StreamBody::new(ReceiverStream(rx))
+}
+
+/// A `Stream` over a tokio receiver (tokio-stream's wrapper, without the extra crate).
+struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test: core unit and pipeline tests, the core's portability and boundary checks, then
+# the end-to-end suites against the built wasm in workerd (Miniflare, configured from
+# wrangler.toml) and in the Spin test host (driven by spin.toml), both through the upstream
+# simulator. Usage: npm test
+source "$(dirname "${BASH_SOURCE[0]}")/../deploy/local/setup.sh"
+cd "$ROOT"
+export CARGO_TERM_COLOR=never
+HARNESS_TARGET="$EDGEGATE_CACHE/harness-target"
+
+say "building the test harness (Spin test host, upstream simulator) into $HARNESS_TARGET"
+(cd tests/harness && CARGO_TARGET_DIR="$HARNESS_TARGET" cargo build --release --locked --quiet)
+export EDGEGATE_SPIN_HOST="$HARNESS_TARGET/release/spin-test-host"
+export EDGEGATE_UPSTREAM_SIM="$HARNESS_TARGET/release/upstream-sim"
+
+say "core: formatting and lints (the core may not read clocks or draw randomness)"
+cargo fmt --all --check
+cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit -- -D warnings
+
+say "core: the dependency tree holds no host SDK, runtime or HTTP client"
+forbidden='^(worker|worker-sys|spin-sdk|wasm-bindgen|js-sys|web-sys|tokio|reqwest|hyper|wasmtime|ureq|isahc|surf) '
+if cargo tree --locked -p edgegate-core -e normal --target all --prefix none | grep -E "$forbidden"; then
+  echo "edgegate-core must not depend on the crates above" >&2; exit 1
+fi
+
+say "core: builds for wasm32-unknown-unknown, wasm32-wasip2 and native"
+cargo build --locked --quiet -p edgegate-core --target wasm32-unknown-unknown
+cargo build --locked --quiet -p edgegate-core --target wasm32-wasip2
+
+say "core: tests"
+cargo test --locked --quiet -p edgegate-core
+
+say "building the Worker (worker-build) and the Spin component"
+mkdir -p target
+(cd edge/cloudflare && worker-build --release >"$ROOT/target/worker-build.log" 2>&1) || { cat target/worker-build.log >&2; exit 1; }
+cargo build --locked --quiet -p edgegate-spin --target wasm32-wasip2 --release
+for f in edge/cloudflare/build/index_bg.wasm target/wasm32-wasip2/release/edgegate_spin.wasm; do
+  printf '  %-52s %8d bytes raw %8d gzip\n' "$f" "$(stat -c %s "$f")" "$(gzip -9c "$f" | wc -c)" >&2
+done
+
+say "end-to-end: workerd and the Spin host"
+node --test --test-concurrency=1 tests/e2e/
