@@ -253,3 +253,26 @@ for (const [name, start] of Object.entries(runtimes)) {
     });
   });
 }
+
+describe("edgegate on spin, host rules", () => {
+  it("cannot reach a provider outside allowed_outbound_hosts", async () => {
+    const sim = await startSimulator({ requireKey: SIM_SECRET });
+    // spin.toml allows `{{ allowed_upstream }}`; narrow it to a port the simulator is not on.
+    const gw = await startSpin({ policy: policy(sim.url), variables: { sim_api_key: SIM_SECRET, allowed_upstream: "http://127.0.0.1:1" } });
+    try {
+      await sim.clear();
+      const r = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${KEY}` },
+        body: JSON.stringify({ model: "sim-chat", messages: [{ role: "user", content: "hi" }] }),
+      });
+      const body = await r.json();
+      assert.equal(r.status, 502);
+      assert.equal(body.error.code, "upstream_unavailable");
+      assert.deepEqual(await sim.received(), [], "nothing reached the simulator");
+    } finally {
+      await gw.stop();
+      await sim.stop();
+    }
+  });
+});
