@@ -31,9 +31,41 @@ pub struct Message {
     /// Text, or an array of content parts; absent on assistant tool-call messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Value>,
-    /// Every other field (`name`, `tool_calls`, `tool_call_id`, …), passed through.
+    /// Tool calls made by the assistant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Every other field (`name`, `refusal`, …), passed through.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A function call made by the assistant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Call id, echoed by the tool result.
+    pub id: String,
+    /// Always `function` today.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// The function and its JSON-encoded arguments.
+    pub function: FunctionCall,
+}
+
+/// The function part of a [`ToolCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// Function name.
+    pub name: String,
+    /// Arguments as a JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+fn function_type() -> String {
+    "function".into()
 }
 
 /// Who wrote a message.
@@ -52,15 +84,56 @@ pub enum Role {
     Tool,
 }
 
-/// Token usage in OpenAI's shape, as reported by the provider.
+/// Token usage in disjoint buckets, so that nothing is counted or charged twice.
+///
+/// Providers count differently: OpenAI's `prompt_tokens` include cached tokens and its
+/// `completion_tokens` include reasoning tokens; Anthropic's `input_tokens` exclude cache reads and
+/// writes. Each provider converts into these buckets, and each dialect converts back out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Completion tokens.
-    pub completion_tokens: u64,
-    /// Their sum.
-    pub total_tokens: u64,
+    /// Prompt tokens read fresh (neither from nor into a cache).
+    pub input: u64,
+    /// Prompt tokens read from the provider's cache.
+    pub cache_read: u64,
+    /// Prompt tokens written into the provider's cache.
+    pub cache_write: u64,
+    /// Visible output tokens.
+    pub output: u64,
+    /// Hidden reasoning tokens.
+    pub reasoning: u64,
+}
+
+impl Usage {
+    /// All prompt-side tokens (OpenAI's `prompt_tokens`).
+    pub fn prompt_tokens(&self) -> u64 {
+        self.input + self.cache_read + self.cache_write
+    }
+
+    /// All output-side tokens (OpenAI's `completion_tokens`).
+    pub fn completion_tokens(&self) -> u64 {
+        self.output + self.reasoning
+    }
+
+    /// The OpenAI `usage` object.
+    pub fn to_openai(&self) -> Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens(),
+            "completion_tokens": self.completion_tokens(),
+            "total_tokens": self.prompt_tokens() + self.completion_tokens(),
+            "prompt_tokens_details": {"cached_tokens": self.cache_read},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning},
+        })
+    }
+
+    /// The Anthropic `usage` object.
+    pub fn to_anthropic(&self) -> Value {
+        serde_json::json!({
+            "input_tokens": self.input,
+            "cache_creation_input_tokens": self.cache_write,
+            "cache_read_input_tokens": self.cache_read,
+            "output_tokens": self.completion_tokens(),
+        })
+    }
 }
 
 impl ChatRequest {

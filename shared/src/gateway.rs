@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use http::{HeaderValue, Method, StatusCode};
 
 use crate::chat::ChatRequest;
+use crate::dialect::{self, Dialect, StreamEncoder};
 use crate::error::{Error, ErrorKind};
 use crate::phases::{self, Candidate, RateState};
 use crate::policy::{PolicyCache, ProviderKind, hex};
@@ -55,6 +56,7 @@ enum Route {
     Health,
     Models,
     ChatCompletions,
+    Messages,
 }
 
 impl Route {
@@ -63,6 +65,15 @@ impl Route {
             Route::Health => "GET /healthz",
             Route::Models => "GET /v1/models",
             Route::ChatCompletions => "POST /v1/chat/completions",
+            Route::Messages => "POST /v1/messages",
+        }
+    }
+
+    /// The dialect the caller speaks on this route.
+    fn dialect(self) -> &'static dyn Dialect {
+        match self {
+            Route::Messages => &dialect::anthropic::Anthropic,
+            Route::Health | Route::Models | Route::ChatCompletions => &dialect::openai::OpenAi,
         }
     }
 }
@@ -72,6 +83,7 @@ fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
         "/healthz" => (Route::Health, Method::GET),
         "/v1/models" => (Route::Models, Method::GET),
         "/v1/chat/completions" => (Route::ChatCompletions, Method::POST),
+        "/v1/messages" => (Route::Messages, Method::POST),
         _ => return Err(Error::new(ErrorKind::RouteNotFound, format!("no such endpoint: {path}"))),
     };
     if *method != allowed {
@@ -84,12 +96,13 @@ fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
 struct Ctx {
     record: RequestRecord,
     rate: Option<RateState>,
+    dialect: &'static dyn Dialect,
 }
 
 /// What a successful dispatch produced.
 enum Reply {
     Json(Bytes),
-    Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, wants_usage: bool },
+    Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, encoder: Box<dyn StreamEncoder> },
 }
 
 impl Gateway {
@@ -122,6 +135,7 @@ impl Gateway {
                 duration_ms: 0,
             },
             rate: None,
+            dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
             Ok(route) => self.dispatch(host, &mut ctx, route, req).await,
@@ -129,31 +143,25 @@ impl Gateway {
         };
         let (mut resp, stream) = match outcome {
             Ok(Reply::Json(body)) => (json_response(StatusCode::OK, body), None),
-            Ok(Reply::Stream { upstream, decoder, wants_usage }) => {
+            Ok(Reply::Stream { upstream, decoder, encoder }) => {
                 let mut resp = http::Response::new(Body::Full(Bytes::new()));
                 let h = resp.headers_mut();
                 h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                (resp, Some((upstream, decoder, wants_usage)))
+                (resp, Some((upstream, decoder, encoder)))
             }
             Err(e) => {
                 ctx.record.error = Some(e.metric_label());
-                (error_response(&e), None)
+                (error_response(&e, ctx.dialect), None)
             }
         };
         set_headers(&mut resp, &ctx);
         ctx.record.status = resp.status().as_u16();
         match stream {
             None => finish(host, ctx.record),
-            Some((upstream, decoder, wants_usage)) => {
-                let relay = Relay {
-                    upstream,
-                    decoder,
-                    wants_usage,
-                    out: VecDeque::new(),
-                    ended: false,
-                    finisher: Some((host.clone(), ctx.record)),
-                };
+            Some((upstream, decoder, encoder)) => {
+                let relay =
+                    Relay { upstream, decoder, encoder, out: VecDeque::new(), ended: false, finisher: Some((host.clone(), ctx.record)) };
                 *resp.body_mut() = Body::Stream(Box::pin(relay));
             }
         }
@@ -191,7 +199,7 @@ impl Gateway {
             admitted?;
         }
 
-        let chat = phases::validate(req.body())?;
+        let chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
 
@@ -254,9 +262,10 @@ impl Gateway {
             },
         };
         let request = adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()).map_err(|e| (None, e))?;
-        let response = match c.provider.kind {
-            ProviderKind::Mock => mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id)),
-            ProviderKind::OpenaiCompatible => host.send(request).await.map_err(|e| (None, e))?,
+        let response = if c.provider.kind == ProviderKind::Mock {
+            mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id))
+        } else {
+            host.send(request).await.map_err(|e| (None, e))?
         };
         let status = response.status().as_u16();
         let body = response.into_body();
@@ -265,13 +274,15 @@ impl Gateway {
             return Err((Some(status), adapter.error_response(status, &bytes)));
         }
         if chat.is_stream() {
-            let decoder = adapter.stream_decoder();
-            return Ok((status, Reply::Stream { upstream: body, decoder, wants_usage: chat.wants_stream_usage() }));
+            let decoder = adapter.stream_decoder(host.now_ms() / 1000);
+            let encoder = ctx.dialect.stream_encoder(chat.wants_stream_usage());
+            return Ok((status, Reply::Stream { upstream: body, decoder, encoder }));
         }
         let bytes = collect(body, MAX_UPSTREAM_BYTES).await.map_err(|e| (Some(status), e))?;
-        let completion = adapter.chat_response(&bytes).map_err(|e| (Some(status), e))?;
+        let completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
         ctx.record.usage = completion.usage;
-        Ok((status, Reply::Json(completion.body)))
+        let body = ctx.dialect.render_completion(&completion).map_err(|e| (Some(status), e))?;
+        Ok((status, Reply::Json(body)))
     }
 }
 
@@ -295,10 +306,10 @@ fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
     resp
 }
 
-/// The response for an error: the one place an [`Error`] becomes HTTP.
-fn error_response(e: &Error) -> http::Response<Body> {
+/// The response for an error: the one place an [`Error`] becomes HTTP, in the caller's dialect.
+fn error_response(e: &Error, dialect: &dyn Dialect) -> http::Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, Bytes::from(e.to_openai_json().to_string()));
+    let mut resp = json_response(status, Bytes::from(dialect.error_body(e).to_string()));
     if let Some(secs) = e.retry_after_secs() {
         resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -308,6 +319,9 @@ fn error_response(e: &Error) -> http::Response<Body> {
 fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ctx.record.request_id) {
+        if let Some(name) = ctx.dialect.request_id_header() {
+            h.insert(name, v.clone());
+        }
         h.insert("x-request-id", v);
     }
     if let Some(v) = ctx.record.policy_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
@@ -340,7 +354,7 @@ fn finish<H: Host>(host: &H, mut record: RequestRecord) {
 struct Relay<H: Host> {
     upstream: ByteStream,
     decoder: Box<dyn StreamDecoder>,
-    wants_usage: bool,
+    encoder: Box<dyn StreamEncoder>,
     out: VecDeque<Bytes>,
     ended: bool,
     finisher: Option<(H, RequestRecord)>,
@@ -361,12 +375,12 @@ impl<H: Host> Relay<H> {
                     if let (Some(u), Some(r)) = (usage, self.record()) {
                         r.usage = Some(u);
                     }
-                    if !usage_only || self.wants_usage {
-                        self.out.push_back(Bytes::from(format!("data: {json}\n\n")));
-                    }
+                    let frames = self.encoder.chunk(&json, usage, usage_only);
+                    self.out.extend(frames);
                 }
                 StreamEvent::Done => {
-                    self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+                    let frames = self.encoder.done();
+                    self.out.extend(frames);
                     self.ended = true;
                 }
             }
@@ -377,7 +391,8 @@ impl<H: Host> Relay<H> {
         if let Some(r) = self.record() {
             r.error = Some(e.metric_label());
         }
-        self.out.push_back(Bytes::from(format!("data: {}\n\n", e.to_openai_json())));
+        let frames = self.encoder.error(e);
+        self.out.extend(frames);
         self.ended = true;
     }
 

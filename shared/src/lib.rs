@@ -11,6 +11,7 @@
 //! with pure step functions.
 
 pub mod chat;
+pub mod dialect;
 pub mod error;
 pub mod gateway;
 pub mod ledger;

@@ -8,6 +8,7 @@
 use http::HeaderMap;
 
 use crate::chat::ChatRequest;
+use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::ledger::{Admission, RateLimit};
 use crate::policy::{ApiKey, Policy, Provider, Target, Tenant};
@@ -76,9 +77,10 @@ pub fn admit(answer: Admission, now_ms: u64) -> (RateState, Result<(), Error>) {
     }
 }
 
-/// Phase 3, **validate**: parses and checks the request body (prompt rules join here later).
-pub fn validate(body: &[u8]) -> Result<ChatRequest, Error> {
-    ChatRequest::parse(body)
+/// Phase 3, **validate**: parses the body in the caller's dialect into the canonical request and
+/// checks it (prompt rules join here later).
+pub fn validate(dialect: &dyn Dialect, body: &[u8]) -> Result<ChatRequest, Error> {
+    dialect.parse_chat(body)
 }
 
 /// One step of a routing plan.

@@ -84,6 +84,8 @@ pub enum ProviderKind {
     Mock,
     /// Any server speaking OpenAI Chat Completions under `base_url`.
     OpenaiCompatible,
+    /// Anthropic Messages; `base_url` defaults to `https://api.anthropic.com/v1`.
+    Anthropic,
 }
 
 /// One problem in a policy document.
@@ -184,13 +186,12 @@ impl Policy {
         for (i, p) in doc.providers.into_iter().enumerate() {
             let base_url = match (p.kind, p.base_url) {
                 (ProviderKind::Mock, _) => String::new(),
-                (ProviderKind::OpenaiCompatible, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
-                    url.trim_end_matches('/').to_owned()
-                }
-                (ProviderKind::OpenaiCompatible, Some(_)) => {
+                (_, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => url.trim_end_matches('/').to_owned(),
+                (_, Some(_)) => {
                     err(format!("providers[{i}].base_url"), "must start with http:// or https://".into());
                     String::new()
                 }
+                (ProviderKind::Anthropic, None) => "https://api.anthropic.com/v1".to_owned(),
                 (ProviderKind::OpenaiCompatible, None) => {
                     err(format!("providers[{i}].base_url"), "required for kind openai_compatible".into());
                     String::new()

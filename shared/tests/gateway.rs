@@ -91,7 +91,7 @@ fn mock_chat_answers_in_openai_shape_with_request_id_and_record() {
         (rid.as_str(), 200, Some("acme"), Some("acme-1"))
     );
     assert_eq!(r.attempts.len(), 1);
-    assert_eq!(r.usage.map(|u| u.completion_tokens), v["usage"]["completion_tokens"].as_u64());
+    assert_eq!(r.usage.map(|u| u.completion_tokens()), v["usage"]["completion_tokens"].as_u64());
     assert!(h.sent().is_empty(), "the mock never touches the network");
 }
 

@@ -4,6 +4,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
+import Anthropic from "@anthropic-ai/sdk";
 import { startSimulator, startWorkerd, startSpin, sha256, sseData, awayFromMinuteEdge } from "./lib.mjs";
 
 const KEY = "sk-e2e-main";
@@ -15,7 +16,7 @@ const LIMIT = 3;
 const RACE_LIMIT = 10;
 
 function policy(simUrl) {
-  const sim = (id, extra = {}) => ({ id, kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "SIM_API_KEY", ...extra });
+  const sim = (id, extra = {}) => ({ id, kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "PROVIDER_API_KEY", ...extra });
   return {
     tenants: [
       { id: "main" },
@@ -31,11 +32,13 @@ function policy(simUrl) {
     providers: [
       { id: "builtin", kind: "mock" },
       sim("sim"),
+      { ...sim("sim-anthropic"), kind: "anthropic" },
       { id: "closed", kind: "openai_compatible", base_url: "http://127.0.0.1:9/v1" },
     ],
     models: [
       { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
       { alias: "sim-chat", targets: [{ provider: "sim", model: "sim-model-1" }] },
+      { alias: "claude", targets: [{ provider: "sim-anthropic", model: "claude-sim-1" }] },
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "all-down", targets: [{ provider: "sim", model: "down sim:status=500" }, { provider: "closed", model: "x" }] },
       { alias: "unreachable", targets: [{ provider: "closed", model: "x" }] },
@@ -44,8 +47,8 @@ function policy(simUrl) {
 }
 
 const runtimes = {
-  workerd: (p) => startWorkerd({ policy: p, secrets: { SIM_API_KEY: SIM_SECRET } }),
-  spin: (p) => startSpin({ policy: p, variables: { sim_api_key: SIM_SECRET } }),
+  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET } }),
+  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET } }),
 };
 
 for (const [name, start] of Object.entries(runtimes)) {
@@ -78,7 +81,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "failover", "mock", "sim-chat", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "claude", "failover", "mock", "sim-chat", "unreachable"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -236,6 +239,109 @@ for (const [name, start] of Object.entries(runtimes)) {
       );
     });
 
+    it("reaches an Anthropic provider from the OpenAI SDK, streamed and not", async () => {
+      await sim.clear();
+      const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      const c = await client.chat.completions.create({ model: "claude", messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "hi claude" }] });
+      assert.equal(c.choices[0].message.content, "Simulated answer to: hi claude");
+      assert.equal(c.choices[0].finish_reason, "stop");
+      assert.ok(c.usage.prompt_tokens > 0 && c.usage.completion_tokens > 0);
+      const [seen] = await sim.received();
+      assert.equal(seen.path, "/v1/messages");
+      assert.equal(seen.headers["x-api-key"], SIM_SECRET);
+      assert.equal(seen.headers["anthropic-version"], "2023-06-01");
+      assert.equal(seen.body.system, "Be brief.");
+      assert.equal(seen.body.model, "claude-sim-1");
+      const stream = await client.chat.completions.create({ model: "claude", messages: [{ role: "user", content: "stream claude" }], stream: true, stream_options: { include_usage: true } });
+      let text = "";
+      let usage;
+      for await (const chunk of stream) {
+        text += chunk.choices[0]?.delta?.content ?? "";
+        usage = chunk.usage ?? usage;
+      }
+      assert.equal(text, "Simulated answer to: stream claude");
+      assert.ok(usage.completion_tokens > 0, "usage arrives at the end of the stream");
+    });
+
+    it("translates tool calls both ways", async () => {
+      const tools = [{ type: "function", function: { name: "lookup", description: "Look it up", parameters: { type: "object", properties: { query: { type: "string" } } } } }];
+      const openai = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      for (const stream of [false, true]) {
+        let calls;
+        if (stream) {
+          const s = await openai.chat.completions.create({ model: "claude", messages: [{ role: "user", content: "find it" }], tools, stream: true });
+          const acc = {};
+          for await (const chunk of s) {
+            for (const tc of chunk.choices[0]?.delta?.tool_calls ?? []) {
+              acc[tc.index] ??= { id: tc.id, name: tc.function?.name, arguments: "" };
+              acc[tc.index].arguments += tc.function?.arguments ?? "";
+            }
+          }
+          calls = Object.values(acc);
+        } else {
+          const c = await openai.chat.completions.create({ model: "claude", messages: [{ role: "user", content: "find it" }], tools });
+          assert.equal(c.choices[0].finish_reason, "tool_calls");
+          calls = c.choices[0].message.tool_calls.map((t) => ({ id: t.id, name: t.function.name, arguments: t.function.arguments }));
+        }
+        assert.equal(calls.length, 1, `stream=${stream}`);
+        assert.equal(calls[0].name, "lookup");
+        assert.deepEqual(JSON.parse(calls[0].arguments), { query: "Simulated answer to: find it" });
+      }
+      const anthropic = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+      const msg = await anthropic.messages.create({
+        model: "sim-chat", max_tokens: 100, messages: [{ role: "user", content: "find it" }],
+        tools: [{ name: "lookup", description: "Look it up", input_schema: { type: "object", properties: { query: { type: "string" } } } }],
+      });
+      assert.equal(msg.stop_reason, "tool_use");
+      const use = msg.content.find((b) => b.type === "tool_use");
+      assert.equal(use.name, "lookup");
+      assert.deepEqual(use.input, { query: "Simulated answer to: find it" });
+      const followUp = await anthropic.messages.create({
+        model: "sim-chat", max_tokens: 100,
+        tools: [{ name: "lookup", input_schema: { type: "object" } }],
+        messages: [{ role: "user", content: "find it" }, { role: "assistant", content: msg.content }, { role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "found" }] }],
+      });
+      assert.equal(followUp.stop_reason, "end_turn", "a tool result is answered with text");
+    });
+
+    it("serves the official Anthropic SDK on /v1/messages, for any provider", async () => {
+      const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+      for (const model of ["claude", "sim-chat", "mock"]) {
+        const msg = await client.messages.create({ model, max_tokens: 100, system: "Be brief.", messages: [{ role: "user", content: `hello ${model}` }] });
+        assert.equal(msg.type, "message");
+        assert.equal(msg.role, "assistant");
+        assert.match(msg.content[0].text, new RegExp(`hello ${model}$`));
+        assert.ok(msg.usage.output_tokens > 0, model);
+        const stream = client.messages.stream({ model, max_tokens: 100, messages: [{ role: "user", content: `stream ${model}` }] });
+        let text = "";
+        stream.on("text", (t) => (text += t));
+        const final = await stream.finalMessage();
+        assert.match(text, new RegExp(`stream ${model}$`), model);
+        assert.equal(final.stop_reason, "end_turn");
+        assert.ok(final.usage.output_tokens > 0, `${model}: usage in message_delta`);
+      }
+      await assert.rejects(
+        new Anthropic({ apiKey: "sk-bad", baseURL: gw.url, maxRetries: 0 }).messages.create({ model: "mock", max_tokens: 10, messages: [{ role: "user", content: "x" }] }),
+        (e) => e instanceof Anthropic.AuthenticationError && e.status === 401 && e.requestID?.startsWith("req_"),
+      );
+      await assert.rejects(
+        client.messages.create({ model: "nope", max_tokens: 10, messages: [{ role: "user", content: "x" }] }),
+        (e) => e instanceof Anthropic.NotFoundError,
+      );
+      await assert.rejects(
+        client.messages.create({ model: "claude", max_tokens: 10, messages: [{ role: "user", content: "x sim:status=500" }] }),
+        (e) => e instanceof Anthropic.InternalServerError && e.status === 502,
+      );
+      await assert.rejects(
+        (async () => {
+          const s = await client.messages.create({ model: "claude", max_tokens: 10, stream: true, messages: [{ role: "user", content: "x y z sim:cut=2" }] });
+          for await (const _ of s);
+        })(),
+        (e) => e instanceof Anthropic.APIError,
+        "a cut stream raises in the Anthropic SDK",
+      );
+    });
+
     it("writes a telemetry record for each request", async () => {
       const r = await post(chat("mock", "record me"));
       const id = r.headers.get("x-request-id");
@@ -258,7 +364,7 @@ describe("edgegate on spin, host rules", () => {
   it("cannot reach a provider outside allowed_outbound_hosts", async () => {
     const sim = await startSimulator({ requireKey: SIM_SECRET });
     // spin.toml allows `{{ allowed_upstream }}`; narrow it to a port the simulator is not on.
-    const gw = await startSpin({ policy: policy(sim.url), variables: { sim_api_key: SIM_SECRET, allowed_upstream: "http://127.0.0.1:1" } });
+    const gw = await startSpin({ policy: policy(sim.url), variables: { provider_api_key: SIM_SECRET, allowed_upstream: "http://127.0.0.1:1" } });
     try {
       await sim.clear();
       const r = await fetch(`${gw.url}/v1/chat/completions`, {

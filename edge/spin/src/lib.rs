@@ -4,7 +4,7 @@
 //!
 //! Stores (see `spin.toml`): key-value store `default` (key `policy/active`), SQLite database
 //! `default` (tenant counters), provider credentials as Spin variables named by policy
-//! (lowercased: policy's `SIM_API_KEY` is the variable `sim_api_key`).
+//! (lowercased: policy's `PROVIDER_API_KEY` is the variable `provider_api_key`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -171,6 +171,7 @@ impl Ledger for SpinHost {
 impl Secrets for SpinHost {
     async fn secret(&self, name: &str) -> Result<Option<String>, Error> {
         match spin_sdk::variables::get(&name.to_ascii_lowercase()) {
+            Ok(v) if v.is_empty() => Ok(None), // an unset variable with an empty default
             Ok(v) => Ok(Some(v)),
             Err(spin_sdk::variables::Error::Undefined(_) | spin_sdk::variables::Error::InvalidName(_)) => Ok(None),
             Err(e) => Err(store_error("variables", e)),

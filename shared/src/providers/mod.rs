@@ -9,6 +9,7 @@ use crate::chat::{ChatRequest, Usage};
 use crate::error::Error;
 use crate::policy::{Provider, ProviderKind, Target};
 
+pub mod anthropic;
 pub mod mock;
 pub mod openai_compatible;
 
@@ -55,17 +56,18 @@ pub trait ProviderAdapter {
         req: &ChatRequest,
         credential: Option<&str>,
     ) -> Result<http::Request<Bytes>, Error>;
-    /// Reads a successful (2xx) non-stream answer.
-    fn chat_response(&self, body: &[u8]) -> Result<Completion, Error>;
+    /// Reads a successful (2xx) non-stream answer; `created` stamps answers that carry no time.
+    fn chat_response(&self, body: &[u8], created: u64) -> Result<Completion, Error>;
     /// Turns an error status and its body into the gateway's error.
     fn error_response(&self, status: u16, body: &[u8]) -> Error;
-    /// A fresh stream decoder.
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+    /// A fresh stream decoder; `created` stamps chunks that carry no time.
+    fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder>;
 }
 
 /// The adapter for a provider kind. The built-in mock speaks the OpenAI wire format.
 pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
     match kind {
         ProviderKind::Mock | ProviderKind::OpenaiCompatible => &openai_compatible::OpenAiCompatible,
+        ProviderKind::Anthropic => &anthropic::Anthropic,
     }
 }

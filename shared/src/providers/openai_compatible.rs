@@ -40,13 +40,29 @@ struct WireUsage {
     #[serde(default)]
     completion_tokens: u64,
     #[serde(default)]
-    total_tokens: Option<u64>,
+    prompt_tokens_details: Option<WirePromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<WireCompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireCompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 impl From<WireUsage> for Usage {
+    /// OpenAI counts cached tokens inside `prompt_tokens` and reasoning inside `completion_tokens`.
     fn from(u: WireUsage) -> Self {
-        let total = u.total_tokens.unwrap_or(u.prompt_tokens + u.completion_tokens);
-        Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: total }
+        let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0).min(u.prompt_tokens);
+        let reasoning = u.completion_tokens_details.and_then(|d| d.reasoning_tokens).unwrap_or(0).min(u.completion_tokens);
+        Usage { input: u.prompt_tokens - cached, cache_read: cached, cache_write: 0, output: u.completion_tokens - reasoning, reasoning }
     }
 }
 
@@ -93,7 +109,7 @@ impl ProviderAdapter for OpenAiCompatible {
             .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
     }
 
-    fn chat_response(&self, body: &[u8]) -> Result<Completion, Error> {
+    fn chat_response(&self, body: &[u8], _created: u64) -> Result<Completion, Error> {
         let wire: WireCompletion = serde_json::from_slice(body)
             .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unreadable completion: {e}")))?;
         Ok(Completion { body: Bytes::copy_from_slice(body), usage: wire.usage.map(Usage::from) })
@@ -123,7 +139,7 @@ impl ProviderAdapter for OpenAiCompatible {
         }
     }
 
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(&self, _created: u64) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::default())
     }
 }
@@ -220,7 +236,7 @@ mod tests {
     }
 
     fn decode(chunks: &[&str]) -> (Vec<StreamEvent>, Option<String>) {
-        let mut d = OpenAiCompatible.stream_decoder();
+        let mut d = OpenAiCompatible.stream_decoder(0);
         let mut events = Vec::new();
         for c in chunks {
             match d.push(c.as_bytes()) {
@@ -247,11 +263,7 @@ mod tests {
         assert_eq!(ev[0], StreamEvent::Chunk { json: c1.into(), usage: None, usage_only: false });
         assert_eq!(
             ev[1],
-            StreamEvent::Chunk {
-                json: u.into(),
-                usage: Some(Usage { prompt_tokens: 3, completion_tokens: 1, total_tokens: 4 }),
-                usage_only: true
-            }
+            StreamEvent::Chunk { json: u.into(), usage: Some(Usage { input: 3, output: 1, ..Usage::default() }), usage_only: true }
         );
         assert_eq!(ev[2], StreamEvent::Done);
 

@@ -1,7 +1,9 @@
-//! A simulated OpenAI-compatible provider for tests and benchmarks, on 127.0.0.1 only.
+//! A simulated LLM provider for tests and benchmarks, on 127.0.0.1 only.
 //!
-//! Speaks `POST /v1/chat/completions` (JSON and SSE ending in `data: [DONE]`, with the usage
-//! chunk when `stream_options.include_usage` is set) and `GET /v1/models`. Faults are chosen per
+//! Speaks OpenAI `POST /v1/chat/completions` (JSON and SSE ending in `data: [DONE]`, with the usage
+//! chunk when `stream_options.include_usage` is set), `GET /v1/models`, and Anthropic
+//! `POST /v1/messages` (JSON and the `message_start` … `message_stop` event stream; the key may come
+//! as `x-api-key`). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
 //! request, by `x-sim-*` headers or — since a gateway does not forward client headers — by
 //! directives in the model name or message text, e.g. `sim:status=503`:
 //!
@@ -114,7 +116,7 @@ fn directives(headers: &hyper::HeaderMap, body: &Value) -> HashMap<String, u64> 
     };
     scan(body["model"].as_str().unwrap_or(""));
     for m in body["messages"].as_array().into_iter().flatten() {
-        scan(m["content"].as_str().unwrap_or(""));
+        scan(&content_text(&m["content"]));
     }
     for (name, value) in headers {
         if let (Some(k), Ok(v)) = (name.as_str().strip_prefix("x-sim-"), value.to_str())
@@ -152,8 +154,9 @@ impl Sim {
             received.push(json!({"method": parts.method.as_str(), "path": path, "headers": headers, "body": parsed}));
         }
         if let Some(key) = &self.config.require_key {
-            let presented = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            if presented != Some(key.as_str()) {
+            let bearer = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            let x_api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+            if bearer != Some(key.as_str()) && x_api_key != Some(key.as_str()) {
                 return error(401, "Incorrect API key provided");
             }
         }
@@ -168,9 +171,11 @@ impl Sim {
                 "application/json",
                 json!({"object": "list", "data": [{"id": "sim-1", "object": "model", "created": 0, "owned_by": "sim"}]}).to_string(),
             ),
-            ("POST", "/v1/chat/completions") => {
+            ("POST", "/v1/chat/completions" | "/v1/messages") => {
                 if let Some(&status) = d.get("status").filter(|s| **s >= 400) {
-                    let mut resp = error(status as u16, &format!("simulated failure {status}"));
+                    let message = format!("simulated failure {status}");
+                    let mut resp =
+                        if path == "/v1/messages" { anthropic_error(status as u16, &message) } else { error(status as u16, &message) };
                     if let Some(ra) = d.get("retry-after") {
                         resp.headers_mut().insert("retry-after", (*ra).into());
                     }
@@ -179,6 +184,12 @@ impl Sim {
                 if parsed.is_null() || !parsed["messages"].is_array() {
                     return error(400, "'messages' is a required property");
                 }
+                if path == "/v1/messages" {
+                    if parts.headers.get("anthropic-version").is_none() {
+                        return error(400, "anthropic-version header is required");
+                    }
+                    return messages(&parsed, &d);
+                }
                 chat(&parsed, &d)
             }
             _ => error(404, "unknown endpoint"),
@@ -186,31 +197,137 @@ impl Sim {
     }
 }
 
+fn anthropic_error(status: u16, message: &str) -> hyper::Response<Body> {
+    let kind = match status {
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        500..=599 => "api_error",
+        401 => "authentication_error",
+        _ => "invalid_request_error",
+    };
+    full(status, "application/json", json!({"type": "error", "error": {"type": kind, "message": message}}).to_string())
+}
+
+/// Text of a message's content, whether a string or an array of text parts/blocks.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(" "),
+        _ => String::new(),
+    }
+}
+
+/// The tool the answer should call: the first tool offered, unless the caller answered a tool
+/// already (OpenAI `tool` message, Anthropic `tool_result` block) or said `none`.
+fn tool_to_call(req: &Value) -> Option<String> {
+    let first = req["tools"].as_array()?.first()?;
+    let name = first["function"]["name"].as_str().or(first["name"].as_str())?;
+    let none = req["tool_choice"] == "none" || req["tool_choice"]["type"] == "none";
+    let last = req["messages"].as_array()?.last()?;
+    let answered = last["role"] == "tool" || last["content"].as_array().is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"));
+    (!none && !answered).then(|| name.to_owned())
+}
+
+/// What the simulated model says, and its token counts.
+fn answer(req: &Value) -> (String, u64, u64) {
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| content_text(&m["content"])).unwrap_or_default();
+    let reply = format!("Simulated answer to: {last_user}");
+    let prompt_tokens: u64 = messages.iter().map(|m| content_text(&m["content"]).split_whitespace().count() as u64 + 3).sum();
+    let completion_tokens = reply.split_whitespace().count() as u64;
+    (reply, prompt_tokens, completion_tokens)
+}
+
+fn sse_frame(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+/// Frames as a streamed response, with the `cut`, `malformed` and `chunk-delay` faults applied.
+fn stream_response(mut frames: Vec<String>, d: &HashMap<String, u64>, first_content: usize) -> hyper::Response<Body> {
+    if let Some(&n) = d.get("malformed")
+        && let Some(f) = frames.get_mut(n as usize)
+    {
+        *f = "data: {\"choices\": [{\"delta\": {\"content\": \"brok\n\n".to_owned();
+    }
+    let cut = d.get("cut").map(|&n| n as usize + first_content); // lifecycle frames plus N content frames
+    let delay = Duration::from_millis(d.get("chunk-delay").copied().unwrap_or(0));
+    let mut resp = hyper::Response::new(BodyExt::boxed(stream_body(frames, cut, delay)));
+    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/event-stream"));
+    resp
+}
+
+/// Anthropic Messages.
+fn messages(req: &Value, d: &HashMap<String, u64>) -> hyper::Response<Body> {
+    let model = req["model"].as_str().unwrap_or("sim-claude");
+    let (reply, input_tokens, output_tokens) = answer(req);
+    let tool = tool_to_call(req);
+    let id = "msg_sim";
+    let (block, stop_reason) = match &tool {
+        Some(name) => (json!({"type": "tool_use", "id": "toolu_sim_1", "name": name, "input": {"query": reply}}), "tool_use"),
+        None => (json!({"type": "text", "text": reply}), "end_turn"),
+    };
+    let usage = json!({"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0});
+    if req["stream"] != true {
+        let body = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": [block], "stop_reason": stop_reason, "stop_sequence": null, "usage": usage});
+        return full(200, "application/json", body.to_string());
+    }
+    let start = json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}});
+    let mut frames = vec![sse_frame(Some("message_start"), &start)];
+    let (empty_block, pieces): (Value, Vec<Value>) = match &tool {
+        Some(_) => {
+            let args = json!({"query": reply}).to_string();
+            let mid = args.len() / 2;
+            let mid = (mid..args.len()).find(|i| args.is_char_boundary(*i)).unwrap_or(args.len());
+            let mut b = block.clone();
+            b["input"] = json!({});
+            (
+                b,
+                vec![
+                    json!({"type": "input_json_delta", "partial_json": &args[..mid]}),
+                    json!({"type": "input_json_delta", "partial_json": &args[mid..]}),
+                ],
+            )
+        }
+        None => {
+            (json!({"type": "text", "text": ""}), reply.split_inclusive(' ').map(|w| json!({"type": "text_delta", "text": w})).collect())
+        }
+    };
+    frames.push(sse_frame(Some("content_block_start"), &json!({"type": "content_block_start", "index": 0, "content_block": empty_block})));
+    frames.push(sse_frame(Some("ping"), &json!({"type": "ping"})));
+    frames.extend(
+        pieces
+            .into_iter()
+            .map(|delta| sse_frame(Some("content_block_delta"), &json!({"type": "content_block_delta", "index": 0, "delta": delta}))),
+    );
+    frames.push(sse_frame(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0})));
+    frames.push(sse_frame(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+    frames.push(sse_frame(Some("message_stop"), &json!({"type": "message_stop"})));
+    stream_response(frames, d, 3)
+}
+
 fn chat(req: &Value, d: &HashMap<String, u64>) -> hyper::Response<Body> {
     let model = req["model"].as_str().unwrap_or("sim-1");
-    let last_user = req["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("");
-    let reply = format!("Simulated answer to: {last_user}");
-    let prompt_tokens: u64 = req["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| m["content"].as_str().unwrap_or("").split_whitespace().count() as u64 + 3)
-        .sum();
-    let completion_tokens = reply.split_whitespace().count() as u64;
+    let (reply, prompt_tokens, completion_tokens) = answer(req);
+    let tool = tool_to_call(req);
     let usage =
         json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let id = "chatcmpl-sim";
+    let arguments = json!({"query": reply}).to_string();
+    let finish = if tool.is_some() { "tool_calls" } else { "stop" };
     if req["stream"] != true {
+        let message = match &tool {
+            Some(name) => {
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_sim_1", "type": "function", "function": {"name": name, "arguments": arguments}}]})
+            }
+            None => json!({"role": "assistant", "content": reply, "refusal": null}),
+        };
         let body = json!({
             "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model, "system_fingerprint": "fp_sim",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
             "usage": usage,
         });
         return full(200, "application/json", body.to_string());
@@ -221,28 +338,31 @@ fn chat(req: &Value, d: &HashMap<String, u64>) -> hyper::Response<Body> {
         if include_usage {
             c["usage"] = Value::Null;
         }
-        format!("data: {c}\n\n")
+        sse_frame(None, &c)
     };
     let mut frames: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-    frames.extend(reply.split_inclusive(' ').map(|w| chunk(json!({"content": w}), Value::Null)));
-    frames.push(chunk(json!({}), json!("stop")));
+    match &tool {
+        Some(name) => {
+            frames.push(chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_sim_1", "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+            let mid = (arguments.len() / 2..arguments.len()).find(|i| arguments.is_char_boundary(*i)).unwrap_or(arguments.len());
+            for piece in [&arguments[..mid], &arguments[mid..]] {
+                frames.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), Value::Null));
+            }
+        }
+        None => frames.extend(reply.split_inclusive(' ').map(|w| chunk(json!({"content": w}), Value::Null))),
+    }
+    frames.push(chunk(json!({}), json!(finish)));
     if include_usage {
-        frames.push(format!(
-            "data: {}\n\n",
-            json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})
+        frames.push(sse_frame(
+            None,
+            &json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage}),
         ));
     }
     frames.push("data: [DONE]\n\n".to_owned());
-    if let Some(&n) = d.get("malformed")
-        && let Some(f) = frames.get_mut(n as usize)
-    {
-        *f = "data: {\"choices\": [{\"delta\": {\"content\": \"brok\n\n".to_owned();
-    }
-    let cut = d.get("cut").map(|&n| n as usize + 1); // the role chunk plus N content chunks
-    let delay = Duration::from_millis(d.get("chunk-delay").copied().unwrap_or(0));
-    let mut resp = hyper::Response::new(BodyExt::boxed(stream_body(frames, cut, delay)));
-    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/event-stream"));
-    resp
+    stream_response(frames, d, 1)
 }
 
 /// The frames as a body stream; after `cut` frames the stream fails, so hyper drops the connection
