@@ -102,7 +102,7 @@ struct Ctx {
 /// What a successful dispatch produced.
 enum Reply {
     Json(Bytes),
-    Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, encoder: Box<dyn StreamEncoder> },
+    Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, encoder: Box<dyn StreamEncoder>, held: Vec<StreamEvent> },
 }
 
 impl Gateway {
@@ -143,12 +143,12 @@ impl Gateway {
         };
         let (mut resp, stream) = match outcome {
             Ok(Reply::Json(body)) => (json_response(StatusCode::OK, body), None),
-            Ok(Reply::Stream { upstream, decoder, encoder }) => {
+            Ok(Reply::Stream { upstream, decoder, encoder, held }) => {
                 let mut resp = http::Response::new(Body::Full(Bytes::new()));
                 let h = resp.headers_mut();
                 h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                (resp, Some((upstream, decoder, encoder)))
+                (resp, Some((upstream, decoder, encoder, held)))
             }
             Err(e) => {
                 ctx.record.error = Some(e.metric_label());
@@ -159,9 +159,10 @@ impl Gateway {
         ctx.record.status = resp.status().as_u16();
         match stream {
             None => finish(host, ctx.record),
-            Some((upstream, decoder, encoder)) => {
-                let relay =
+            Some((upstream, decoder, encoder, held)) => {
+                let mut relay =
                     Relay { upstream, decoder, encoder, out: VecDeque::new(), ended: false, finisher: Some((host.clone(), ctx.record)) };
+                relay.emit(held);
                 *resp.body_mut() = Body::Stream(Box::pin(relay));
             }
         }
@@ -274,15 +275,37 @@ impl Gateway {
             return Err((Some(status), adapter.error_response(status, &bytes)));
         }
         if chat.is_stream() {
-            let decoder = adapter.stream_decoder(host.now_ms() / 1000);
+            let mut decoder = adapter.stream_decoder(host.now_ms() / 1000);
+            let (body, held) = hold_until_content(body, decoder.as_mut()).await.map_err(|e| (Some(status), e))?;
             let encoder = ctx.dialect.stream_encoder(chat.wants_stream_usage());
-            return Ok((status, Reply::Stream { upstream: body, decoder, encoder }));
+            return Ok((status, Reply::Stream { upstream: body, decoder, encoder, held }));
         }
         let bytes = collect(body, MAX_UPSTREAM_BYTES).await.map_err(|e| (Some(status), e))?;
         let completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
         ctx.record.usage = completion.usage;
         let body = ctx.dialect.render_completion(&completion).map_err(|e| (Some(status), e))?;
         Ok((status, Reply::Json(body)))
+    }
+}
+
+/// Reads a stream until it commits to an answer (the first content, tool call or finish) and
+/// returns what was decoded so far. A failure before that point is this attempt's failure, so the
+/// plan can move on while the caller has seen nothing.
+async fn hold_until_content(mut body: ByteStream, decoder: &mut dyn StreamDecoder) -> Result<(ByteStream, Vec<StreamEvent>), Error> {
+    let mut held = Vec::new();
+    loop {
+        let events = match body.next().await {
+            Some(Ok(bytes)) => decoder.push(&bytes)?,
+            Some(Err(e)) => {
+                return Err(Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke before any content: {}", e.message)));
+            }
+            None => decoder.finish()?,
+        };
+        let committed = events.iter().any(|e| matches!(e, StreamEvent::Done | StreamEvent::Chunk { content: true, .. }));
+        held.extend(events);
+        if committed {
+            return Ok((body, held));
+        }
     }
 }
 
@@ -371,7 +394,7 @@ impl<H: Host> Relay<H> {
     fn emit(&mut self, events: Vec<StreamEvent>) {
         for event in events {
             match event {
-                StreamEvent::Chunk { json, usage, usage_only } => {
+                StreamEvent::Chunk { json, usage, usage_only, .. } => {
                     if let (Some(u), Some(r)) = (usage, self.record()) {
                         r.usage = Some(u);
                     }

@@ -299,3 +299,31 @@ fn models_lists_what_the_key_may_use_and_health_needs_no_key() {
     let health = call(&h, &gw, http::Request::get("https://gw/healthz").body(Bytes::new()).unwrap_or_else(|_| unreachable!()));
     assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
 }
+
+#[test]
+fn a_stream_that_fails_before_any_content_fails_over_invisibly() {
+    let (h, gw) = (host(), Gateway::new());
+    let role = r#"data: {"id":"a","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+    let good = [
+        r#"data: {"id":"b","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#.to_owned() + "\n\n",
+        r#"data: {"id":"b","choices":[{"index":0,"delta":{"content":"from backup"}}]}"#.to_owned() + "\n\n",
+        r#"data: {"id":"b","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.to_owned() + "\n\n",
+        "data: [DONE]\n\n".to_owned(),
+    ];
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    for first in [
+        Scripted::sse(&[&format!("{role}\n\n")]),                      // cut after the role chunk
+        Scripted::sse(&[&format!("{role}\n\n"), "data: {broken\n\n"]), // garbled before content
+        Scripted::Respond { status: 200, chunks: vec![Err(Error::new(ErrorKind::UpstreamUnavailable, "reset"))] }, // reset at once
+    ] {
+        h.script(first);
+        h.script(Scripted::sse(&good));
+        let a = call(&h, &gw, post(Some("sk-acme"), &chat("real", true)));
+        assert_eq!(a.status, 200);
+        assert!(a.body.contains("from backup") && a.body.ends_with("data: [DONE]\n\n"), "{}", a.body);
+        assert!(!a.body.contains("\"id\":\"a\"") && !a.body.contains("error"), "nothing of the failed attempt is seen: {}", a.body);
+        h.advance(60_000);
+    }
+    let recs = h.records();
+    assert!(recs.iter().all(|r| r.error.is_none() && r.attempts.len() == 2 && r.attempts[0].error.is_some()), "{recs:?}");
+}

@@ -39,6 +39,7 @@ function policy(simUrl) {
       { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
       { alias: "sim-chat", targets: [{ provider: "sim", model: "sim-model-1" }] },
       { alias: "claude", targets: [{ provider: "sim-anthropic", model: "claude-sim-1" }] },
+      { alias: "stream-failover", targets: [{ provider: "sim", model: "flaky sim:cut=0" }, { provider: "sim-anthropic", model: "cut sim:cut=0" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "all-down", targets: [{ provider: "sim", model: "down sim:status=500" }, { provider: "closed", model: "x" }] },
       { alias: "unreachable", targets: [{ provider: "closed", model: "x" }] },
@@ -81,7 +82,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "claude", "failover", "mock", "sim-chat", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "claude", "failover", "mock", "sim-chat", "stream-failover", "unreachable"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -133,6 +134,18 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.equal(r.status, 200);
       assert.equal((await r.json()).model, "sim-backup");
       assert.deepEqual((await sim.received()).map((s) => s.body.model), ["flaky sim:status=503", "sim-backup"]);
+    });
+
+    it("fails a stream over invisibly when providers die before any content", async () => {
+      await sim.clear();
+      const r = await post(chat("stream-failover", "keep going", { stream: true }));
+      assert.equal(r.status, 200);
+      const data = sseData(await r.text());
+      assert.equal(data.at(-1), "[DONE]");
+      const chunks = data.slice(0, -1).map((d) => JSON.parse(d));
+      assert.ok(chunks.every((c) => !c.error && c.model === "sim-backup"), "only the answering provider is seen");
+      assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? "").join(""), "Simulated answer to: keep going");
+      assert.deepEqual((await sim.received()).map((s) => s.path), ["/v1/chat/completions", "/v1/messages", "/v1/chat/completions"]);
     });
 
     const errorCases = [

@@ -23,7 +23,7 @@ struct WireRequest {
     max_tokens: u64,
     messages: Vec<WireMessage>,
     #[serde(default)]
-    system: Option<WireContent>,
+    system: Option<Value>,
     #[serde(default)]
     stop_sequences: Option<Vec<String>>,
     #[serde(default)]
@@ -40,10 +40,12 @@ struct WireRequest {
     metadata: Option<WireMetadata>,
 }
 
+/// A message; `content` is a string or an array of blocks, read with [`Value`] accessors (serde's
+/// untagged and tagged enums cost several times the code size in wasm).
 #[derive(Deserialize)]
 struct WireMessage {
     role: WireRole,
-    content: WireContent,
+    content: Value,
 }
 
 #[derive(Deserialize, PartialEq, Eq, Clone, Copy)]
@@ -51,48 +53,6 @@ struct WireMessage {
 enum WireRole {
     User,
     Assistant,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireContent {
-    Text(String),
-    Blocks(Vec<WireBlock>),
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireBlock {
-    Text {
-        text: String,
-    },
-    Image {
-        source: WireImageSource,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        #[serde(default)]
-        input: Value,
-    },
-    ToolResult {
-        tool_use_id: String,
-        #[serde(default)]
-        content: Option<WireContent>,
-        #[serde(default)]
-        is_error: Option<bool>,
-    },
-    Thinking {},
-    RedactedThinking {},
-    #[serde(other)]
-    Unsupported,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireImageSource {
-    Base64 { media_type: String, data: String },
-    Url { url: String },
 }
 
 #[derive(Deserialize)]
@@ -105,22 +65,13 @@ struct WireTool {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireToolChoice {
-    Auto {
-        #[serde(default)]
-        disable_parallel_tool_use: Option<bool>,
-    },
-    Any {
-        #[serde(default)]
-        disable_parallel_tool_use: Option<bool>,
-    },
-    Tool {
-        name: String,
-        #[serde(default)]
-        disable_parallel_tool_use: Option<bool>,
-    },
-    None,
+struct WireToolChoice {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    disable_parallel_tool_use: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -133,22 +84,28 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidRequest, msg)
 }
 
-fn text_of(content: &WireContent) -> String {
+/// The text of a string or of an array of blocks' text blocks.
+fn text_of(content: &Value) -> String {
     match content {
-        WireContent::Text(s) => s.clone(),
-        WireContent::Blocks(b) => b
-            .iter()
-            .filter_map(|b| match b {
-                WireBlock::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => {
+            blocks.iter().filter(|b| b["type"] == "text").filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n")
+        }
+        _ => String::new(),
     }
 }
 
 fn message(role: Role, content: Option<Value>) -> Message {
     Message { role, content, tool_calls: None, tool_call_id: None, extra: Map::new() }
+}
+
+/// An image block's source as an image URL (data URL for base64 sources).
+fn image_url(source: &Value) -> Option<String> {
+    match source["type"].as_str()? {
+        "base64" => Some(format!("data:{};base64,{}", source["media_type"].as_str()?, source["data"].as_str()?)),
+        "url" => source["url"].as_str().map(str::to_owned),
+        _ => None,
+    }
 }
 
 /// An Anthropic Messages request as the canonical request.
@@ -158,39 +115,41 @@ fn to_canonical(w: WireRequest) -> Result<ChatRequest, Error> {
         messages.push(message(Role::System, Some(json!(text_of(system)))));
     }
     for (i, m) in w.messages.into_iter().enumerate() {
+        let untranslatable = || {
+            invalid(format!("messages[{i}] has a content block this gateway cannot translate")).with_param(format!("messages[{i}].content"))
+        };
         let blocks = match m.content {
-            WireContent::Text(t) => vec![WireBlock::Text { text: t }],
-            WireContent::Blocks(b) => b,
+            Value::String(t) => vec![json!({"type": "text", "text": t})],
+            Value::Array(b) => b,
+            _ => return Err(invalid(format!("messages[{i}].content must be a string or an array of blocks"))),
         };
         let mut parts = Vec::new();
         let mut calls = Vec::new();
         for block in blocks {
-            match block {
-                WireBlock::Text { text } => parts.push(json!({"type": "text", "text": text})),
-                WireBlock::Image { source } => {
-                    let url = match source {
-                        WireImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
-                        WireImageSource::Url { url } => url,
-                    };
+            match (block["type"].as_str().unwrap_or(""), m.role) {
+                ("text", _) => parts.push(json!({"type": "text", "text": block["text"].as_str().unwrap_or("")})),
+                ("image", _) => {
+                    let url = image_url(&block["source"]).ok_or_else(untranslatable)?;
                     parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
                 }
-                WireBlock::ToolUse { id, name, input } if m.role == WireRole::Assistant => {
-                    calls.push(ToolCall { id, kind: "function".into(), function: FunctionCall { name, arguments: input.to_string() } });
+                ("tool_use", WireRole::Assistant) => {
+                    let (Some(id), Some(name)) = (block["id"].as_str(), block["name"].as_str()) else { return Err(untranslatable()) };
+                    let input = if block["input"].is_null() { json!({}) } else { block["input"].clone() };
+                    let function = FunctionCall { name: name.to_owned(), arguments: input.to_string() };
+                    calls.push(ToolCall { id: id.to_owned(), kind: "function".into(), function });
                 }
-                WireBlock::ToolResult { tool_use_id, content, is_error } if m.role == WireRole::User => {
-                    let mut text = content.as_ref().map(text_of).unwrap_or_default();
-                    if is_error == Some(true) {
+                ("tool_result", WireRole::User) => {
+                    let id = block["tool_use_id"].as_str().ok_or_else(untranslatable)?;
+                    let mut text = text_of(&block["content"]);
+                    if block["is_error"] == true {
                         text = format!("Error: {text}");
                     }
                     let mut tool = message(Role::Tool, Some(json!(text)));
-                    tool.tool_call_id = Some(tool_use_id);
+                    tool.tool_call_id = Some(id.to_owned());
                     messages.push(tool);
                 }
-                WireBlock::Thinking {} | WireBlock::RedactedThinking {} => {}
-                WireBlock::ToolUse { .. } | WireBlock::ToolResult { .. } | WireBlock::Unsupported => {
-                    return Err(invalid(format!("messages[{i}] has a content block this gateway cannot translate"))
-                        .with_param(format!("messages[{i}].content")));
-                }
+                ("thinking" | "redacted_thinking", _) => {}
+                _ => return Err(untranslatable()),
             }
         }
         let role = if m.role == WireRole::User { Role::User } else { Role::Assistant };
@@ -236,20 +195,18 @@ fn to_canonical(w: WireRequest) -> Result<ChatRequest, Error> {
             .collect();
         extra.insert("tools".into(), Value::Array(tools));
     }
-    let (choice, no_parallel) = match w.tool_choice {
-        Some(WireToolChoice::Auto { disable_parallel_tool_use: d }) => (Some(json!("auto")), d),
-        Some(WireToolChoice::Any { disable_parallel_tool_use: d }) => (Some(json!("required")), d),
-        Some(WireToolChoice::Tool { name, disable_parallel_tool_use: d }) => {
-            (Some(json!({"type": "function", "function": {"name": name}})), d)
-        }
-        Some(WireToolChoice::None) => (Some(json!("none")), None),
-        None => (None, None),
-    };
-    if let Some(c) = choice {
+    if let Some(choice) = w.tool_choice {
+        let c = match (choice.kind.as_str(), choice.name) {
+            ("any", _) => json!("required"),
+            ("tool", Some(name)) => json!({"type": "function", "function": {"name": name}}),
+            ("none", _) => json!("none"),
+            ("auto", _) => json!("auto"),
+            (other, _) => return Err(invalid(format!("unknown tool_choice type {other:?}")).with_param("tool_choice")),
+        };
         extra.insert("tool_choice".into(), c);
-    }
-    if no_parallel == Some(true) {
-        extra.insert("parallel_tool_calls".into(), json!(false));
+        if choice.disable_parallel_tool_use == Some(true) {
+            extra.insert("parallel_tool_calls".into(), json!(false));
+        }
     }
     let stream = w.stream == Some(true);
     if stream {

@@ -171,20 +171,20 @@ struct WireMessage {
     usage: WireUsage,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireBlock {
-    Text {
-        text: String,
-    },
-    ToolUse {
-        id: String,
-        name: String,
-        #[serde(default)]
-        input: Value,
-    },
-    #[serde(other)]
-    Other,
+/// A content block. Flat rather than a tagged enum: serde's tagged enums buffer every field and
+/// cost several times the code size in wasm.
+#[derive(Deserialize, Default)]
+struct WireBlock {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -262,12 +262,15 @@ impl ProviderAdapter for Anthropic {
         let mut text = String::new();
         let mut calls = Vec::new();
         for block in m.content {
-            match block {
-                WireBlock::Text { text: t } => text.push_str(&t),
-                WireBlock::ToolUse { id, name, input } => {
-                    calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": input.to_string()}}));
+            match block.kind.as_str() {
+                "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+                "tool_use" => {
+                    let input = block.input.unwrap_or_else(|| json!({}));
+                    calls.push(
+                        json!({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": input.to_string()}}),
+                    );
                 }
-                WireBlock::Other => {}
+                _ => {} // thinking and future block types carry nothing the canonical answer holds
             }
         }
         let usage = Usage::from(m.usage);
@@ -314,34 +317,26 @@ struct Decoder {
     done: bool,
 }
 
+/// One stream event, flat (see [`WireBlock`]); `kind` says which fields are set.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireEvent {
-    MessageStart {
-        message: WireMessageStart,
-    },
-    ContentBlockStart {
-        index: u64,
-        content_block: WireBlock,
-    },
-    ContentBlockDelta {
-        index: u64,
-        delta: WireDelta,
-    },
-    MessageDelta {
-        delta: WireMessageDelta,
-        #[serde(default)]
-        usage: Option<WireUsageDelta>,
-    },
-    MessageStop,
-    Error {
-        error: WireError,
-    },
-    #[serde(other)]
-    Other, // ping, content_block_stop, and anything new
+struct WireEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Option<WireMessageStart>,
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    content_block: Option<WireBlock>,
+    #[serde(default)]
+    delta: Option<WireDelta>,
+    #[serde(default)]
+    usage: Option<WireUsageDelta>,
+    #[serde(default)]
+    error: Option<WireError>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct WireMessageStart {
     #[serde(default)]
     id: String,
@@ -351,21 +346,15 @@ struct WireMessageStart {
     usage: WireUsage,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum WireDelta {
-    TextDelta {
-        text: String,
-    },
-    InputJsonDelta {
-        partial_json: String,
-    },
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-struct WireMessageDelta {
+/// A content-block delta or a message delta.
+#[derive(Deserialize, Default)]
+struct WireDelta {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    partial_json: Option<String>,
     #[serde(default)]
     stop_reason: Option<String>,
 }
@@ -384,11 +373,12 @@ struct WireUsageDelta {
 
 impl Decoder {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamEvent {
+        let content = finish.is_some() || delta.get("role").is_none();
         let c = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
-        StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false }
+        StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
     }
 
     fn event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
@@ -397,57 +387,70 @@ impl Decoder {
         }
         let event: WireEvent = serde_json::from_str(&ev.data)
             .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent a malformed stream event: {e}")))?;
-        match event {
-            WireEvent::MessageStart { message } => {
+        let index = event.index;
+        match event.kind.as_str() {
+            "message_start" => {
+                let message = event.message.unwrap_or_default();
                 self.id = message.id;
                 self.model = message.model;
                 self.usage = message.usage;
                 out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
             }
-            WireEvent::ContentBlockStart { index, content_block } => match content_block {
-                WireBlock::ToolUse { id, name, .. } => {
-                    let call = self.tool_index.len();
-                    self.tool_index.push((index, call));
-                    let delta =
-                        json!({"tool_calls": [{"index": call, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]});
-                    out.push(self.chunk(delta, None));
+            "content_block_start" => {
+                let block = event.content_block.unwrap_or_default();
+                match block.kind.as_str() {
+                    "tool_use" => {
+                        let call = self.tool_index.len();
+                        self.tool_index.push((index, call));
+                        let function = json!({"name": block.name, "arguments": ""});
+                        let delta = json!({"tool_calls": [{"index": call, "id": block.id, "type": "function", "function": function}]});
+                        out.push(self.chunk(delta, None));
+                    }
+                    "text" => {
+                        if let Some(text) = block.text.filter(|t| !t.is_empty()) {
+                            out.push(self.chunk(json!({"content": text}), None));
+                        }
+                    }
+                    _ => {}
                 }
-                WireBlock::Text { text } if !text.is_empty() => out.push(self.chunk(json!({"content": text}), None)),
-                _ => {}
-            },
-            WireEvent::ContentBlockDelta { index, delta } => match delta {
-                WireDelta::TextDelta { text } => out.push(self.chunk(json!({"content": text}), None)),
-                WireDelta::InputJsonDelta { partial_json } => {
-                    let call = self.tool_index.iter().find(|(i, _)| *i == index).map(|(_, c)| *c).unwrap_or(0);
-                    out.push(self.chunk(json!({"tool_calls": [{"index": call, "function": {"arguments": partial_json}}]}), None));
+            }
+            "content_block_delta" => {
+                let delta = event.delta.unwrap_or_default();
+                match delta.kind.as_str() {
+                    "text_delta" => out.push(self.chunk(json!({"content": delta.text.unwrap_or_default()}), None)),
+                    "input_json_delta" => {
+                        let call = self.tool_index.iter().find(|(i, _)| *i == index).map_or(0, |(_, c)| *c);
+                        let args = delta.partial_json.unwrap_or_default();
+                        out.push(self.chunk(json!({"tool_calls": [{"index": call, "function": {"arguments": args}}]}), None));
+                    }
+                    _ => {} // thinking and signature deltas
                 }
-                WireDelta::Other => {}
-            },
-            WireEvent::MessageDelta { delta, usage } => {
-                if let Some(u) = usage {
+            }
+            "message_delta" => {
+                if let Some(u) = event.usage {
                     self.usage.output_tokens = u.output_tokens.unwrap_or(self.usage.output_tokens);
                     self.usage.input_tokens = u.input_tokens.unwrap_or(self.usage.input_tokens);
                     self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens.or(self.usage.cache_creation_input_tokens);
                     self.usage.cache_read_input_tokens = u.cache_read_input_tokens.or(self.usage.cache_read_input_tokens);
                 }
-                let reason = finish_reason(delta.stop_reason.as_deref().unwrap_or("end_turn"));
-                out.push(self.chunk(json!({}), Some(reason)));
+                let stop = event.delta.and_then(|d| d.stop_reason);
+                out.push(self.chunk(json!({}), Some(finish_reason(stop.as_deref().unwrap_or("end_turn")))));
             }
-            WireEvent::MessageStop => {
+            "message_stop" => {
                 let usage = Usage::from(self.usage);
                 let c = json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                     "choices": [], "usage": usage.to_openai(),
                 });
-                out.push(StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true });
+                out.push(StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true, content: false });
                 out.push(StreamEvent::Done);
                 self.done = true;
             }
-            WireEvent::Error { error } => {
-                let msg: String = error.message.chars().take(MAX_QUOTED).collect();
+            "error" => {
+                let msg: String = event.error.map(|e| e.message).unwrap_or_default().chars().take(MAX_QUOTED).collect();
                 return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider reported an error mid-stream: {msg}")));
             }
-            WireEvent::Other => {}
+            _ => {} // ping, content_block_stop, and event types added later
         }
         Ok(())
     }

@@ -24,6 +24,10 @@ pub enum StreamEvent {
         usage: Option<Usage>,
         /// Whether this chunk is only the usage report (`choices` empty).
         usage_only: bool,
+        /// Whether this chunk commits the answer: it carries text, a tool call or a finish
+        /// reason. Chunks before the first such one (the role chunk) are held back, so a
+        /// provider that fails before committing can still be failed over invisibly.
+        content: bool,
     },
     /// The provider said the answer is complete.
     Done,

@@ -26,11 +26,42 @@ struct WireCompletion {
 #[derive(Deserialize)]
 struct WireChunk {
     #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
+    choices: Option<Vec<WireChunkChoice>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<WireError>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    #[serde(default)]
+    delta: Option<WireChunkDelta>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<IgnoredAny>>,
+}
+
+impl WireChunkChoice {
+    /// Text, a refusal, a tool call or a finish reason: anything but the role preamble.
+    fn commits(&self) -> bool {
+        let delta = self.delta.as_ref();
+        self.finish_reason.is_some()
+            || delta.is_some_and(|d| {
+                d.content.as_deref().is_some_and(|c| !c.is_empty())
+                    || d.refusal.as_deref().is_some_and(|c| !c.is_empty())
+                    || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -169,7 +200,8 @@ impl Decoder {
             return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider reported an error mid-stream: {msg}")));
         }
         let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty) && chunk.usage.is_some();
-        out.push(StreamEvent::Chunk { json: data.to_owned(), usage: chunk.usage.map(Usage::from), usage_only });
+        let content = chunk.choices.iter().flatten().any(WireChunkChoice::commits);
+        out.push(StreamEvent::Chunk { json: data.to_owned(), usage: chunk.usage.map(Usage::from), usage_only, content });
         Ok(())
     }
 }
@@ -260,10 +292,15 @@ mod tests {
         let (ev, err) = decode(&[&format!("data: {c1}\n\ndata: {u}\n\n"), "data: [DONE]\n\n"]);
         assert_eq!(err, None);
         assert_eq!(ev.len(), 3);
-        assert_eq!(ev[0], StreamEvent::Chunk { json: c1.into(), usage: None, usage_only: false });
+        assert_eq!(ev[0], StreamEvent::Chunk { json: c1.into(), usage: None, usage_only: false, content: true });
         assert_eq!(
             ev[1],
-            StreamEvent::Chunk { json: u.into(), usage: Some(Usage { input: 3, output: 1, ..Usage::default() }), usage_only: true }
+            StreamEvent::Chunk {
+                json: u.into(),
+                usage: Some(Usage { input: 3, output: 1, ..Usage::default() }),
+                usage_only: true,
+                content: false
+            }
         );
         assert_eq!(ev[2], StreamEvent::Done);
 
