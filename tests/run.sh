@@ -13,6 +13,17 @@ say "building the test harness (Spin test host, upstream simulator) into $HARNES
 export EDGEGATE_SPIN_HOST="$HARNESS_TARGET/release/spin-test-host"
 export EDGEGATE_UPSTREAM_SIM="$HARNESS_TARGET/release/upstream-sim"
 
+# The official Python SDKs, pinned, in a virtualenv keyed by the requirements file's hash.
+venv="$EDGEGATE_CACHE/venv-$(sha256sum tests/e2e/python/requirements.txt | cut -c1-12)"
+if [ ! -f "$venv/.complete" ]; then
+  say "installing the official Python SDKs into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/python/requirements.txt
+  touch "$venv/.complete"
+fi
+export EDGEGATE_PYTHON="$venv/bin/python"
+
 say "core: formatting and lints (the core may not read clocks or draw randomness)"
 cargo fmt --all --check
 cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit -- -D warnings
@@ -38,5 +49,5 @@ for f in edge/cloudflare/build/index_bg.wasm target/wasm32-wasip2/release/edgega
   printf '  %-52s %8d bytes raw %8d gzip\n' "$f" "$(stat -c %s "$f")" "$(gzip -9c "$f" | wc -c)" >&2
 done
 
-say "end-to-end: workerd and the Spin host"
+say "end-to-end: workerd and the Spin host, with the official OpenAI and Anthropic SDKs (Node and Python)"
 node --test --test-concurrency=1 tests/e2e/
