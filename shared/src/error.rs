@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+/// Longest provider `Retry-After` passed on to callers, in seconds.
+pub const MAX_UPSTREAM_RETRY_AFTER_SECS: u64 = 60;
+
 /// Who caused an error. Downstream is the client, upstream is the provider, always.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,6 +49,11 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     /// The provider answered with an error status.
     UpstreamStatus(u16),
+    /// The provider refused for rate or quota (429); its `Retry-After`, if it sent one.
+    UpstreamRateLimited {
+        /// The provider's requested wait in milliseconds.
+        retry_after_ms: Option<u64>,
+    },
     /// The provider rejected the request as invalid (a 4xx other than 401/403/408/429).
     UpstreamRejected(u16),
     /// The provider's answer could not be understood.
@@ -104,7 +112,7 @@ impl Error {
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::RateLimited { .. } => 429,
+            ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => 429,
             ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable => 503,
             ErrorKind::UpstreamTimeout => 504,
@@ -125,9 +133,11 @@ impl Error {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::RateLimited { .. }
             | ErrorKind::UpstreamRejected(_) => Side::Downstream,
-            ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol | ErrorKind::UpstreamTimeout => {
-                Side::Upstream
-            }
+            ErrorKind::UpstreamUnavailable
+            | ErrorKind::UpstreamStatus(_)
+            | ErrorKind::UpstreamRateLimited { .. }
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTimeout => Side::Upstream,
             ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable | ErrorKind::SecretMissing | ErrorKind::Internal => Side::Internal,
         }
     }
@@ -136,7 +146,7 @@ impl Error {
     pub fn retry(&self) -> Retry {
         match self.kind {
             ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamTimeout | ErrorKind::SecretMissing => Retry::Next,
-            ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => Retry::Next,
+            ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamRateLimited { .. } | ErrorKind::UpstreamProtocol => Retry::Next,
             _ => Retry::No,
         }
     }
@@ -155,6 +165,7 @@ impl Error {
             ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::UpstreamStatus(_) => "upstream_error",
+            ErrorKind::UpstreamRateLimited { .. } => "upstream_rate_limited",
             ErrorKind::UpstreamRejected(_) => "upstream_rejected",
             ErrorKind::UpstreamProtocol => "upstream_protocol_error",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -169,7 +180,7 @@ impl Error {
     pub fn openai_type(&self) -> &'static str {
         match self.kind {
             ErrorKind::InvalidApiKey | ErrorKind::MissingApiKey => "authentication_error",
-            ErrorKind::RateLimited { .. } => "rate_limit_error",
+            ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => "rate_limit_error",
             _ => match self.side() {
                 Side::Downstream => "invalid_request_error",
                 Side::Upstream => "upstream_error",
@@ -178,11 +189,27 @@ impl Error {
         }
     }
 
-    /// Seconds for a `Retry-After` header, rounded up, if the caller should wait.
+    /// Seconds for a `Retry-After` header, rounded up, if the caller should wait. A provider's
+    /// wait is clamped to [`MAX_UPSTREAM_RETRY_AFTER_SECS`] so a confused provider cannot park
+    /// clients for hours.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self.kind {
             ErrorKind::RateLimited { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            ErrorKind::UpstreamRateLimited { retry_after_ms } => {
+                Some(retry_after_ms.unwrap_or(1000).div_ceil(1000).clamp(1, MAX_UPSTREAM_RETRY_AFTER_SECS))
+            }
             _ => None,
+        }
+    }
+
+    /// The `x-should-retry` answer: whether the same request, sent again later, may succeed.
+    /// The gateway has already walked its plan, so this is about time healing the failure, and
+    /// it stops SDKs from retrying requests that can never succeed.
+    pub fn should_retry(&self) -> bool {
+        match self.side() {
+            Side::Downstream => matches!(self.kind, ErrorKind::RateLimited { .. }),
+            Side::Upstream => true,
+            Side::Internal => matches!(self.kind, ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable),
         }
     }
 
@@ -231,6 +258,7 @@ mod tests {
         check(K::RateLimited { retry_after_ms: 1 }, 429, Downstream, "rate_limit_exceeded", "rate_limit_error");
         check(K::UpstreamUnavailable, 502, Upstream, "upstream_unavailable", "upstream_error");
         check(K::UpstreamStatus(503), 502, Upstream, "upstream_error", "upstream_error");
+        check(K::UpstreamRateLimited { retry_after_ms: None }, 429, Upstream, "upstream_rate_limited", "rate_limit_error");
         check(K::UpstreamRejected(422), 400, Downstream, "upstream_rejected", "invalid_request_error");
         check(K::UpstreamProtocol, 502, Upstream, "upstream_protocol_error", "upstream_error");
         check(K::UpstreamTimeout, 504, Upstream, "upstream_timeout", "upstream_error");
@@ -248,6 +276,21 @@ mod tests {
         assert_eq!(e(1000), Some(1));
         assert_eq!(e(1001), Some(2));
         assert_eq!(Error::new(ErrorKind::Internal, "").retry_after_secs(), None);
+        let up = |ms| Error::new(ErrorKind::UpstreamRateLimited { retry_after_ms: ms }, "").retry_after_secs();
+        assert_eq!((up(None), up(Some(0)), up(Some(7_500)), up(Some(3_600_000))), (Some(1), Some(1), Some(8), Some(60)));
+    }
+
+    #[test]
+    fn should_retry_only_when_time_can_help() {
+        let r = |k| Error::new(k, "").should_retry();
+        assert!(r(ErrorKind::RateLimited { retry_after_ms: 5 }));
+        assert!(r(ErrorKind::UpstreamRateLimited { retry_after_ms: None }));
+        assert!(r(ErrorKind::UpstreamStatus(503)));
+        assert!(r(ErrorKind::StoreUnavailable));
+        assert!(!r(ErrorKind::InvalidRequest));
+        assert!(!r(ErrorKind::InvalidApiKey));
+        assert!(!r(ErrorKind::UpstreamRejected(400)));
+        assert!(!r(ErrorKind::SecretMissing));
     }
 
     #[test]

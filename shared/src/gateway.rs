@@ -269,10 +269,10 @@ impl Gateway {
             host.send(request).await.map_err(|e| (None, e))?
         };
         let status = response.status().as_u16();
-        let body = response.into_body();
+        let (head, body) = response.into_parts();
         if !(200..300).contains(&status) {
             let bytes = collect(body, MAX_UPSTREAM_ERROR_BYTES).await.unwrap_or_default();
-            return Err((Some(status), adapter.error_response(status, &bytes)));
+            return Err((Some(status), providers::upstream_error(adapter, status, &head.headers, &bytes)));
         }
         if chat.is_stream() {
             let mut decoder = adapter.stream_decoder(host.now_ms() / 1000);
@@ -336,6 +336,8 @@ fn error_response(e: &Error, dialect: &dyn Dialect) -> http::Response<Body> {
     if let Some(secs) = e.retry_after_secs() {
         resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    let should_retry = HeaderValue::from_static(if e.should_retry() { "true" } else { "false" });
+    resp.headers_mut().insert("x-should-retry", should_retry);
     resp
 }
 

@@ -19,10 +19,12 @@ use crate::telemetry::RequestRecord;
 /// One scripted upstream answer.
 #[derive(Debug, Clone)]
 pub enum Scripted {
-    /// Answer with this status, content type and body pieces; `Err` pieces break the stream there.
+    /// Answer with this status, headers and body pieces; `Err` pieces break the stream there.
     Respond {
         /// HTTP status.
         status: u16,
+        /// Response headers.
+        headers: Vec<(&'static str, &'static str)>,
         /// Body pieces, in order.
         chunks: Vec<Result<Bytes, Error>>,
     },
@@ -33,12 +35,16 @@ pub enum Scripted {
 impl Scripted {
     /// A JSON answer.
     pub fn json(status: u16, body: &str) -> Self {
-        Scripted::Respond { status, chunks: vec![Ok(Bytes::copy_from_slice(body.as_bytes()))] }
+        Scripted::Respond { status, headers: vec![], chunks: vec![Ok(Bytes::copy_from_slice(body.as_bytes()))] }
     }
 
     /// An event-stream answer made of these pieces.
     pub fn sse(pieces: &[&str]) -> Self {
-        Scripted::Respond { status: 200, chunks: pieces.iter().map(|p| Ok(Bytes::copy_from_slice(p.as_bytes()))).collect() }
+        Scripted::Respond {
+            status: 200,
+            headers: vec![],
+            chunks: pieces.iter().map(|p| Ok(Bytes::copy_from_slice(p.as_bytes()))).collect(),
+        }
     }
 }
 
@@ -162,10 +168,13 @@ impl Upstream for TestHost {
         match next {
             None => Err(Error::new(ErrorKind::Internal, "testkit: no scripted upstream answer left")),
             Some(Scripted::Unreachable) => Err(Error::new(ErrorKind::UpstreamUnavailable, "connection refused")),
-            Some(Scripted::Respond { status, chunks }) => {
+            Some(Scripted::Respond { status, headers, chunks }) => {
                 let body: ByteStream = Box::pin(futures::stream::iter(chunks));
                 let mut resp = http::Response::new(body);
                 *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                for (name, value) in headers {
+                    resp.headers_mut().insert(name, http::HeaderValue::from_static(value));
+                }
                 Ok(resp)
             }
         }

@@ -245,6 +245,7 @@ fn a_stream_cut_or_garbled_mid_answer_ends_with_an_error_event_not_done() {
     }
     h.script(Scripted::Respond {
         status: 200,
+        headers: vec![],
         chunks: vec![Ok(Bytes::from(format!("{c}\n\n"))), Err(Error::new(ErrorKind::UpstreamUnavailable, "reset"))],
     });
     let a = call(&h, &gw, post(Some("sk-acme"), &chat("real", true)));
@@ -314,7 +315,7 @@ fn a_stream_that_fails_before_any_content_fails_over_invisibly() {
     for first in [
         Scripted::sse(&[&format!("{role}\n\n")]),                      // cut after the role chunk
         Scripted::sse(&[&format!("{role}\n\n"), "data: {broken\n\n"]), // garbled before content
-        Scripted::Respond { status: 200, chunks: vec![Err(Error::new(ErrorKind::UpstreamUnavailable, "reset"))] }, // reset at once
+        Scripted::Respond { status: 200, headers: vec![], chunks: vec![Err(Error::new(ErrorKind::UpstreamUnavailable, "reset"))] }, // reset at once
     ] {
         h.script(first);
         h.script(Scripted::sse(&good));
@@ -326,4 +327,24 @@ fn a_stream_that_fails_before_any_content_fails_over_invisibly() {
     }
     let recs = h.records();
     assert!(recs.iter().all(|r| r.error.is_none() && r.attempts.len() == 2 && r.attempts[0].error.is_some()), "{recs:?}");
+}
+
+#[test]
+fn a_provider_rate_limit_is_passed_on_with_a_clamped_retry_after() {
+    let (h, gw) = (host(), Gateway::new());
+    let limited = |retry: &'static str| Scripted::Respond {
+        status: 429,
+        headers: vec![("retry-after", retry)],
+        chunks: vec![Ok(Bytes::from_static(br#"{"error":{"message":"slow down"}}"#))],
+    };
+    for (retry, expect) in [("7", "7"), ("86400", "60"), ("soon", "1")] {
+        h.script(limited(retry));
+        h.script(limited(retry));
+        let a = call(&h, &gw, post(Some("sk-acme"), &chat("real", false)));
+        assert_eq!((a.status, a.code().as_str()), (429, "upstream_rate_limited"), "{}", a.body);
+        assert_eq!((a.headers["retry-after"].to_str().ok(), a.headers["x-should-retry"].to_str().ok()), (Some(expect), Some("true")));
+        h.advance(60_000);
+    }
+    let a = call(&h, &gw, post(Some("sk-acme"), "{"));
+    assert_eq!((a.status, a.headers["x-should-retry"].to_str().ok()), (400, Some("false")), "a bad request will not get better");
 }

@@ -117,6 +117,7 @@ for (const [name, start] of Object.entries(runtimes)) {
       ["every provider failing", () => post(chat("all-down")), 502, "upstream_unavailable"],
       ["a provider error status", () => post(chat("sim-chat", "sim:status=500")), 502, "upstream_error"],
       ["an unreachable provider", () => post(chat("unreachable")), 502, "upstream_unavailable"],
+      ["a provider's rate limit", () => post(chat("sim-chat", "x sim:status=429 sim:retry-after=7")), 429, "upstream_rate_limited"],
     ];
     for (const [what, send, status, code] of errorCases) {
       it(`answers ${what} with an OpenAI-shaped ${status} (${code})`, async () => {
@@ -130,6 +131,8 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.equal(typeof body.error.message, "string");
         assert.equal(typeof body.error.type, "string");
         assert.ok("param" in body.error);
+        assert.equal(r.headers.get("x-should-retry"), status === 429 || status >= 500 ? "true" : "false", "x-should-retry");
+        if (code === "upstream_rate_limited") assert.equal(r.headers.get("retry-after"), "7", "the provider's Retry-After is passed on");
         assert.ok(!text.includes(SIM_SECRET), "the provider credential never leaks");
       });
     }

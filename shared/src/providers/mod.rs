@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use crate::chat::{ChatRequest, Usage};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, ProviderKind, Target};
 
 pub mod anthropic;
@@ -66,6 +66,20 @@ pub trait ProviderAdapter {
     fn error_response(&self, status: u16, body: &[u8]) -> Error;
     /// A fresh stream decoder; `created` stamps chunks that carry no time.
     fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder>;
+}
+
+/// The gateway's error for a provider's error answer: the adapter reads the body; a 429 becomes
+/// [`ErrorKind::UpstreamRateLimited`] carrying the provider's `retry-after-ms` or `retry-after`
+/// (seconds) for every provider alike.
+pub fn upstream_error(adapter: &dyn ProviderAdapter, status: u16, headers: &http::HeaderMap, body: &[u8]) -> Error {
+    let mut e = adapter.error_response(status, body);
+    if status == 429 {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+        let wait = header("retry-after-ms").or_else(|| header("retry-after").map(|s| s * 1000.0));
+        let retry_after_ms = wait.filter(|w| w.is_finite() && *w >= 0.0).map(|w| w.ceil() as u64);
+        e.kind = ErrorKind::UpstreamRateLimited { retry_after_ms };
+    }
+    e
 }
 
 /// The adapter for a provider kind. The built-in mock speaks the OpenAI wire format.
