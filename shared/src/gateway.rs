@@ -13,6 +13,7 @@ use http::{HeaderValue, Method, StatusCode};
 
 use crate::chat::ChatRequest;
 use crate::dialect::{self, Dialect, StreamEncoder};
+use crate::embeddings::EmbeddingsRequest;
 use crate::error::{Error, ErrorKind};
 use crate::phases::{self, Candidate, RateState};
 use crate::policy::{PolicyCache, ProviderKind, hex};
@@ -57,6 +58,7 @@ enum Route {
     Models,
     ChatCompletions,
     Messages,
+    Embeddings,
 }
 
 impl Route {
@@ -66,6 +68,7 @@ impl Route {
             Route::Models => "GET /v1/models",
             Route::ChatCompletions => "POST /v1/chat/completions",
             Route::Messages => "POST /v1/messages",
+            Route::Embeddings => "POST /v1/embeddings",
         }
     }
 
@@ -73,7 +76,7 @@ impl Route {
     fn dialect(self) -> &'static dyn Dialect {
         match self {
             Route::Messages => &dialect::anthropic::Anthropic,
-            Route::Health | Route::Models | Route::ChatCompletions => &dialect::openai::OpenAi,
+            Route::Health | Route::Models | Route::ChatCompletions | Route::Embeddings => &dialect::openai::OpenAi,
         }
     }
 }
@@ -84,12 +87,20 @@ fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
         "/v1/models" => (Route::Models, Method::GET),
         "/v1/chat/completions" => (Route::ChatCompletions, Method::POST),
         "/v1/messages" => (Route::Messages, Method::POST),
+        "/v1/embeddings" => (Route::Embeddings, Method::POST),
         _ => return Err(Error::new(ErrorKind::RouteNotFound, format!("no such endpoint: {path}"))),
     };
     if *method != allowed {
         return Err(Error::new(ErrorKind::MethodNotAllowed, format!("{path} accepts {allowed} only")));
     }
     Ok(route)
+}
+
+/// What is asked of the providers.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Chat(&'a ChatRequest),
+    Embed(&'a EmbeddingsRequest),
 }
 
 /// Per-request context, owned by the request and passed `&mut` to each step.
@@ -200,23 +211,30 @@ impl Gateway {
             admitted?;
         }
 
+        if route == Route::Embeddings {
+            let embed = EmbeddingsRequest::parse(req.body())?;
+            ctx.record.model = Some(embed.model.clone());
+            let plan = phases::route(&policy, &principal, &embed.model)?;
+            return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
+        }
+
         let chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
 
         let plan = phases::route(&policy, &principal, &chat.model)?;
         // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
-        self.call_upstream(host, ctx, &chat, &plan).await
+        self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
     }
 
     /// Phase 5, **call upstream**: walks the plan in order until a candidate answers; keeps every
     /// failed attempt. A streamed answer is returned as soon as its status is known to be good.
-    async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, chat: &ChatRequest, plan: &[Candidate]) -> Result<Reply, Error> {
+    async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, plan: &[Candidate]) -> Result<Reply, Error> {
         let mut failures: Vec<String> = Vec::new();
         let mut last: Option<Error> = None;
         for candidate in plan {
             let sent_ms = host.now_ms();
-            let result = self.attempt(host, ctx, chat, candidate).await;
+            let result = self.attempt(host, ctx, op, candidate).await;
             let (status, error) = match &result {
                 Ok((status, _)) => (Some(*status), None),
                 Err((status, e)) => (*status, Some(e.metric_label())),
@@ -244,13 +262,7 @@ impl Gateway {
         Err(err)
     }
 
-    async fn attempt<H: Host>(
-        &self,
-        host: &H,
-        ctx: &mut Ctx,
-        chat: &ChatRequest,
-        c: &Candidate,
-    ) -> Result<(u16, Reply), (Option<u16>, Error)> {
+    async fn attempt<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, c: &Candidate) -> Result<(u16, Reply), (Option<u16>, Error)> {
         let adapter = providers::adapter(c.provider.kind);
         let credential = match &c.provider.api_key_secret {
             None => None,
@@ -262,7 +274,11 @@ impl Gateway {
                 Err(e) => return Err((None, e)),
             },
         };
-        let request = adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()).map_err(|e| (None, e))?;
+        let request = match op {
+            Op::Chat(chat) => adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()),
+            Op::Embed(embed) => adapter.embeddings_request(&c.provider, &c.target, embed, credential.as_deref()),
+        }
+        .map_err(|e| (None, e))?;
         let response = if c.provider.kind == ProviderKind::Mock {
             mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id))
         } else {
@@ -274,6 +290,16 @@ impl Gateway {
             let bytes = collect(body, MAX_UPSTREAM_ERROR_BYTES).await.unwrap_or_default();
             return Err((Some(status), providers::upstream_error(adapter, status, &head.headers, &bytes)));
         }
+        let chat = match op {
+            Op::Chat(chat) => chat,
+            Op::Embed(embed) => {
+                let bytes = collect(body, MAX_UPSTREAM_BYTES).await.map_err(|e| (Some(status), e))?;
+                let embeddings = adapter.embeddings_response(&bytes).map_err(|e| (Some(status), e))?;
+                ctx.record.usage = Some(embeddings.usage);
+                let rendered = embeddings.to_openai(embed.encoding_format.as_deref()).to_string();
+                return Ok((status, Reply::Json(Bytes::from(rendered))));
+            }
+        };
         if chat.is_stream() {
             let mut decoder = adapter.stream_decoder(host.now_ms() / 1000);
             let (body, held) = hold_until_content(body, decoder.as_mut()).await.map_err(|e| (Some(status), e))?;

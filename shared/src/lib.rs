@@ -12,6 +12,7 @@
 
 pub mod chat;
 pub mod dialect;
+pub mod embeddings;
 pub mod error;
 pub mod gateway;
 pub mod ledger;

@@ -348,3 +348,43 @@ fn a_provider_rate_limit_is_passed_on_with_a_clamped_retry_after() {
     let a = call(&h, &gw, post(Some("sk-acme"), "{"));
     assert_eq!((a.status, a.headers["x-should-retry"].to_str().ok()), (400, Some("false")), "a bad request will not get better");
 }
+
+fn embed(key: &str, body: Value) -> http::Request<Bytes> {
+    http::Request::post("https://gw/v1/embeddings")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Bytes::from(body.to_string()))
+        .unwrap_or_else(|_| unreachable!())
+}
+
+#[test]
+fn embeddings_in_float_and_base64_from_the_mock_and_a_provider() {
+    let (h, gw) = (host(), Gateway::new());
+    let float = call(&h, &gw, embed("sk-acme", json!({"model": "mock", "input": ["a", "b"]})));
+    assert_eq!(float.status, 200, "{}", float.body);
+    let v = float.json();
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
+    let first: Vec<f32> = serde_json::from_value(v["data"][0]["embedding"].clone()).unwrap_or_default();
+    assert_eq!(first.len(), edgegate_core::providers::mock::EMBEDDING_DIMS);
+
+    let b64 = call(&h, &gw, embed("sk-acme", json!({"model": "mock", "input": ["a", "b"], "encoding_format": "base64"})));
+    let text = b64.json()["data"][0]["embedding"].as_str().unwrap_or_default().to_owned();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_default();
+    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    assert_eq!(decoded, first, "base64 carries the same little-endian f32 vector");
+
+    h.script(Scripted::json(200, r#"{"object":"list","model":"emb-x","data":[{"index":1,"embedding":[0.5]},{"index":0,"embedding":[0.25]}],"usage":{"prompt_tokens":4,"total_tokens":4}}"#));
+    let a = call(&h, &gw, embed("sk-acme", json!({"model": "real", "input": ["x", "y"], "encoding_format": "base64", "dimensions": 1})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"][0]["embedding"], "AACAPg==", "vectors are put back in input order"); // 0.25f32
+    let sent: Value = serde_json::from_slice(h.sent()[0].body()).unwrap_or_default();
+    assert_eq!(h.sent()[0].uri(), "http://127.0.0.1:7001/v1/embeddings");
+    assert_eq!(
+        (sent["model"].as_str(), sent["encoding_format"].as_str(), sent["dimensions"].as_u64()),
+        (Some("gpt-x"), Some("float"), Some(1))
+    );
+
+    h.advance(60_000); // acme may send 3 requests a minute
+    let bad = call(&h, &gw, embed("sk-acme", json!({"model": "mock", "input": 3})));
+    assert_eq!((bad.status, bad.code().as_str()), (400, "invalid_request"));
+}

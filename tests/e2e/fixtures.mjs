@@ -36,6 +36,7 @@ export function policy(simUrl) {
     models: [
       { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
       { alias: "sim-chat", targets: [{ provider: "sim", model: "sim-model-1" }] },
+      { alias: "sim-embed", targets: [{ provider: "sim", model: "text-embedding-sim" }] },
       { alias: "claude", targets: [{ provider: "sim-anthropic", model: "claude-sim-1" }] },
       { alias: "stream-failover", targets: [{ provider: "sim", model: "flaky sim:cut=0" }, { provider: "sim-anthropic", model: "cut sim:cut=0" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },

@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "claude", "failover", "mock", "sim-chat", "stream-failover", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "claude", "failover", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -312,6 +312,22 @@ for (const [name, start] of Object.entries(runtimes)) {
         (e) => e instanceof Anthropic.APIError,
         "a cut stream raises in the Anthropic SDK",
       );
+    });
+
+    it("serves embeddings as float and base64 to the OpenAI SDK", async () => {
+      await sim.clear();
+      const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      const expected = (t) => [0, 1, 2, 3].map((d) => Math.fround((t.length + d) / 100));
+      const viaBase64 = await client.embeddings.create({ model: "sim-embed", input: ["hello", "edge gateway"] }); // the SDK asks for base64
+      assert.deepEqual(viaBase64.data.map((d) => d.embedding), [expected("hello"), expected("edge gateway")]);
+      const viaFloat = await client.embeddings.create({ model: "sim-embed", input: "hi", encoding_format: "float" });
+      assert.deepEqual(viaFloat.data[0].embedding.map(Math.fround), expected("hi"));
+      assert.ok(viaFloat.usage.prompt_tokens > 0);
+      const sent = (await sim.received()).map((r) => [r.path, r.body.model, r.body.encoding_format]);
+      assert.deepEqual(sent, [["/v1/embeddings", "text-embedding-sim", "float"], ["/v1/embeddings", "text-embedding-sim", "float"]]);
+      const mock = await client.embeddings.create({ model: "mock", input: "x" });
+      assert.equal(mock.data[0].embedding.length, 8);
+      await assert.rejects(client.embeddings.create({ model: "claude", input: "x" }), (e) => e instanceof OpenAI.BadRequestError, "Anthropic has no embeddings");
     });
 
     it("writes a telemetry record for each request", async () => {

@@ -14,6 +14,7 @@ const CHECKS = [
   "openai_tools_through_anthropic",
   "openai_models",
   "openai_error_classes",
+  "openai_embeddings_base64_and_float",
   "openai_cut_stream_raises",
   "anthropic_messages_each_provider",
   "anthropic_stream_each_provider",

@@ -7,7 +7,10 @@
 use bytes::Bytes;
 use serde_json::json;
 
+use sha2::{Digest, Sha256};
+
 use crate::chat::{ChatRequest, Role};
+use crate::embeddings::EmbeddingsRequest;
 use crate::ports::ByteStream;
 
 /// Longest echo of the user's text in a mock answer, in characters.
@@ -17,6 +20,9 @@ const ECHO_CHARS: usize = 200;
 ///
 /// `created` is the Unix time to stamp on the answer and `id` its completion id.
 pub fn respond(request: &http::Request<Bytes>, created: u64, id: &str) -> http::Response<ByteStream> {
+    if request.uri().path().ends_with("/embeddings") {
+        return embed(request);
+    }
     let Ok(req) = ChatRequest::parse(request.body()) else {
         let body = json!({"error": {"message": "mock provider: unreadable request", "type": "invalid_request_error", "param": null, "code": null}});
         return response(400, "application/json", vec![Bytes::from(body.to_string())]);
@@ -56,6 +62,30 @@ pub fn respond(request: &http::Request<Bytes>, created: u64, id: &str) -> http::
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     response(200, "text/event-stream", frames)
+}
+
+/// Dimensions of mock embeddings.
+pub const EMBEDDING_DIMS: usize = 8;
+
+/// Deterministic vectors: each text's SHA-256, scaled into [-1, 1].
+fn embed(request: &http::Request<Bytes>) -> http::Response<ByteStream> {
+    let Ok(req) = EmbeddingsRequest::parse(request.body()) else {
+        let body = json!({"error": {"message": "mock provider: unreadable request", "type": "invalid_request_error", "param": null, "code": null}});
+        return response(400, "application/json", vec![Bytes::from(body.to_string())]);
+    };
+    let texts = req.texts();
+    let data: Vec<_> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let digest = Sha256::digest(t.as_bytes());
+            let v: Vec<f32> = digest.iter().take(EMBEDDING_DIMS).map(|b| (f32::from(*b) - 127.5) / 127.5).collect();
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    let tokens: u64 = texts.iter().map(|t| words(t)).sum();
+    let body = json!({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    response(200, "application/json", vec![Bytes::from(body.to_string())])
 }
 
 fn words(s: &str) -> u64 {

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use crate::chat::{ChatRequest, Usage};
+use crate::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, ProviderKind, Target};
 
@@ -66,6 +67,25 @@ pub trait ProviderAdapter {
     fn error_response(&self, status: u16, body: &[u8]) -> Error;
     /// A fresh stream decoder; `created` stamps chunks that carry no time.
     fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder>;
+
+    /// The upstream HTTP request for an embeddings request. Providers without embeddings keep
+    /// this default, which refuses.
+    fn embeddings_request(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &EmbeddingsRequest,
+        credential: Option<&str>,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let _ = (target, req, credential);
+        Err(Error::new(ErrorKind::InvalidRequest, format!("provider `{}` does not offer embeddings", provider.id)).with_param("model"))
+    }
+
+    /// Reads a successful (2xx) embeddings answer.
+    fn embeddings_response(&self, body: &[u8]) -> Result<Embeddings, Error> {
+        let _ = body;
+        Err(Error::new(ErrorKind::Internal, "this provider does not offer embeddings"))
+    }
 }
 
 /// The gateway's error for a provider's error answer: the adapter reads the body; a 429 becomes

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent};
 use crate::chat::{ChatRequest, Usage};
+use crate::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
 use crate::sse::{SseEvent, SseParser};
@@ -173,6 +174,52 @@ impl ProviderAdapter for OpenAiCompatible {
     fn stream_decoder(&self, _created: u64) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::default())
     }
+
+    fn embeddings_request(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &EmbeddingsRequest,
+        credential: Option<&str>,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let mut upstream = req.clone();
+        upstream.model.clone_from(&target.model);
+        upstream.encoding_format = Some("float".into());
+        let body = serde_json::to_vec(&upstream).map_err(|e| Error::new(ErrorKind::Internal, format!("encoding upstream request: {e}")))?;
+        let mut builder =
+            http::Request::post(format!("{}/embeddings", provider.base_url)).header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = credential {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        builder
+            .body(Bytes::from(body))
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+    }
+
+    fn embeddings_response(&self, body: &[u8]) -> Result<Embeddings, Error> {
+        let wire: WireEmbeddings = serde_json::from_slice(body)
+            .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent unreadable embeddings: {e}")))?;
+        let mut data = wire.data;
+        data.sort_by_key(|d| d.index);
+        let usage = Usage { input: wire.usage.map_or(0, |u| u.prompt_tokens), ..Usage::default() };
+        Ok(Embeddings { model: wire.model, vectors: data.into_iter().map(|d| d.embedding).collect(), usage })
+    }
+}
+
+#[derive(Deserialize)]
+struct WireEmbeddings {
+    #[serde(default)]
+    model: String,
+    data: Vec<WireEmbedding>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireEmbedding {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
 }
 
 /// Decodes an OpenAI `chat.completion.chunk` event stream.

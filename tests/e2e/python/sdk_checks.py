@@ -93,6 +93,16 @@ def openai_error_classes():
 
 
 @check
+def openai_embeddings_base64_and_float():
+    expected = lambda t: [(len(t) + d) / 100 for d in range(4)]
+    close = lambda a, b: len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
+    e = oa.embeddings.create(model="sim-embed", input=["hello", "edge gateway"])  # base64 by default
+    expect(close(e.data[0].embedding, expected("hello")) and close(e.data[1].embedding, expected("edge gateway")), str(e.data))
+    f = oa.embeddings.create(model="sim-embed", input="hi", encoding_format="float")
+    expect(close(f.data[0].embedding, expected("hi")), str(f.data))
+
+
+@check
 def openai_cut_stream_raises():
     def consume():
         for _ in oa.chat.completions.create(model="sim-chat", messages=[{"role": "user", "content": "a b c sim:cut=2"}], stream=True):

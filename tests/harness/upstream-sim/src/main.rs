@@ -171,6 +171,7 @@ impl Sim {
                 "application/json",
                 json!({"object": "list", "data": [{"id": "sim-1", "object": "model", "created": 0, "owned_by": "sim"}]}).to_string(),
             ),
+            ("POST", "/v1/embeddings") => embeddings(&parsed),
             ("POST", "/v1/chat/completions" | "/v1/messages") => {
                 if let Some(&status) = d.get("status").filter(|s| **s >= 400) {
                     let message = format!("simulated failure {status}");
@@ -195,6 +196,53 @@ impl Sim {
             _ => error(404, "unknown endpoint"),
         }
     }
+}
+
+/// Dimensions of simulated embeddings.
+const EMBEDDING_DIMS: usize = 4;
+
+/// OpenAI embeddings: vector `i` of text `t` is `[len(t), len(t)+1, …] / 100`, as floats or as
+/// base64 little-endian f32 when `encoding_format` is `base64`.
+fn embeddings(req: &Value) -> hyper::Response<Body> {
+    let inputs: Vec<String> = match &req["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned)).collect(),
+        _ => return error(400, "'input' is a required property"),
+    };
+    let base64 = req["encoding_format"] == "base64";
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let v: Vec<f32> = (0..EMBEDDING_DIMS).map(|d| (t.len() + d) as f32 / 100.0).collect();
+            let embedding = if base64 { json!(b64(&v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>())) } else { json!(v) };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    full(
+        200,
+        "application/json",
+        json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+            .to_string(),
+    )
+}
+
+/// Standard base64 with padding.
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn anthropic_error(status: u16, message: &str) -> hyper::Response<Body> {
