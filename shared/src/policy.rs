@@ -60,6 +60,7 @@ struct RawProvider {
     kind: ProviderKind,
     base_url: Option<String>,
     api_key_secret: Option<String>,
+    api_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +87,8 @@ pub enum ProviderKind {
     OpenaiCompatible,
     /// Anthropic Messages; `base_url` defaults to `https://api.anthropic.com/v1`.
     Anthropic,
+    /// Azure OpenAI: `base_url` is the resource endpoint, targets name deployments.
+    AzureOpenai,
 }
 
 /// One problem in a policy document.
@@ -135,6 +138,8 @@ pub struct Provider {
     pub base_url: String,
     /// Name of the secret holding the credential.
     pub api_key_secret: Option<String>,
+    /// API version for providers that version their URLs (Azure OpenAI).
+    pub api_version: Option<String>,
 }
 
 /// One place a model alias can be served.
@@ -192,12 +197,13 @@ impl Policy {
                     String::new()
                 }
                 (ProviderKind::Anthropic, None) => "https://api.anthropic.com/v1".to_owned(),
-                (ProviderKind::OpenaiCompatible, None) => {
-                    err(format!("providers[{i}].base_url"), "required for kind openai_compatible".into());
+                (ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai, None) => {
+                    err(format!("providers[{i}].base_url"), "required for this kind".into());
                     String::new()
                 }
             };
-            let provider = Provider { id: p.id.clone(), kind: p.kind, base_url, api_key_secret: p.api_key_secret };
+            let provider =
+                Provider { id: p.id.clone(), kind: p.kind, base_url, api_key_secret: p.api_key_secret, api_version: p.api_version };
             if providers.insert(p.id.clone(), provider).is_some() {
                 err(format!("providers[{i}].id"), format!("duplicate provider id {:?}", p.id));
             }

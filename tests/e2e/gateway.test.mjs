@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "claude", "failover", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "azure", "claude", "failover", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -233,6 +233,21 @@ for (const [name, start] of Object.entries(runtimes)) {
       }
       assert.equal(text, "Simulated answer to: stream claude");
       assert.ok(usage.completion_tokens > 0, "usage arrives at the end of the stream");
+    });
+
+    it("reaches an Azure OpenAI deployment, streamed and not", async () => {
+      await sim.clear();
+      const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      const c = await client.chat.completions.create({ model: "azure", messages: [{ role: "user", content: "hi azure" }] });
+      assert.equal(c.choices[0].message.content, "Simulated answer to: hi azure");
+      assert.equal(c.model, "gpt4o-eu-deployment");
+      const s = await client.chat.completions.create({ model: "azure", messages: [{ role: "user", content: "stream azure" }], stream: true });
+      let text = "";
+      for await (const chunk of s) text += chunk.choices[0]?.delta?.content ?? "";
+      assert.equal(text, "Simulated answer to: stream azure");
+      const seen = await sim.received();
+      assert.deepEqual(seen.map((r) => r.uri), Array(2).fill("/openai/deployments/gpt4o-eu-deployment/chat/completions?api-version=2024-10-21"));
+      assert.ok(seen.every((r) => r.headers["api-key"] === SIM_SECRET && !r.headers.authorization));
     });
 
     it("translates tool calls both ways", async () => {

@@ -485,7 +485,13 @@ mod tests {
     use crate::policy::ProviderKind;
 
     fn provider() -> Provider {
-        Provider { id: "a".into(), kind: ProviderKind::Anthropic, base_url: "https://api.anthropic.com/v1".into(), api_key_secret: None }
+        Provider {
+            id: "a".into(),
+            kind: ProviderKind::Anthropic,
+            base_url: "https://api.anthropic.com/v1".into(),
+            api_key_secret: None,
+            api_version: None,
+        }
     }
 
     fn translate(body: &str, expect: Expect) {

@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, ProviderKind, Target};
 
 pub mod anthropic;
+pub mod azure_openai;
 pub mod mock;
 pub mod openai_compatible;
 
@@ -107,5 +108,6 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
     match kind {
         ProviderKind::Mock | ProviderKind::OpenaiCompatible => &openai_compatible::OpenAiCompatible,
         ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::AzureOpenai => &azure_openai::AzureOpenAi,
     }
 }

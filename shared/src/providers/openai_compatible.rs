@@ -280,7 +280,13 @@ mod tests {
     use crate::policy::ProviderKind;
 
     fn provider() -> Provider {
-        Provider { id: "p".into(), kind: ProviderKind::OpenaiCompatible, base_url: "http://127.0.0.1:9/v1".into(), api_key_secret: None }
+        Provider {
+            id: "p".into(),
+            kind: ProviderKind::OpenaiCompatible,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            api_key_secret: None,
+            api_version: None,
+        }
     }
 
     fn request(body: &str) -> ChatRequest {

@@ -3,7 +3,8 @@
 //! Speaks OpenAI `POST /v1/chat/completions` (JSON and SSE ending in `data: [DONE]`, with the usage
 //! chunk when `stream_options.include_usage` is set), `GET /v1/models`, and Anthropic
 //! `POST /v1/messages` (JSON and the `message_start` … `message_stop` event stream; the key may come
-//! as `x-api-key`). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
+//! as `x-api-key`), and the Azure OpenAI deployment routes (`/openai/deployments/{name}/…` with
+//! `api-version`, key as `api-key`). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
 //! request, by `x-sim-*` headers or — since a gateway does not forward client headers — by
 //! directives in the model name or message text, e.g. `sim:status=503`:
 //!
@@ -135,7 +136,18 @@ impl Sim {
             Ok(b) => b.to_bytes(),
             Err(_) => return error(400, "unreadable body"),
         };
-        let path = parts.uri.path().to_owned();
+        let mut path = parts.uri.path().to_owned();
+        // Azure OpenAI: /openai/deployments/{deployment}/{operation}?api-version=… (required).
+        let mut deployment = None;
+        if let Some(rest) = path.strip_prefix("/openai/deployments/")
+            && let Some((name, operation)) = rest.split_once('/')
+        {
+            if !parts.uri.query().is_some_and(|q| q.contains("api-version=")) {
+                return error(400, "api-version query parameter is required");
+            }
+            deployment = Some(name.to_owned());
+            path = format!("/v1/{operation}");
+        }
         if path == "/_sim/requests" {
             let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
             if parts.method == hyper::Method::DELETE {
@@ -143,7 +155,10 @@ impl Sim {
             }
             return full(200, "application/json", Value::Array(received.clone()).to_string());
         }
-        let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let mut parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let (Some(d), Some(body)) = (&deployment, parsed.as_object_mut()) {
+            body.insert("model".into(), json!(d)); // Azure answers with the deployment's model
+        }
         {
             let headers: serde_json::Map<String, Value> =
                 parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.to_str().unwrap_or("").to_owned()))).collect();
@@ -151,11 +166,13 @@ impl Sim {
             if received.len() >= KEEP {
                 received.remove(0);
             }
-            received.push(json!({"method": parts.method.as_str(), "path": path, "headers": headers, "body": parsed}));
+            received.push(
+                json!({"method": parts.method.as_str(), "path": path, "uri": parts.uri.to_string(), "headers": headers, "body": parsed}),
+            );
         }
         if let Some(key) = &self.config.require_key {
             let bearer = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            let x_api_key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+            let x_api_key = parts.headers.get("x-api-key").or_else(|| parts.headers.get("api-key")).and_then(|v| v.to_str().ok());
             if bearer != Some(key.as_str()) && x_api_key != Some(key.as_str()) {
                 return error(401, "Incorrect API key provided");
             }
