@@ -109,6 +109,12 @@ impl TestHost {
         self.0.records.borrow().clone()
     }
 
+    /// Runs deferred work, then removes and returns the exported records.
+    pub fn drain_records(&self) -> Vec<RequestRecord> {
+        self.records();
+        std::mem::take(&mut *self.0.records.borrow_mut())
+    }
+
     /// Sends one request through `gateway` and reads the whole response.
     pub fn call(&self, gateway: &Gateway, req: http::Request<Bytes>) -> (http::response::Parts, Bytes) {
         futures::executor::block_on(async {

@@ -7,6 +7,9 @@
 //! Usage: `spin-test-host --manifest spin.toml --listen 127.0.0.1:0 --state-dir DIR
 //!         [--key-value KEY=VALUE | KEY=@FILE]...`
 //! Prints `listening on http://ADDR` once ready. Test infrastructure, not product.
+//!
+//! `spin-test-host --run FILE.wasm [ARGS]` instead runs a WASI command component (used to run the
+//! core's benchmarks as wasm).
 
 mod manifest;
 mod spin;
@@ -58,8 +61,42 @@ struct Server {
     app: Arc<App>,
 }
 
+/// Store data for `--run`: plain WASI, nothing else.
+struct RunSt {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for RunSt {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Runs a `wasi:cli/run` component with this process's stdio and the given arguments.
+fn run_command(file: &str, args: &[String]) -> Result<(), BoxError> {
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, file)?;
+    let mut linker = Linker::<RunSt>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    let wasi = WasiCtx::builder().inherit_stdio().args(&[file.to_owned()]).args(args).build();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut store = Store::new(&engine, RunSt { wasi, table: ResourceTable::new() });
+        let command = wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &linker).await?;
+        match command.wasi_cli_run().call_run(&mut store).await? {
+            Ok(()) => Ok(()),
+            Err(()) => Err("the component exited with an error".into()),
+        }
+    })
+}
+
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--run") {
+        let file = args.get(1).ok_or("--run needs a component file")?;
+        return run_command(file, &args[2..]);
+    }
     let mut manifest = PathBuf::from("spin.toml");
     let mut listen: SocketAddr = "127.0.0.1:3000".parse()?;
     let mut state_dir = PathBuf::from(".spin");
