@@ -7,11 +7,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent};
+use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent};
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::SseEvent;
 
 /// The adapter for Anthropic.
 #[derive(Debug, Clone, Copy)]
@@ -233,9 +233,6 @@ struct WireError {
     message: String,
 }
 
-/// Longest provider message quoted back to a caller.
-const MAX_QUOTED: usize = 300;
-
 impl ProviderAdapter for Anthropic {
     fn chat_request(
         &self,
@@ -287,27 +284,18 @@ impl ProviderAdapter for Anthropic {
         Ok(Completion { body: Bytes::from(completion.to_string()), usage: Some(usage) })
     }
 
-    fn error_response(&self, status: u16, body: &[u8]) -> Error {
-        let quoted = serde_json::from_slice::<WireErrorBody>(body)
-            .map(|b| b.error.message.chars().take(MAX_QUOTED).collect::<String>())
-            .unwrap_or_default();
-        match status {
-            401 | 403 => Error::new(ErrorKind::UpstreamStatus(status), format!("provider refused the gateway's credential ({status})")),
-            408 | 429 => Error::new(ErrorKind::UpstreamStatus(status), format!("provider returned {status}: {quoted}")),
-            400..=499 => Error::new(ErrorKind::UpstreamRejected(status), format!("provider rejected the request ({status}): {quoted}")),
-            _ => Error::new(ErrorKind::UpstreamStatus(status), format!("provider returned {status}: {quoted}")),
-        }
+    fn error_message(&self, body: &[u8]) -> Option<String> {
+        serde_json::from_slice::<WireErrorBody>(body).ok().map(|b| b.error.message)
     }
 
     fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder> {
-        Box::new(Decoder { created, ..Decoder::default() })
+        Box::new(SseDecoder::new(Events { created, ..Events::default() }))
     }
 }
 
 /// Decodes Anthropic's event stream into canonical (OpenAI chunk) events.
 #[derive(Default)]
-struct Decoder {
-    sse: SseParser,
+struct Events {
     created: u64,
     id: String,
     model: String,
@@ -371,7 +359,7 @@ struct WireUsageDelta {
     cache_read_input_tokens: Option<u64>,
 }
 
-impl Decoder {
+impl Events {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamEvent {
         let content = finish.is_some() || delta.get("role").is_none();
         let c = json!({
@@ -380,11 +368,14 @@ impl Decoder {
         });
         StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
     }
+}
+
+impl SseEvents for Events {
+    fn done(&self) -> bool {
+        self.done
+    }
 
     fn event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
-        if self.done {
-            return Ok(());
-        }
         let event: WireEvent = serde_json::from_str(&ev.data)
             .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent a malformed stream event: {e}")))?;
         let index = event.index;
@@ -447,33 +438,12 @@ impl Decoder {
                 self.done = true;
             }
             "error" => {
-                let msg: String = event.error.map(|e| e.message).unwrap_or_default().chars().take(MAX_QUOTED).collect();
+                let msg = super::quote(&event.error.map(|e| e.message).unwrap_or_default());
                 return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider reported an error mid-stream: {msg}")));
             }
             _ => {} // ping, content_block_stop, and event types added later
         }
         Ok(())
-    }
-}
-
-impl StreamDecoder for Decoder {
-    fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, Error> {
-        let mut out = Vec::new();
-        for ev in self.sse.push(bytes) {
-            self.event(ev, &mut out)?;
-        }
-        Ok(out)
-    }
-
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, Error> {
-        let mut out = Vec::new();
-        if let Some(ev) = self.sse.finish() {
-            self.event(ev, &mut out)?;
-        }
-        if !self.done {
-            return Err(Error::new(ErrorKind::UpstreamProtocol, "provider stream ended before the answer was complete"));
-        }
-        Ok(out)
     }
 }
 
@@ -719,9 +689,10 @@ mod tests {
     #[test]
     fn errors_map_like_every_provider() {
         let body = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens too large"}}"#;
-        let e = Anthropic.error_response(400, body);
+        let error_response = |status, body: &[u8]| super::super::upstream_error(&Anthropic, status, &http::HeaderMap::new(), body);
+        let e = error_response(400, body);
         assert_eq!((e.kind.clone(), e.message.contains("max_tokens too large")), (ErrorKind::UpstreamRejected(400), true));
-        assert_eq!(Anthropic.error_response(529, b"{}").kind, ErrorKind::UpstreamStatus(529));
-        assert_eq!(Anthropic.error_response(401, b"{}").retry(), crate::error::Retry::Next);
+        assert_eq!(error_response(529, b"{}").kind, ErrorKind::UpstreamStatus(529));
+        assert_eq!(error_response(401, b"{}").retry(), crate::error::Retry::Next);
     }
 }

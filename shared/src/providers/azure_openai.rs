@@ -53,8 +53,8 @@ impl ProviderAdapter for AzureOpenAi {
         OpenAiCompatible.chat_response(body, created)
     }
 
-    fn error_response(&self, status: u16, body: &[u8]) -> Error {
-        OpenAiCompatible.error_response(status, body)
+    fn error_message(&self, body: &[u8]) -> Option<String> {
+        OpenAiCompatible.error_message(body)
     }
 
     fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder> {

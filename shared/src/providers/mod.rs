@@ -9,6 +9,7 @@ use crate::chat::{ChatRequest, Usage};
 use crate::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, ProviderKind, Target};
+use crate::sse::{SseEvent, SseParser};
 
 pub mod anthropic;
 pub mod azure_openai;
@@ -64,8 +65,8 @@ pub trait ProviderAdapter {
     ) -> Result<http::Request<Bytes>, Error>;
     /// Reads a successful (2xx) non-stream answer; `created` stamps answers that carry no time.
     fn chat_response(&self, body: &[u8], created: u64) -> Result<Completion, Error>;
-    /// Turns an error status and its body into the gateway's error.
-    fn error_response(&self, status: u16, body: &[u8]) -> Error;
+    /// The provider's own message in an error body, if it has one.
+    fn error_message(&self, body: &[u8]) -> Option<String>;
     /// A fresh stream decoder; `created` stamps chunks that carry no time.
     fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder>;
 
@@ -89,18 +90,86 @@ pub trait ProviderAdapter {
     }
 }
 
-/// The gateway's error for a provider's error answer: the adapter reads the body; a 429 becomes
-/// [`ErrorKind::UpstreamRateLimited`] carrying the provider's `retry-after-ms` or `retry-after`
-/// (seconds) for every provider alike.
+/// Longest provider message quoted back to a caller.
+const MAX_QUOTED: usize = 300;
+
+/// A provider's message, cut to [`MAX_QUOTED`] characters for quoting to a caller.
+fn quote(message: &str) -> String {
+    message.chars().take(MAX_QUOTED).collect()
+}
+
+/// The gateway's error for a provider's error answer, the same for every provider: the adapter
+/// only reads its message out of the body.
+///
+/// - 401/403: the gateway's own credential was refused. The caller cannot fix that, and the
+///   provider's message may quote part of the key, so it is not passed on.
+/// - 429: [`ErrorKind::UpstreamRateLimited`] with the provider's `retry-after-ms` or
+///   `retry-after` (seconds).
+/// - other 4xx except 408: the request itself was refused; the caller's 400, not retried.
+/// - everything else: [`ErrorKind::UpstreamStatus`], and the plan moves on.
 pub fn upstream_error(adapter: &dyn ProviderAdapter, status: u16, headers: &http::HeaderMap, body: &[u8]) -> Error {
-    let mut e = adapter.error_response(status, body);
-    if status == 429 {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
-        let wait = header("retry-after-ms").or_else(|| header("retry-after").map(|s| s * 1000.0));
-        let retry_after_ms = wait.filter(|w| w.is_finite() && *w >= 0.0).map(|w| w.ceil() as u64);
-        e.kind = ErrorKind::UpstreamRateLimited { retry_after_ms };
+    let quoted = quote(&adapter.error_message(body).unwrap_or_else(|| "no message".into()));
+    match status {
+        401 | 403 => Error::new(ErrorKind::UpstreamStatus(status), format!("provider refused the gateway's credential ({status})")),
+        429 => {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+            let wait = header("retry-after-ms").or_else(|| header("retry-after").map(|s| s * 1000.0));
+            let retry_after_ms = wait.filter(|w| w.is_finite() && *w >= 0.0).map(|w| w.ceil() as u64);
+            Error::new(ErrorKind::UpstreamRateLimited { retry_after_ms }, format!("provider rate limit: {quoted}"))
+        }
+        400..=499 if status != 408 => {
+            Error::new(ErrorKind::UpstreamRejected(status), format!("provider rejected the request ({status}): {quoted}"))
+        }
+        _ => Error::new(ErrorKind::UpstreamStatus(status), format!("provider returned {status}: {quoted}")),
     }
-    e
+}
+
+/// The per-event half of an SSE-framed provider stream; [`SseDecoder`] does the rest.
+pub trait SseEvents {
+    /// Handles one event, appending what it means.
+    fn event(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error>;
+    /// Whether the provider has said the answer is complete.
+    fn done(&self) -> bool;
+}
+
+/// A [`StreamDecoder`] for providers that frame their streams as server-sent events: parses the
+/// bytes, hands each event to `E`, and refuses a stream that stops before `E` saw its end.
+#[derive(Debug, Default)]
+pub struct SseDecoder<E> {
+    sse: SseParser,
+    events: E,
+}
+
+impl<E> SseDecoder<E> {
+    /// A decoder feeding `events`.
+    pub fn new(events: E) -> Self {
+        SseDecoder { sse: SseParser::new(), events }
+    }
+}
+
+impl<E: SseEvents> StreamDecoder for SseDecoder<E> {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, Error> {
+        let mut out = Vec::new();
+        for ev in self.sse.push(bytes) {
+            if !self.events.done() {
+                self.events.event(ev, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<Vec<StreamEvent>, Error> {
+        let mut out = Vec::new();
+        if let Some(ev) = self.sse.finish()
+            && !self.events.done()
+        {
+            self.events.event(ev, &mut out)?;
+        }
+        if !self.events.done() {
+            return Err(Error::new(ErrorKind::UpstreamProtocol, "provider stream ended before the answer was complete"));
+        }
+        Ok(out)
+    }
 }
 
 /// The adapter for a provider kind. The built-in mock speaks the OpenAI wire format.

@@ -5,12 +5,12 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent};
+use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent};
 use crate::chat::{ChatRequest, Usage};
 use crate::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::SseEvent;
 
 /// The adapter for OpenAI-compatible providers.
 #[derive(Debug, Clone, Copy)]
@@ -109,9 +109,6 @@ struct WireError {
     message: Option<String>,
 }
 
-/// Longest provider message quoted back to a caller.
-const MAX_QUOTED: usize = 300;
-
 impl ProviderAdapter for OpenAiCompatible {
     fn chat_request(
         &self,
@@ -147,32 +144,12 @@ impl ProviderAdapter for OpenAiCompatible {
         Ok(Completion { body: Bytes::copy_from_slice(body), usage: wire.usage.map(Usage::from) })
     }
 
-    fn error_response(&self, status: u16, body: &[u8]) -> Error {
-        let quoted = serde_json::from_slice::<WireErrorBody>(body)
-            .ok()
-            .and_then(|b| b.error.message)
-            .map(|m| m.chars().take(MAX_QUOTED).collect::<String>());
-        match status {
-            // The gateway's own credential was refused: the caller cannot fix that, and the
-            // provider's message may quote part of the key, so it is not passed on.
-            401 | 403 => Error::new(ErrorKind::UpstreamStatus(status), format!("provider refused the gateway's credential ({status})")),
-            408 | 429 => Error::new(
-                ErrorKind::UpstreamStatus(status),
-                format!("provider returned {status}: {}", quoted.as_deref().unwrap_or("no message")),
-            ),
-            400..=499 => Error::new(
-                ErrorKind::UpstreamRejected(status),
-                format!("provider rejected the request ({status}): {}", quoted.as_deref().unwrap_or("no message")),
-            ),
-            _ => Error::new(
-                ErrorKind::UpstreamStatus(status),
-                format!("provider returned {status}: {}", quoted.as_deref().unwrap_or("no message")),
-            ),
-        }
+    fn error_message(&self, body: &[u8]) -> Option<String> {
+        serde_json::from_slice::<WireErrorBody>(body).ok().and_then(|b| b.error.message)
     }
 
     fn stream_decoder(&self, _created: u64) -> Box<dyn StreamDecoder> {
-        Box::new(Decoder::default())
+        Box::new(SseDecoder::new(Events::default()))
     }
 
     fn embeddings_request(
@@ -222,18 +199,18 @@ struct WireEmbedding {
     embedding: Vec<f32>,
 }
 
-/// Decodes an OpenAI `chat.completion.chunk` event stream.
+/// The events of an OpenAI `chat.completion.chunk` stream.
 #[derive(Debug, Default)]
-struct Decoder {
-    sse: SseParser,
+struct Events {
     done: bool,
 }
 
-impl Decoder {
+impl SseEvents for Events {
+    fn done(&self) -> bool {
+        self.done
+    }
+
     fn event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
-        if self.done {
-            return Ok(());
-        }
         let data = ev.data.trim();
         if data == "[DONE]" {
             self.done = true;
@@ -243,34 +220,13 @@ impl Decoder {
         let chunk: WireChunk = serde_json::from_str(data)
             .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent a malformed stream chunk: {e}")))?;
         if let Some(err) = chunk.error {
-            let msg = err.message.unwrap_or_default().chars().take(MAX_QUOTED).collect::<String>();
+            let msg = super::quote(&err.message.unwrap_or_default());
             return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider reported an error mid-stream: {msg}")));
         }
         let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty) && chunk.usage.is_some();
         let content = chunk.choices.iter().flatten().any(WireChunkChoice::commits);
         out.push(StreamEvent::Chunk { json: data.to_owned(), usage: chunk.usage.map(Usage::from), usage_only, content });
         Ok(())
-    }
-}
-
-impl StreamDecoder for Decoder {
-    fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamEvent>, Error> {
-        let mut out = Vec::new();
-        for ev in self.sse.push(bytes) {
-            self.event(ev, &mut out)?;
-        }
-        Ok(out)
-    }
-
-    fn finish(&mut self) -> Result<Vec<StreamEvent>, Error> {
-        let mut out = Vec::new();
-        if let Some(ev) = self.sse.finish() {
-            self.event(ev, &mut out)?;
-        }
-        if !self.done {
-            return Err(Error::new(ErrorKind::UpstreamProtocol, "provider stream ended before the answer was complete"));
-        }
-        Ok(out)
     }
 }
 
@@ -308,16 +264,20 @@ mod tests {
         );
     }
 
+    fn error_response(status: u16, body: &[u8]) -> Error {
+        super::super::upstream_error(&OpenAiCompatible, status, &http::HeaderMap::new(), body)
+    }
+
     #[test]
     fn error_statuses_map_to_kinds_and_never_quote_credential_errors() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#;
-        let e = OpenAiCompatible.error_response(401, body);
+        let e = error_response(401, body);
         assert_eq!(e.kind, ErrorKind::UpstreamStatus(401));
         assert!(!e.message.contains("sk-abc"));
-        assert_eq!(OpenAiCompatible.error_response(400, br#"{"error":{"message":"bad temp"}}"#).kind, ErrorKind::UpstreamRejected(400));
-        assert!(OpenAiCompatible.error_response(400, br#"{"error":{"message":"bad temp"}}"#).message.contains("bad temp"));
-        assert_eq!(OpenAiCompatible.error_response(429, b"").kind, ErrorKind::UpstreamStatus(429));
-        assert_eq!(OpenAiCompatible.error_response(503, b"<html>").kind, ErrorKind::UpstreamStatus(503));
+        assert_eq!(error_response(400, br#"{"error":{"message":"bad temp"}}"#).kind, ErrorKind::UpstreamRejected(400));
+        assert!(error_response(400, br#"{"error":{"message":"bad temp"}}"#).message.contains("bad temp"));
+        assert_eq!(error_response(429, b"").kind, ErrorKind::UpstreamRateLimited { retry_after_ms: None });
+        assert_eq!(error_response(503, b"<html>").kind, ErrorKind::UpstreamStatus(503));
     }
 
     fn decode(chunks: &[&str]) -> (Vec<StreamEvent>, Option<String>) {
