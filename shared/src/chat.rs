@@ -154,6 +154,22 @@ impl ChatRequest {
         Ok(req)
     }
 
+    /// An estimate of the prompt's tokens: about four characters a token over every text the model
+    /// reads (messages, tool calls, tool definitions), plus a few per message. Used where no
+    /// provider can count exactly; exact counting for OpenAI encodings arrives with the tokenizer.
+    pub fn estimate_prompt_tokens(&self) -> u64 {
+        let chars: usize = self
+            .messages
+            .iter()
+            .map(|m| {
+                m.text().chars().count()
+                    + m.tool_calls.iter().flatten().map(|c| c.function.name.len() + c.function.arguments.len()).sum::<usize>()
+            })
+            .sum::<usize>()
+            + self.extra.get("tools").map_or(0, |t| t.to_string().chars().count());
+        (chars as u64).div_ceil(4) + 3 * self.messages.len() as u64
+    }
+
     /// Whether the caller asked for a stream.
     pub fn is_stream(&self) -> bool {
         self.stream == Some(true)

@@ -58,6 +58,7 @@ enum Route {
     Models,
     ChatCompletions,
     Messages,
+    CountTokens,
     Embeddings,
 }
 
@@ -69,13 +70,14 @@ impl Route {
             Route::ChatCompletions => "POST /v1/chat/completions",
             Route::Messages => "POST /v1/messages",
             Route::Embeddings => "POST /v1/embeddings",
+            Route::CountTokens => "POST /v1/messages/count_tokens",
         }
     }
 
     /// The dialect the caller speaks on this route.
     fn dialect(self) -> &'static dyn Dialect {
         match self {
-            Route::Messages => &dialect::anthropic::Anthropic,
+            Route::Messages | Route::CountTokens => &dialect::anthropic::Anthropic,
             Route::Health | Route::Models | Route::ChatCompletions | Route::Embeddings => &dialect::openai::OpenAi,
         }
     }
@@ -88,6 +90,7 @@ fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
         "/v1/chat/completions" => (Route::ChatCompletions, Method::POST),
         "/v1/messages" => (Route::Messages, Method::POST),
         "/v1/embeddings" => (Route::Embeddings, Method::POST),
+        "/v1/messages/count_tokens" => (Route::CountTokens, Method::POST),
         _ => return Err(Error::new(ErrorKind::RouteNotFound, format!("no such endpoint: {path}"))),
     };
     if *method != allowed {
@@ -101,6 +104,7 @@ fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
 enum Op<'a> {
     Chat(&'a ChatRequest),
     Embed(&'a EmbeddingsRequest),
+    Count(&'a ChatRequest),
 }
 
 /// Per-request context, owned by the request and passed `&mut` to each step.
@@ -218,6 +222,24 @@ impl Gateway {
             return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
         }
 
+        if route == Route::CountTokens {
+            let chat = dialect::anthropic::parse_count_tokens(req.body())?;
+            ctx.record.model = Some(chat.model.clone());
+            let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
+                .into_iter()
+                .filter(|c| providers::adapter(c.provider.kind).counts_tokens())
+                .collect();
+            // Exactly, by the first provider that can count; otherwise (or if they all fail) an
+            // estimate, so the endpoint answers for every model.
+            if !plan.is_empty()
+                && let Ok(reply) = self.call_upstream(host, ctx, Op::Count(&chat), &plan).await
+            {
+                return Ok(reply);
+            }
+            let estimate = serde_json::json!({"input_tokens": chat.estimate_prompt_tokens()});
+            return Ok(Reply::Json(Bytes::from(estimate.to_string())));
+        }
+
         let chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
@@ -277,6 +299,7 @@ impl Gateway {
         let request = match op {
             Op::Chat(chat) => adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()),
             Op::Embed(embed) => adapter.embeddings_request(&c.provider, &c.target, embed, credential.as_deref()),
+            Op::Count(chat) => adapter.count_tokens_request(&c.provider, &c.target, chat, credential.as_deref()),
         }
         .map_err(|e| (None, e))?;
         let response = if c.provider.kind == ProviderKind::Mock {
@@ -298,6 +321,11 @@ impl Gateway {
                 ctx.record.usage = Some(embeddings.usage);
                 let rendered = embeddings.to_openai(embed.encoding_format.as_deref()).to_string();
                 return Ok((status, Reply::Json(Bytes::from(rendered))));
+            }
+            Op::Count(_) => {
+                let bytes = collect(body, MAX_UPSTREAM_ERROR_BYTES).await.map_err(|e| (Some(status), e))?;
+                let tokens = adapter.count_tokens_response(&bytes).map_err(|e| (Some(status), e))?;
+                return Ok((status, Reply::Json(Bytes::from(serde_json::json!({"input_tokens": tokens}).to_string()))));
             }
         };
         if chat.is_stream() {

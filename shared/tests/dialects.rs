@@ -153,3 +153,27 @@ fn anthropic_callers_reach_anthropic_through_the_hub() {
     );
     assert_eq!(v["usage"], json!({"input_tokens": 3, "output_tokens": 2, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}));
 }
+
+#[test]
+fn count_tokens_asks_anthropic_and_estimates_for_others() {
+    let (h, gw) = (host(), Gateway::new());
+    h.script(Scripted::json(200, r#"{"input_tokens":42}"#));
+    let body = json!({"model": "claude", "system": "Be brief.", "messages": [{"role": "user", "content": "How many tokens is this?"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}]});
+    let (status, _, text) = call(&h, &gw, "/v1/messages/count_tokens", &[("x-api-key", "sk-t")], body.clone());
+    assert_eq!((status, text.as_str()), (200, r#"{"input_tokens":42}"#));
+    let sent = &h.sent()[0];
+    assert_eq!(sent.uri(), "http://127.0.0.1:7100/v1/messages/count_tokens");
+    let up: Value = serde_json::from_slice(sent.body()).unwrap_or_default();
+    let mut keys: Vec<&str> = up.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    keys.sort_unstable();
+    assert_eq!(keys, ["messages", "model", "system", "tools"], "no max_tokens or sampling fields");
+
+    let mut body = body;
+    body["model"] = json!("mock");
+    let (status, _, text) = call(&h, &gw, "/v1/messages/count_tokens", &[("x-api-key", "sk-t")], body);
+    let n = serde_json::from_str::<Value>(&text).unwrap_or_default()["input_tokens"].as_u64().unwrap_or(0);
+    assert_eq!(status, 200);
+    assert!((10..60).contains(&n), "an estimate in the right range: {n}");
+    assert_eq!(h.sent().len(), 1, "the mock is not asked");
+}

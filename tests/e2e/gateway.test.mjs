@@ -307,6 +307,12 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.equal(final.stop_reason, "end_turn");
         assert.ok(final.usage.output_tokens > 0, `${model}: usage in message_delta`);
       }
+      await sim.clear();
+      const counted = await client.messages.countTokens({ model: "claude", messages: [{ role: "user", content: "count these four words" }] });
+      assert.equal(counted.input_tokens, 4 + 3, "the Anthropic provider counts (the simulator: words + 3 per message)");
+      assert.deepEqual((await sim.received()).map((r) => r.path), ["/v1/messages/count_tokens"]);
+      const estimated = await client.messages.countTokens({ model: "sim-chat", messages: [{ role: "user", content: "count these four words" }] });
+      assert.ok(estimated.input_tokens > 0, "other providers get an estimate");
       await assert.rejects(
         new Anthropic({ apiKey: "sk-bad", baseURL: gw.url, maxRetries: 0 }).messages.create({ model: "mock", max_tokens: 10, messages: [{ role: "user", content: "x" }] }),
         (e) => e instanceof Anthropic.AuthenticationError && e.status === 401 && e.requestID?.startsWith("req_"),

@@ -20,6 +20,7 @@ const CHECKS = [
   "anthropic_stream_each_provider",
   "anthropic_tools_through_openai_provider",
   "anthropic_error_classes",
+  "anthropic_count_tokens",
   "anthropic_cut_stream_raises",
 ];
 

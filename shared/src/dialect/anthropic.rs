@@ -20,7 +20,8 @@ pub struct Anthropic;
 #[derive(Deserialize)]
 struct WireRequest {
     model: String,
-    max_tokens: u64,
+    #[serde(default)]
+    max_tokens: Option<u64>,
     messages: Vec<WireMessage>,
     #[serde(default)]
     system: Option<Value>,
@@ -169,7 +170,9 @@ fn to_canonical(w: WireRequest) -> Result<ChatRequest, Error> {
         return Err(invalid("`messages` must contain at least one message").with_param("messages"));
     }
     let mut extra = Map::new();
-    extra.insert("max_tokens".into(), json!(w.max_tokens));
+    if let Some(max) = w.max_tokens {
+        extra.insert("max_tokens".into(), json!(max));
+    }
     if let Some(t) = w.temperature {
         extra.insert("temperature".into(), json!(t));
     }
@@ -213,6 +216,19 @@ fn to_canonical(w: WireRequest) -> Result<ChatRequest, Error> {
         extra.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Ok(ChatRequest { model: w.model, messages, stream: stream.then_some(true), extra })
+}
+
+fn parse_wire(body: &[u8]) -> Result<WireRequest, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        let kind = if e.is_data() { ErrorKind::InvalidRequest } else { ErrorKind::InvalidJson };
+        Error::new(kind, format!("invalid request body: {e}"))
+    })
+}
+
+/// A `/v1/messages/count_tokens` body (a Messages request without `max_tokens`) as the canonical
+/// request whose prompt is to be counted.
+pub fn parse_count_tokens(body: &[u8]) -> Result<ChatRequest, Error> {
+    to_canonical(parse_wire(body)?)
 }
 
 /// An OpenAI finish reason as Anthropic's stop reason.
@@ -273,10 +289,10 @@ fn tool_input(arguments: &str) -> Value {
 
 impl Dialect for Anthropic {
     fn parse_chat(&self, body: &[u8]) -> Result<ChatRequest, Error> {
-        let wire: WireRequest = serde_json::from_slice(body).map_err(|e| {
-            let kind = if e.is_data() { ErrorKind::InvalidRequest } else { ErrorKind::InvalidJson };
-            Error::new(kind, format!("invalid request body: {e}"))
-        })?;
+        let wire = parse_wire(body)?;
+        if wire.max_tokens.is_none() {
+            return Err(invalid("max_tokens: field required").with_param("max_tokens"));
+        }
         to_canonical(wire)
     }
 

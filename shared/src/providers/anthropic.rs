@@ -284,6 +284,43 @@ impl ProviderAdapter for Anthropic {
         Ok(Completion { body: Bytes::from(completion.to_string()), usage: Some(usage) })
     }
 
+    fn counts_tokens(&self) -> bool {
+        true
+    }
+
+    fn count_tokens_request(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &ChatRequest,
+        credential: Option<&str>,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let mut body = messages_request(req, &target.model)?;
+        if let Value::Object(fields) = &mut body {
+            // count_tokens takes the prompt only: model, system, messages, tools, tool_choice.
+            fields.retain(|k, _| matches!(k.as_str(), "model" | "system" | "messages" | "tools" | "tool_choice"));
+        }
+        let mut builder = http::Request::post(format!("{}/messages/count_tokens", provider.base_url))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("anthropic-version", API_VERSION);
+        if let Some(key) = credential {
+            builder = builder.header("x-api-key", key);
+        }
+        builder
+            .body(Bytes::from(body.to_string()))
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+    }
+
+    fn count_tokens_response(&self, body: &[u8]) -> Result<u64, Error> {
+        #[derive(Deserialize)]
+        struct Count {
+            input_tokens: u64,
+        }
+        serde_json::from_slice::<Count>(body)
+            .map(|c| c.input_tokens)
+            .map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unreadable token count: {e}")))
+    }
+
     fn error_message(&self, body: &[u8]) -> Option<String> {
         serde_json::from_slice::<WireErrorBody>(body).ok().map(|b| b.error.message)
     }

@@ -83,6 +83,29 @@ pub trait ProviderAdapter {
         Err(Error::new(ErrorKind::InvalidRequest, format!("provider `{}` does not offer embeddings", provider.id)).with_param("model"))
     }
 
+    /// Whether the provider counts prompt tokens itself (see [`Self::count_tokens_request`]).
+    fn counts_tokens(&self) -> bool {
+        false
+    }
+
+    /// The upstream request that counts a prompt's tokens exactly.
+    fn count_tokens_request(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &ChatRequest,
+        credential: Option<&str>,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let _ = (target, req, credential);
+        Err(Error::new(ErrorKind::Internal, format!("provider `{}` cannot count tokens", provider.id)))
+    }
+
+    /// Reads a successful count answer: the prompt's input tokens.
+    fn count_tokens_response(&self, body: &[u8]) -> Result<u64, Error> {
+        let _ = body;
+        Err(Error::new(ErrorKind::Internal, "this provider cannot count tokens"))
+    }
+
     /// Reads a successful (2xx) embeddings answer.
     fn embeddings_response(&self, body: &[u8]) -> Result<Embeddings, Error> {
         let _ = body;

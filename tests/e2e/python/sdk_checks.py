@@ -151,6 +151,14 @@ def anthropic_error_classes():
 
 
 @check
+def anthropic_count_tokens():
+    n = an.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "count these four words"}])
+    expect(n.input_tokens == 7, str(n))
+    n = an.messages.count_tokens(model="mock", messages=[{"role": "user", "content": "count these four words"}])
+    expect(n.input_tokens > 0, str(n))
+
+
+@check
 def anthropic_cut_stream_raises():
     def consume():
         with an.messages.stream(model="claude", max_tokens=10, messages=[{"role": "user", "content": "a b c sim:cut=2"}]) as s:

@@ -189,6 +189,10 @@ impl Sim {
                 json!({"object": "list", "data": [{"id": "sim-1", "object": "model", "created": 0, "owned_by": "sim"}]}).to_string(),
             ),
             ("POST", "/v1/embeddings") => embeddings(&parsed),
+            ("POST", "/v1/messages/count_tokens") => {
+                let (_, input_tokens, _) = answer(&parsed);
+                full(200, "application/json", json!({"input_tokens": input_tokens}).to_string())
+            }
             ("POST", "/v1/chat/completions" | "/v1/messages") => {
                 if let Some(&status) = d.get("status").filter(|s| **s >= 400) {
                     let message = format!("simulated failure {status}");
