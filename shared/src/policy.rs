@@ -89,6 +89,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI: `base_url` is the resource endpoint, targets name deployments.
     AzureOpenai,
+    /// Google Gemini; `base_url` defaults to `https://generativelanguage.googleapis.com/v1beta`.
+    Gemini,
 }
 
 /// One problem in a policy document.
@@ -197,6 +199,7 @@ impl Policy {
                     String::new()
                 }
                 (ProviderKind::Anthropic, None) => "https://api.anthropic.com/v1".to_owned(),
+                (ProviderKind::Gemini, None) => "https://generativelanguage.googleapis.com/v1beta".to_owned(),
                 (ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai, None) => {
                     err(format!("providers[{i}].base_url"), "required for this kind".into());
                     String::new()

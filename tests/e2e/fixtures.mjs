@@ -32,6 +32,7 @@ export function policy(simUrl) {
       sim("sim"),
       { ...sim("sim-anthropic"), kind: "anthropic" },
       { ...sim("sim-azure"), kind: "azure_openai", base_url: simUrl, api_version: "2024-10-21" },
+      { ...sim("sim-gemini"), kind: "gemini", base_url: `${simUrl}/v1beta` },
       { id: "closed", kind: "openai_compatible", base_url: "http://127.0.0.1:9/v1" },
     ],
     models: [
@@ -39,6 +40,7 @@ export function policy(simUrl) {
       { alias: "sim-chat", targets: [{ provider: "sim", model: "sim-model-1" }] },
       { alias: "sim-embed", targets: [{ provider: "sim", model: "text-embedding-sim" }] },
       { alias: "azure", targets: [{ provider: "sim-azure", model: "gpt4o-eu-deployment" }] },
+      { alias: "gemini", targets: [{ provider: "sim-gemini", model: "gemini-sim" }] },
       { alias: "claude", targets: [{ provider: "sim-anthropic", model: "claude-sim-1" }] },
       { alias: "stream-failover", targets: [{ provider: "sim", model: "flaky sim:cut=0" }, { provider: "sim-anthropic", model: "cut sim:cut=0" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },

@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "azure", "claude", "failover", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "azure", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -250,6 +250,31 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.ok(seen.every((r) => r.headers["api-key"] === SIM_SECRET && !r.headers.authorization));
     });
 
+    it("reaches Gemini from the OpenAI SDK: plain, streamed, tools", async () => {
+      await sim.clear();
+      const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      const c = await client.chat.completions.create({ model: "gemini", messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "hi gemini" }] });
+      assert.equal(c.choices[0].message.content, "Simulated answer to: hi gemini");
+      assert.ok(c.usage.completion_tokens > 0);
+      const s = await client.chat.completions.create({ model: "gemini", messages: [{ role: "user", content: "stream gemini" }], stream: true, stream_options: { include_usage: true } });
+      let text = "";
+      let usage;
+      for await (const chunk of s) {
+        text += chunk.choices[0]?.delta?.content ?? "";
+        usage = chunk.usage ?? usage;
+      }
+      assert.equal(text, "Simulated answer to: stream gemini");
+      assert.ok(usage.prompt_tokens > 0);
+      const tools = [{ type: "function", function: { name: "lookup", parameters: { type: "object", properties: { query: { type: "string" } } } } }];
+      const t = await client.chat.completions.create({ model: "gemini", messages: [{ role: "user", content: "find" }], tools });
+      assert.equal(t.choices[0].finish_reason, "tool_calls");
+      assert.deepEqual(JSON.parse(t.choices[0].message.tool_calls[0].function.arguments), { query: "Simulated answer to: find" });
+      const seen = await sim.received();
+      assert.deepEqual(seen.map((r) => r.uri), ["/v1beta/models/gemini-sim:generateContent", "/v1beta/models/gemini-sim:streamGenerateContent?alt=sse", "/v1beta/models/gemini-sim:generateContent"]);
+      assert.ok(seen.every((r) => r.headers["x-goog-api-key"] === SIM_SECRET));
+      assert.deepEqual(seen[0].body.systemInstruction, { parts: [{ text: "Be brief." }] });
+    });
+
     it("translates tool calls both ways", async () => {
       const tools = [{ type: "function", function: { name: "lookup", description: "Look it up", parameters: { type: "object", properties: { query: { type: "string" } } } } }];
       const openai = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
@@ -293,7 +318,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("serves the official Anthropic SDK on /v1/messages, for any provider", async () => {
       const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
-      for (const model of ["claude", "sim-chat", "mock"]) {
+      for (const model of ["claude", "sim-chat", "gemini", "mock"]) {
         const msg = await client.messages.create({ model, max_tokens: 100, system: "Be brief.", messages: [{ role: "user", content: `hello ${model}` }] });
         assert.equal(msg.type, "message");
         assert.equal(msg.role, "assistant");

@@ -13,6 +13,7 @@ use crate::sse::{SseEvent, SseParser};
 
 pub mod anthropic;
 pub mod azure_openai;
+pub mod gemini;
 pub mod mock;
 pub mod openai_compatible;
 
@@ -201,5 +202,6 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Mock | ProviderKind::OpenaiCompatible => &openai_compatible::OpenAiCompatible,
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::AzureOpenai => &azure_openai::AzureOpenAi,
+        ProviderKind::Gemini => &gemini::Gemini,
     }
 }

@@ -4,7 +4,8 @@
 //! chunk when `stream_options.include_usage` is set), `GET /v1/models`, and Anthropic
 //! `POST /v1/messages` (JSON and the `message_start` … `message_stop` event stream; the key may come
 //! as `x-api-key`), and the Azure OpenAI deployment routes (`/openai/deployments/{name}/…` with
-//! `api-version`, key as `api-key`). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
+//! `api-version`, key as `api-key`), and Gemini `POST /v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse` (key as `x-goog-api-key`). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
 //! request, by `x-sim-*` headers or — since a gateway does not forward client headers — by
 //! directives in the model name or message text, e.g. `sim:status=503`:
 //!
@@ -119,6 +120,9 @@ fn directives(headers: &hyper::HeaderMap, body: &Value) -> HashMap<String, u64> 
     for m in body["messages"].as_array().into_iter().flatten() {
         scan(&content_text(&m["content"]));
     }
+    for c in body["contents"].as_array().into_iter().flatten() {
+        scan(&content_text(&c["parts"]));
+    }
     for (name, value) in headers {
         if let (Some(k), Ok(v)) = (name.as_str().strip_prefix("x-sim-"), value.to_str())
             && let Ok(v) = v.parse()
@@ -172,7 +176,8 @@ impl Sim {
         }
         if let Some(key) = &self.config.require_key {
             let bearer = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            let x_api_key = parts.headers.get("x-api-key").or_else(|| parts.headers.get("api-key")).and_then(|v| v.to_str().ok());
+            let x_api_key =
+                ["x-api-key", "api-key", "x-goog-api-key"].iter().find_map(|h| parts.headers.get(*h)).and_then(|v| v.to_str().ok());
             if bearer != Some(key.as_str()) && x_api_key != Some(key.as_str()) {
                 return error(401, "Incorrect API key provided");
             }
@@ -188,6 +193,19 @@ impl Sim {
                 "application/json",
                 json!({"object": "list", "data": [{"id": "sim-1", "object": "model", "created": 0, "owned_by": "sim"}]}).to_string(),
             ),
+            ("POST", p) if p.starts_with("/v1beta/models/") => {
+                let Some((model, method)) = p["/v1beta/models/".len()..].split_once(':') else {
+                    return gemini_error(404, "unknown endpoint");
+                };
+                if parts.headers.get("x-goog-api-key").is_none() && self.config.require_key.is_some() {
+                    return gemini_error(403, "Method doesn't allow unregistered callers");
+                }
+                if let Some(&status) = d.get("status").filter(|s| **s >= 400) {
+                    return gemini_error(status as u16, &format!("simulated failure {status}"));
+                }
+                let stream = method == "streamGenerateContent" && parts.uri.query().is_some_and(|q| q.contains("alt=sse"));
+                gemini(model, &parsed, stream, &d)
+            }
             ("POST", "/v1/embeddings") => embeddings(&parsed),
             ("POST", "/v1/messages/count_tokens") => {
                 let (_, input_tokens, _) = answer(&parsed);
@@ -217,6 +235,59 @@ impl Sim {
             _ => error(404, "unknown endpoint"),
         }
     }
+}
+
+fn gemini_error(status: u16, message: &str) -> hyper::Response<Body> {
+    let kind = match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    full(status, "application/json", json!({"error": {"code": status, "message": message, "status": kind}}).to_string())
+}
+
+/// Gemini `generateContent` / `streamGenerateContent?alt=sse`.
+fn gemini(model: &str, req: &Value, stream: bool, d: &HashMap<String, u64>) -> hyper::Response<Body> {
+    let contents = req["contents"].as_array().cloned().unwrap_or_default();
+    let last_user = contents.iter().rev().find(|c| c["role"] == "user").map(|c| content_text(&c["parts"])).unwrap_or_default();
+    let reply = format!("Simulated answer to: {last_user}");
+    let prompt_tokens: u64 = contents.iter().map(|c| content_text(&c["parts"]).split_whitespace().count() as u64 + 3).sum();
+    let output_tokens = reply.split_whitespace().count() as u64;
+    let answered =
+        contents.last().and_then(|c| c["parts"].as_array()).is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()));
+    let tool = req["tools"][0]["functionDeclarations"][0]["name"]
+        .as_str()
+        .filter(|_| !answered && req["toolConfig"]["functionCallingConfig"]["mode"] != "NONE");
+    let usage =
+        json!({"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens, "totalTokenCount": prompt_tokens + output_tokens});
+    let fragment = |parts: Value, finish: Option<&str>, usage: Option<&Value>| {
+        let mut c = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = json!(f);
+        }
+        let mut r = json!({"candidates": [c], "modelVersion": model, "responseId": "sim-gemini"});
+        if let Some(u) = usage {
+            r["usageMetadata"] = u.clone();
+        }
+        r
+    };
+    let answer_parts = match tool {
+        Some(name) => json!([{"functionCall": {"name": name, "args": {"query": reply}}}]),
+        None => json!([{"text": reply}]),
+    };
+    if !stream {
+        return full(200, "application/json", fragment(answer_parts, Some("STOP"), Some(&usage)).to_string());
+    }
+    let mut frames: Vec<String> = match tool {
+        Some(_) => vec![format!("data: {}\r\n\r\n", fragment(answer_parts, None, None))],
+        None => reply.split_inclusive(' ').map(|w| format!("data: {}\r\n\r\n", fragment(json!([{"text": w}]), None, None))).collect(),
+    };
+    frames.push(format!("data: {}\r\n\r\n", fragment(json!([{"text": ""}]), Some("STOP"), Some(&usage))));
+    stream_response(frames, d, 0)
 }
 
 /// Dimensions of simulated embeddings.
