@@ -84,6 +84,7 @@ fn main() {
         base_url: "https://api.anthropic.com/v1".into(),
         api_key_secret: None,
         api_version: None,
+        quirks: Default::default(),
     };
     let target = Target { provider: "p".into(), model: "claude".into() };
     let openai_req = ChatRequest::parse(OPENAI_REQUEST.as_bytes()).unwrap();
@@ -109,11 +110,11 @@ fn main() {
         black_box(AnthropicDialect.render_completion(black_box(&completion)).unwrap());
     });
     bench("Anthropic stream (20 deltas) → canonical chunks", || {
-        let mut d = Anthropic.stream_decoder(1);
+        let mut d = Anthropic.stream_decoder(&provider, 1);
         black_box(d.push(black_box(stream.as_bytes())).unwrap());
         black_box(d.finish().unwrap());
     });
-    let mut d = Anthropic.stream_decoder(1);
+    let mut d = Anthropic.stream_decoder(&provider, 1);
     let mut chunks: Vec<(String, Option<Usage>, bool)> = Vec::new();
     for ev in d.push(stream.as_bytes()).unwrap().into_iter().chain(d.finish().unwrap()) {
         if let edgegate_core::providers::StreamEvent::Chunk { json, usage, usage_only, .. } = ev {
@@ -128,7 +129,7 @@ fn main() {
         black_box(enc.done());
     });
     bench("Anthropic stream → canonical → OpenAI SSE (passthrough encode)", || {
-        let mut d = Anthropic.stream_decoder(1);
+        let mut d = Anthropic.stream_decoder(&provider, 1);
         let mut enc = edgegate_core::dialect::openai::OpenAi.stream_encoder(false);
         for ev in d.push(stream.as_bytes()).unwrap() {
             if let edgegate_core::providers::StreamEvent::Chunk { json, usage, usage_only, .. } = ev {

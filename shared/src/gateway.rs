@@ -329,7 +329,7 @@ impl Gateway {
             }
         };
         if chat.is_stream() {
-            let mut decoder = adapter.stream_decoder(host.now_ms() / 1000);
+            let mut decoder = adapter.stream_decoder(&c.provider, host.now_ms() / 1000);
             let (body, held) = hold_until_content(body, decoder.as_mut()).await.map_err(|e| (Some(status), e))?;
             let encoder = ctx.dialect.stream_encoder(chat.wants_stream_usage());
             return Ok((status, Reply::Stream { upstream: body, decoder, encoder, held }));

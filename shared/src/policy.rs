@@ -61,6 +61,42 @@ struct RawProvider {
     base_url: Option<String>,
     api_key_secret: Option<String>,
     api_version: Option<String>,
+    #[serde(default)]
+    quirks: Quirks,
+}
+
+/// Differences of OpenAI-compatible servers from OpenAI (vLLM, Ollama, llama.cpp, Groq, …).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quirks {
+    /// Whether the server accepts `stream_options.include_usage` (default true). When false the
+    /// gateway does not ask, and a stream's usage is what the server volunteers.
+    pub stream_usage: bool,
+    /// The field the server reads the output cap from: `max_tokens` or `max_completion_tokens`;
+    /// the caller's value is moved there. Absent: sent as the caller wrote it.
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Request fields the server rejects; removed before sending.
+    pub drop_fields: Vec<String>,
+    /// Whether the server ends streams with `data: [DONE]` (default true). When false, a stream
+    /// that ends after every choice has a finish reason is complete; one that ends before is
+    /// still a cut.
+    pub done_marker: bool,
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks { stream_usage: true, max_tokens_field: None, drop_fields: Vec::new(), done_marker: true }
+    }
+}
+
+/// Names of the output-cap field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens` (most compatible servers).
+    MaxTokens,
+    /// `max_completion_tokens` (newer OpenAI models).
+    MaxCompletionTokens,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +178,8 @@ pub struct Provider {
     pub api_key_secret: Option<String>,
     /// API version for providers that version their URLs (Azure OpenAI).
     pub api_version: Option<String>,
+    /// Server differences, for OpenAI-compatible providers.
+    pub quirks: Quirks,
 }
 
 /// One place a model alias can be served.
@@ -205,8 +243,14 @@ impl Policy {
                     String::new()
                 }
             };
-            let provider =
-                Provider { id: p.id.clone(), kind: p.kind, base_url, api_key_secret: p.api_key_secret, api_version: p.api_version };
+            let provider = Provider {
+                id: p.id.clone(),
+                kind: p.kind,
+                base_url,
+                api_key_secret: p.api_key_secret,
+                api_version: p.api_version,
+                quirks: p.quirks,
+            };
             if providers.insert(p.id.clone(), provider).is_some() {
                 err(format!("providers[{i}].id"), format!("duplicate provider id {:?}", p.id));
             }
@@ -413,6 +457,8 @@ mod tests {
         );
         assert_eq!(errors(r#"{"providers":[{"id":"a","kind":"carrier_pigeon"}]}"#)[0].0, "providers[0].kind");
         assert_eq!(errors("nope")[0].0, ".");
+        let quirky = r#"{"providers":[{"id":"v","kind":"openai_compatible","base_url":"http://v","quirks":{"stream_usage":"no"}}]}"#;
+        assert_eq!(errors(quirky)[0].0, "providers[0].quirks.stream_usage");
     }
 
     #[test]

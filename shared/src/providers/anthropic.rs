@@ -325,7 +325,7 @@ impl ProviderAdapter for Anthropic {
         serde_json::from_slice::<WireErrorBody>(body).ok().map(|b| b.error.message)
     }
 
-    fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(&self, _provider: &Provider, created: u64) -> Box<dyn StreamDecoder> {
         Box::new(SseDecoder::new(Events { created, ..Events::default() }))
     }
 }
@@ -498,6 +498,7 @@ mod tests {
             base_url: "https://api.anthropic.com/v1".into(),
             api_key_secret: None,
             api_version: None,
+            quirks: Default::default(),
         }
     }
 
@@ -654,7 +655,7 @@ mod tests {
     }
 
     fn decode(stream: &str) -> (Vec<String>, Option<Usage>, Option<String>) {
-        let mut d = Anthropic.stream_decoder(1);
+        let mut d = Anthropic.stream_decoder(&provider(), 1);
         let mut out = Vec::new();
         let mut usage = None;
         let mut events = match d.push(stream.as_bytes()) {

@@ -57,8 +57,8 @@ impl ProviderAdapter for AzureOpenAi {
         OpenAiCompatible.error_message(body)
     }
 
-    fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder> {
-        OpenAiCompatible.stream_decoder(created)
+    fn stream_decoder(&self, provider: &Provider, created: u64) -> Box<dyn StreamDecoder> {
+        OpenAiCompatible.stream_decoder(provider, created)
     }
 
     fn embeddings_request(
@@ -90,6 +90,7 @@ mod tests {
             base_url: "https://acme.openai.azure.com".into(),
             api_key_secret: None,
             api_version: None,
+            quirks: Default::default(),
         };
         let target = Target { provider: "az".into(), model: "gpt4o-eu".into() };
         let req =

@@ -326,7 +326,7 @@ impl ProviderAdapter for Gemini {
         serde_json::from_slice::<WireErrorBody>(body).ok().and_then(|b| b.error.message)
     }
 
-    fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(&self, _provider: &Provider, created: u64) -> Box<dyn StreamDecoder> {
         Box::new(SseDecoder::new(Events { created, ..Events::default() }))
     }
 }

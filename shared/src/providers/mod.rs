@@ -68,8 +68,8 @@ pub trait ProviderAdapter {
     fn chat_response(&self, body: &[u8], created: u64) -> Result<Completion, Error>;
     /// The provider's own message in an error body, if it has one.
     fn error_message(&self, body: &[u8]) -> Option<String>;
-    /// A fresh stream decoder; `created` stamps chunks that carry no time.
-    fn stream_decoder(&self, created: u64) -> Box<dyn StreamDecoder>;
+    /// A fresh stream decoder for `provider`; `created` stamps chunks that carry no time.
+    fn stream_decoder(&self, provider: &Provider, created: u64) -> Box<dyn StreamDecoder>;
 
     /// The upstream HTTP request for an embeddings request. Providers without embeddings keep
     /// this default, which refuses.
@@ -154,6 +154,10 @@ pub trait SseEvents {
     fn event(&mut self, event: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error>;
     /// Whether the provider has said the answer is complete.
     fn done(&self) -> bool;
+    /// Called once when the bytes end, before [`Self::done`] decides whether that was a cut.
+    fn at_end(&mut self, out: &mut Vec<StreamEvent>) {
+        let _ = out;
+    }
 }
 
 /// A [`StreamDecoder`] for providers that frame their streams as server-sent events: parses the
@@ -188,6 +192,9 @@ impl<E: SseEvents> StreamDecoder for SseDecoder<E> {
             && !self.events.done()
         {
             self.events.event(ev, &mut out)?;
+        }
+        if !self.events.done() {
+            self.events.at_end(&mut out);
         }
         if !self.events.done() {
             return Err(Error::new(ErrorKind::UpstreamProtocol, "provider stream ended before the answer was complete"));

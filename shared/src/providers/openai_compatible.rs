@@ -9,7 +9,7 @@ use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, S
 use crate::chat::{ChatRequest, Usage};
 use crate::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::error::{Error, ErrorKind};
-use crate::policy::{Provider, Target};
+use crate::policy::{MaxTokensField, Provider, Target};
 use crate::sse::SseEvent;
 
 /// The adapter for OpenAI-compatible providers.
@@ -119,7 +119,20 @@ impl ProviderAdapter for OpenAiCompatible {
     ) -> Result<http::Request<Bytes>, Error> {
         let mut upstream = req.clone();
         upstream.model.clone_from(&target.model);
-        if req.is_stream() {
+        let quirks = &provider.quirks;
+        if let Some(field) = quirks.max_tokens_field {
+            let (to, from) = match field {
+                MaxTokensField::MaxTokens => ("max_tokens", "max_completion_tokens"),
+                MaxTokensField::MaxCompletionTokens => ("max_completion_tokens", "max_tokens"),
+            };
+            if let Some(v) = upstream.extra.remove(from) {
+                upstream.extra.entry(to).or_insert(v);
+            }
+        }
+        for field in &quirks.drop_fields {
+            upstream.extra.remove(field);
+        }
+        if req.is_stream() && quirks.stream_usage {
             // Ask for the final usage chunk so a stream's cost is always known.
             let options = upstream.extra.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
             if let Value::Object(o) = options {
@@ -148,8 +161,8 @@ impl ProviderAdapter for OpenAiCompatible {
         serde_json::from_slice::<WireErrorBody>(body).ok().and_then(|b| b.error.message)
     }
 
-    fn stream_decoder(&self, _created: u64) -> Box<dyn StreamDecoder> {
-        Box::new(SseDecoder::new(Events::default()))
+    fn stream_decoder(&self, provider: &Provider, _created: u64) -> Box<dyn StreamDecoder> {
+        Box::new(SseDecoder::new(Events { done_marker: provider.quirks.done_marker, ..Events::default() }))
     }
 
     fn embeddings_request(
@@ -203,11 +216,22 @@ struct WireEmbedding {
 #[derive(Debug, Default)]
 struct Events {
     done: bool,
+    /// The server ends streams with `[DONE]` (see [`crate::policy::Quirks::done_marker`]).
+    done_marker: bool,
+    /// Every choice seen so far has finished.
+    finished: bool,
 }
 
 impl SseEvents for Events {
     fn done(&self) -> bool {
         self.done
+    }
+
+    fn at_end(&mut self, out: &mut Vec<StreamEvent>) {
+        if !self.done_marker && self.finished {
+            out.push(StreamEvent::Done);
+            self.done = true;
+        }
     }
 
     fn event(&mut self, ev: SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
@@ -225,6 +249,10 @@ impl SseEvents for Events {
         }
         let usage_only = chunk.choices.as_ref().is_none_or(Vec::is_empty) && chunk.usage.is_some();
         let content = chunk.choices.iter().flatten().any(WireChunkChoice::commits);
+        let choices = chunk.choices.iter().flatten();
+        if choices.clone().next().is_some() {
+            self.finished = choices.clone().all(|c| c.finish_reason.is_some());
+        }
         out.push(StreamEvent::Chunk { json: data.to_owned(), usage: chunk.usage.map(Usage::from), usage_only, content });
         Ok(())
     }
@@ -242,6 +270,7 @@ mod tests {
             base_url: "http://127.0.0.1:9/v1".into(),
             api_key_secret: None,
             api_version: None,
+            quirks: Default::default(),
         }
     }
 
@@ -269,6 +298,40 @@ mod tests {
     }
 
     #[test]
+    fn quirks_rename_the_cap_drop_fields_and_skip_stream_usage() {
+        let quirks = crate::policy::Quirks {
+            stream_usage: false,
+            max_tokens_field: Some(MaxTokensField::MaxTokens),
+            drop_fields: vec!["parallel_tool_calls".into()],
+            done_marker: true,
+        };
+        let provider = Provider { quirks, ..provider() };
+        let target = Target { provider: "p".into(), model: "llama".into() };
+        let req = request(
+            r#"{"model":"a","stream":true,"max_completion_tokens":9,"parallel_tool_calls":false,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let up = OpenAiCompatible.chat_request(&provider, &target, &req, None).unwrap_or_else(|e| unreachable!("{e}"));
+        let body: Value = serde_json::from_slice(up.body()).unwrap_or_default();
+        assert_eq!(body, serde_json::json!({"model":"llama","stream":true,"max_tokens":9,"messages":[{"role":"user","content":"hi"}]}));
+    }
+
+    #[test]
+    fn without_a_done_marker_a_finished_stream_is_complete_and_an_unfinished_one_is_cut() {
+        let quirks = crate::policy::Quirks { done_marker: false, ..Default::default() };
+        let provider = Provider { quirks, ..provider() };
+        let finished = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        let mut d = OpenAiCompatible.stream_decoder(&provider, 0);
+        assert!(d.push(finished.as_bytes()).is_ok());
+        assert_eq!(d.finish().map(|e| e.last().cloned()), Ok(Some(StreamEvent::Done)));
+        let mut d = OpenAiCompatible.stream_decoder(&provider, 0);
+        assert!(d.push(&finished.as_bytes()[..finished.find("data: {\"choices\":[{\"index\":0,\"delta\":{},").unwrap_or(0)]).is_ok());
+        assert!(d.finish().is_err(), "no finish reason yet: a cut");
+        let mut d = OpenAiCompatible.stream_decoder(&self::provider(), 0);
+        assert!(d.push(finished.as_bytes()).is_ok());
+        assert!(d.finish().is_err(), "servers that send [DONE] must send it");
+    }
+
+    #[test]
     fn error_statuses_map_to_kinds_and_never_quote_credential_errors() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#;
         let e = error_response(401, body);
@@ -281,7 +344,7 @@ mod tests {
     }
 
     fn decode(chunks: &[&str]) -> (Vec<StreamEvent>, Option<String>) {
-        let mut d = OpenAiCompatible.stream_decoder(0);
+        let mut d = OpenAiCompatible.stream_decoder(&provider(), 0);
         let mut events = Vec::new();
         for c in chunks {
             match d.push(c.as_bytes()) {
