@@ -84,6 +84,7 @@ fn main() {
         base_url: "https://api.anthropic.com/v1".into(),
         api_key_secret: None,
         api_version: None,
+        region: None,
         quirks: Default::default(),
     };
     let target = Target { provider: "p".into(), model: "claude".into() };

@@ -296,12 +296,13 @@ impl Gateway {
                 Err(e) => return Err((None, e)),
             },
         };
-        let request = match op {
+        let mut request = match op {
             Op::Chat(chat) => adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()),
             Op::Embed(embed) => adapter.embeddings_request(&c.provider, &c.target, embed, credential.as_deref()),
             Op::Count(chat) => adapter.count_tokens_request(&c.provider, &c.target, chat, credential.as_deref()),
         }
         .map_err(|e| (None, e))?;
+        adapter.authorize(&c.provider, &mut request, credential.as_deref(), host.now_ms()).map_err(|e| (None, e))?;
         let response = if c.provider.kind == ProviderKind::Mock {
             mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id))
         } else {

@@ -61,6 +61,7 @@ struct RawProvider {
     base_url: Option<String>,
     api_key_secret: Option<String>,
     api_version: Option<String>,
+    region: Option<String>,
     #[serde(default)]
     quirks: Quirks,
 }
@@ -127,6 +128,8 @@ pub enum ProviderKind {
     AzureOpenai,
     /// Google Gemini; `base_url` defaults to `https://generativelanguage.googleapis.com/v1beta`.
     Gemini,
+    /// AWS Bedrock Converse; needs `region`; `base_url` defaults to the region's runtime endpoint.
+    Bedrock,
 }
 
 /// One problem in a policy document.
@@ -178,6 +181,8 @@ pub struct Provider {
     pub api_key_secret: Option<String>,
     /// API version for providers that version their URLs (Azure OpenAI).
     pub api_version: Option<String>,
+    /// Cloud region, for providers that sign requests per region (Bedrock).
+    pub region: Option<String>,
     /// Server differences, for OpenAI-compatible providers.
     pub quirks: Quirks,
 }
@@ -238,6 +243,13 @@ impl Policy {
                 }
                 (ProviderKind::Anthropic, None) => "https://api.anthropic.com/v1".to_owned(),
                 (ProviderKind::Gemini, None) => "https://generativelanguage.googleapis.com/v1beta".to_owned(),
+                (ProviderKind::Bedrock, None) => match &p.region {
+                    Some(region) => format!("https://bedrock-runtime.{region}.amazonaws.com"),
+                    None => {
+                        err(format!("providers[{i}].region"), "required for kind bedrock".into());
+                        String::new()
+                    }
+                },
                 (ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai, None) => {
                     err(format!("providers[{i}].base_url"), "required for this kind".into());
                     String::new()
@@ -249,6 +261,7 @@ impl Policy {
                 base_url,
                 api_key_secret: p.api_key_secret,
                 api_version: p.api_version,
+                region: p.region,
                 quirks: p.quirks,
             };
             if providers.insert(p.id.clone(), provider).is_some() {

@@ -19,15 +19,15 @@ struct Fixture {
     /// The usage `plain` must normalise to.
     plain_usage: Usage,
     /// A stream answering "Hello!" in pieces, ending properly, with usage.
-    stream: &'static [&'static str],
+    stream: fn() -> Vec<Bytes>,
     /// A completion calling `get_weather` with `{"city":"Oslo"}`.
     tool_call: &'static str,
     /// A stream calling `get_weather` (Oslo) and then `get_time` (`{"tz":"CET"}`).
-    stream_tools: &'static [&'static str],
+    stream_tools: fn() -> Vec<Bytes>,
     /// An error body for a status.
     error: &'static str,
-    /// A stream chunk that cannot be parsed.
-    malformed: &'static str,
+    /// A stream piece that cannot be decoded.
+    malformed: fn() -> Bytes,
 }
 
 fn host(kind: &str) -> (TestHost, Gateway) {
@@ -91,6 +91,15 @@ fn streamed_calls(body: &str) -> Vec<(String, String)> {
     calls
 }
 
+/// Stream pieces from text.
+fn pieces(texts: &[&'static str]) -> Vec<Bytes> {
+    texts.iter().map(|t| Bytes::from_static(t.as_bytes())).collect()
+}
+
+fn stream_of(pieces: Vec<Bytes>) -> Scripted {
+    Scripted::Respond { status: 200, headers: vec![], chunks: pieces.into_iter().map(Ok).collect() }
+}
+
 fn scripted(status: u16, headers: Vec<(&'static str, &'static str)>, body: &'static str) -> Scripted {
     Scripted::Respond { status, headers, chunks: vec![Ok(Bytes::from_static(body.as_bytes()))] }
 }
@@ -132,7 +141,7 @@ macro_rules! conformance {
             #[test]
             fn streaming() {
                 let (h, gw) = host(F.kind);
-                h.script(Scripted::sse(F.stream));
+                h.script(stream_of((F.stream)()));
                 let (status, headers, body) = ask(&h, &gw, true, false);
                 assert_eq!((status, headers["content-type"].to_str().ok()), (200, Some("text/event-stream")));
                 assert_eq!(streamed_text(&body), "Hello!");
@@ -157,7 +166,7 @@ macro_rules! conformance {
             #[test]
             fn streaming_several_tool_calls() {
                 let (h, gw) = host(F.kind);
-                h.script(Scripted::sse(F.stream_tools));
+                h.script(stream_of((F.stream_tools)()));
                 let (_, _, body) = ask(&h, &gw, true, true);
                 let calls: Vec<(String, Value)> = streamed_calls(&body).into_iter().map(|(n, a)| (n, json_of(&a))).collect();
                 assert_eq!(calls, [("get_weather".to_owned(), json!({"city": "Oslo"})), ("get_time".to_owned(), json!({"tz": "CET"}))], "{body}");
@@ -187,9 +196,10 @@ macro_rules! conformance {
             #[test]
             fn malformed_chunk_after_content() {
                 let (h, gw) = host(F.kind);
-                let mut pieces: Vec<&str> = F.stream[..F.stream.len() / 2 + 1].to_vec();
-                pieces.push(F.malformed);
-                h.script(Scripted::sse(&pieces));
+                let mut pieces = (F.stream)();
+                pieces.truncate(pieces.len() / 2 + 1);
+                pieces.push((F.malformed)());
+                h.script(stream_of(pieces));
                 let (_, _, body) = ask(&h, &gw, true, false);
                 let last = datas(&body).last().cloned().unwrap_or_default();
                 assert_eq!(json_of(&last)["error"]["code"], "upstream_protocol_error", "{body}");
@@ -199,7 +209,9 @@ macro_rules! conformance {
             #[test]
             fn cut_mid_stream() {
                 let (h, gw) = host(F.kind);
-                h.script(Scripted::sse(&F.stream[..F.stream.len() / 2 + 1]));
+                let mut pieces = (F.stream)();
+                pieces.truncate(pieces.len() / 2 + 1);
+                h.script(stream_of(pieces));
                 let (_, _, body) = ask(&h, &gw, true, false);
                 assert!(!streamed_text(&body).is_empty(), "content before the cut is delivered: {body}");
                 let last = datas(&body).last().cloned().unwrap_or_default();
@@ -215,27 +227,31 @@ const OPENAI_WIRE: Fixture = Fixture {
     kind: "openai_compatible",
     plain: r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"real-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":120,"completion_tokens":30,"total_tokens":150,"prompt_tokens_details":{"cached_tokens":100},"completion_tokens_details":{"reasoning_tokens":20}}}"#,
     plain_usage: Usage { input: 20, cache_read: 100, cache_write: 0, output: 10, reasoning: 20 },
-    stream: &[
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo!\"}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
-        "data: [DONE]\n\n",
-    ],
+    stream: || {
+        pieces(&[
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo!\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+            "data: [DONE]\n\n",
+        ])
+    },
     tool_call: r#"{"id":"chatcmpl-2","object":"chat.completion","created":1,"model":"real-model","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},"finish_reason":"tool_calls"}]}"#,
-    stream_tools: &[
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Oslo\\\"}\"}}]}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{\\\"tz\\\":\\\"CET\\\"}\"}}]}}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
-        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"total_tokens\":14}}\n\n",
-        "data: [DONE]\n\n",
-    ],
+    stream_tools: || {
+        pieces(&[
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Oslo\\\"}\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{\\\"tz\\\":\\\"CET\\\"}\"}}]}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"total_tokens\":14}}\n\n",
+            "data: [DONE]\n\n",
+        ])
+    },
     error: r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
-    malformed: "data: {\"choices\":[{\"delta\":{\"content\":\"oops\n\n",
+    malformed: || Bytes::from_static("data: {\"choices\":[{\"delta\":{\"content\":\"oops\n\n".as_bytes()),
 };
 
 conformance!(openai_compatible, OPENAI_WIRE);
@@ -247,7 +263,7 @@ conformance!(
         kind: "anthropic",
         plain: r#"{"id":"msg_1","type":"message","role":"assistant","model":"real-model","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":20,"cache_read_input_tokens":100,"cache_creation_input_tokens":7,"output_tokens":30}}"#,
         plain_usage: Usage { input: 20, cache_read: 100, cache_write: 7, output: 30, reasoning: 0 },
-        stream: &[
+        stream: || pieces(&[
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"real-model\",\"content\":[],\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
             "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n",
@@ -255,9 +271,9 @@ conformance!(
             "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":2}}\n\n",
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        ],
+        ]),
         tool_call: r#"{"id":"msg_2","type":"message","role":"assistant","model":"real-model","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Oslo"}}],"stop_reason":"tool_use","usage":{"input_tokens":5,"output_tokens":9}}"#,
-        stream_tools: &[
+        stream_tools: || pieces(&[
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_3\",\"model\":\"real-model\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
             "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}\n\n",
@@ -268,9 +284,11 @@ conformance!(
             "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        ],
+        ]),
         error: r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#,
-        malformed: "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_de\n\n",
+        malformed: || Bytes::from_static(
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_de\n\n".as_bytes()
+        ),
     }
 );
 
@@ -280,17 +298,70 @@ conformance!(
         kind: "gemini",
         plain: r#"{"candidates":[{"content":{"parts":[{"text":"Hello!"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":120,"candidatesTokenCount":10,"totalTokenCount":150,"cachedContentTokenCount":100,"thoughtsTokenCount":20},"modelVersion":"real-model","responseId":"r1"}"#,
         plain_usage: Usage { input: 20, cache_read: 100, cache_write: 0, output: 10, reasoning: 20 },
-        stream: &[
+        stream: || pieces(&[
             "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":1},\"modelVersion\":\"real-model\",\"responseId\":\"r2\"}\r\n\r\n",
             "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"lo!\"}],\"role\":\"model\"},\"index\":0}],\"modelVersion\":\"real-model\",\"responseId\":\"r2\"}\r\n\r\n",
             "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":2,\"totalTokenCount\":7},\"modelVersion\":\"real-model\",\"responseId\":\"r2\"}\r\n\r\n",
-        ],
+        ]),
         tool_call: r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"city":"Oslo"}}}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":9},"modelVersion":"real-model"}"#,
-        stream_tools: &[
+        stream_tools: || pieces(&[
             "data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"get_weather\",\"args\":{\"city\":\"Oslo\"}}}],\"role\":\"model\"},\"index\":0}]}\r\n\r\n",
             "data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"get_time\",\"args\":{\"tz\":\"CET\"}}}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":9}}\r\n\r\n",
-        ],
+        ]),
         error: r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#,
-        malformed: "data: {\"candidates\":[{\"content\":\r\n\r\n",
+        malformed: || Bytes::from_static("data: {\"candidates\":[{\"content\":\r\n\r\n".as_bytes()),
+    }
+);
+
+/// Bedrock ConverseStream frames (AWS event-stream binary framing).
+fn frames(events: &[(&str, Value)]) -> Vec<Bytes> {
+    events.iter().map(|(kind, payload)| Bytes::from(edgegate_core::providers::bedrock::frame(kind, payload))).collect()
+}
+
+conformance!(
+    bedrock,
+    Fixture {
+        kind: "bedrock",
+        plain: r#"{"output":{"message":{"role":"assistant","content":[{"text":"Hello!"}]}},"stopReason":"end_turn","usage":{"inputTokens":20,"outputTokens":30,"totalTokens":157,"cacheReadInputTokens":100,"cacheWriteInputTokens":7},"metrics":{"latencyMs":120}}"#,
+        plain_usage: Usage { input: 20, cache_read: 100, cache_write: 7, output: 30, reasoning: 0 },
+        stream: || {
+            frames(&[
+                ("messageStart", json!({"role": "assistant"})),
+                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hel"}})),
+                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "lo!"}})),
+                ("contentBlockStop", json!({"contentBlockIndex": 0})),
+                ("messageStop", json!({"stopReason": "end_turn"})),
+                ("metadata", json!({"usage": {"inputTokens": 5, "outputTokens": 2, "totalTokens": 7}, "metrics": {"latencyMs": 80}})),
+            ])
+        },
+        tool_call: r#"{"output":{"message":{"role":"assistant","content":[{"toolUse":{"toolUseId":"tooluse_1","name":"get_weather","input":{"city":"Oslo"}}}]}},"stopReason":"tool_use","usage":{"inputTokens":5,"outputTokens":9,"totalTokens":14}}"#,
+        stream_tools: || {
+            frames(&[
+                ("messageStart", json!({"role": "assistant"})),
+                (
+                    "contentBlockStart",
+                    json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}}),
+                ),
+                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"city\":"}}})),
+                ("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "\"Oslo\"}"}}})),
+                ("contentBlockStop", json!({"contentBlockIndex": 0})),
+                (
+                    "contentBlockStart",
+                    json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_2", "name": "get_time"}}}),
+                ),
+                ("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"tz\":\"CET\"}"}}})),
+                ("contentBlockStop", json!({"contentBlockIndex": 1})),
+                ("messageStop", json!({"stopReason": "tool_use"})),
+                ("metadata", json!({"usage": {"inputTokens": 5, "outputTokens": 9, "totalTokens": 14}})),
+            ])
+        },
+        error: r#"{"message":"Too many requests, please wait before trying again."}"#,
+        malformed: || {
+            let mut bad =
+                edgegate_core::providers::bedrock::frame("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "x"}}));
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x55; // the checksum no longer matches
+            Bytes::from(bad)
+        },
     }
 );

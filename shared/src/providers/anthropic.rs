@@ -498,6 +498,7 @@ mod tests {
             base_url: "https://api.anthropic.com/v1".into(),
             api_key_secret: None,
             api_version: None,
+            region: None,
             quirks: Default::default(),
         }
     }

@@ -90,6 +90,7 @@ mod tests {
             base_url: "https://acme.openai.azure.com".into(),
             api_key_secret: None,
             api_version: None,
+            region: None,
             quirks: Default::default(),
         };
         let target = Target { provider: "az".into(), model: "gpt4o-eu".into() };

@@ -13,9 +13,11 @@ use crate::sse::{SseEvent, SseParser};
 
 pub mod anthropic;
 pub mod azure_openai;
+pub mod bedrock;
 pub mod gemini;
 pub mod mock;
 pub mod openai_compatible;
+pub mod sigv4;
 
 /// What a stream decoder saw in the upstream stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,14 @@ pub trait ProviderAdapter {
         req: &ChatRequest,
         credential: Option<&str>,
     ) -> Result<http::Request<Bytes>, Error>;
+    /// Adds credentials that depend on the finished request and the time (request signing).
+    /// Runs after every build method; most providers put their key in a header while building
+    /// and keep this default, which does nothing.
+    fn authorize(&self, provider: &Provider, req: &mut http::Request<Bytes>, credential: Option<&str>, now_ms: u64) -> Result<(), Error> {
+        let _ = (provider, req, credential, now_ms);
+        Ok(())
+    }
+
     /// Reads a successful (2xx) non-stream answer; `created` stamps answers that carry no time.
     fn chat_response(&self, body: &[u8], created: u64) -> Result<Completion, Error>;
     /// The provider's own message in an error body, if it has one.
@@ -210,5 +220,6 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::AzureOpenai => &azure_openai::AzureOpenAi,
         ProviderKind::Gemini => &gemini::Gemini,
+        ProviderKind::Bedrock => &bedrock::Bedrock,
     }
 }

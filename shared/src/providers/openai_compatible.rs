@@ -270,6 +270,7 @@ mod tests {
             base_url: "http://127.0.0.1:9/v1".into(),
             api_key_secret: None,
             api_version: None,
+            region: None,
             quirks: Default::default(),
         }
     }
