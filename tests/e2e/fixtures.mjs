@@ -10,6 +10,7 @@ export const SIM_SECRET = "sk-sim-upstream-secret";
 export const LIMIT = 3;
 export const RACE_LIMIT = 10;
 export const PY_LIMITED_KEY = "sk-e2e-py-limited";
+export const AWS_CREDENTIALS = "AKIDSIM:sim-secret-access-key";
 
 export function policy(simUrl) {
   const sim = (id, extra = {}) => ({ id, kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "PROVIDER_API_KEY", ...extra });
@@ -33,6 +34,7 @@ export function policy(simUrl) {
       { ...sim("sim-anthropic"), kind: "anthropic" },
       { ...sim("sim-azure"), kind: "azure_openai", base_url: simUrl, api_version: "2024-10-21" },
       { ...sim("sim-gemini"), kind: "gemini", base_url: `${simUrl}/v1beta` },
+      { id: "sim-bedrock", kind: "bedrock", base_url: simUrl, region: "us-east-1", api_key_secret: "AWS_CREDENTIALS" },
       { id: "closed", kind: "openai_compatible", base_url: "http://127.0.0.1:9/v1" },
     ],
     models: [
@@ -41,6 +43,7 @@ export function policy(simUrl) {
       { alias: "sim-embed", targets: [{ provider: "sim", model: "text-embedding-sim" }] },
       { alias: "azure", targets: [{ provider: "sim-azure", model: "gpt4o-eu-deployment" }] },
       { alias: "gemini", targets: [{ provider: "sim-gemini", model: "gemini-sim" }] },
+      { alias: "bedrock", targets: [{ provider: "sim-bedrock", model: "anthropic.claude-sim-v1:0" }] },
       { alias: "claude", targets: [{ provider: "sim-anthropic", model: "claude-sim-1" }] },
       { alias: "stream-failover", targets: [{ provider: "sim", model: "flaky sim:cut=0" }, { provider: "sim-anthropic", model: "cut sim:cut=0" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },
@@ -51,7 +54,7 @@ export function policy(simUrl) {
 }
 
 export const runtimes = {
-  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET } }),
-  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET } }),
+  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET, AWS_CREDENTIALS } }),
+  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET, aws_credentials: AWS_CREDENTIALS } }),
 };
 

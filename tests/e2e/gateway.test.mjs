@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "azure", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -275,6 +275,33 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.deepEqual(seen[0].body.systemInstruction, { parts: [{ text: "Be brief." }] });
     });
 
+    it("reaches Bedrock with SigV4 from the OpenAI SDK: plain, streamed, tools", async () => {
+      await sim.clear();
+      const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+      const c = await client.chat.completions.create({ model: "bedrock", messages: [{ role: "user", content: "hi bedrock" }] });
+      assert.equal(c.choices[0].message.content, "Simulated answer to: hi bedrock");
+      const s = await client.chat.completions.create({ model: "bedrock", messages: [{ role: "user", content: "stream bedrock" }], stream: true, stream_options: { include_usage: true } });
+      let text = "";
+      let usage;
+      for await (const chunk of s) {
+        text += chunk.choices[0]?.delta?.content ?? "";
+        usage = chunk.usage ?? usage;
+      }
+      assert.equal(text, "Simulated answer to: stream bedrock");
+      assert.ok(usage.completion_tokens > 0, "usage from the metadata event");
+      const tools = [{ type: "function", function: { name: "lookup", parameters: { type: "object" } } }];
+      const t = await client.chat.completions.create({ model: "bedrock", messages: [{ role: "user", content: "find" }], tools, stream: true });
+      let args = "";
+      for await (const chunk of t) args += chunk.choices[0]?.delta?.tool_calls?.[0]?.function?.arguments ?? "";
+      assert.deepEqual(JSON.parse(args), { query: "Simulated answer to: find" });
+      const seen = await sim.received();
+      assert.deepEqual(seen.map((r) => r.path), ["/model/anthropic.claude-sim-v1%3A0/converse", "/model/anthropic.claude-sim-v1%3A0/converse-stream", "/model/anthropic.claude-sim-v1%3A0/converse-stream"]);
+      for (const r of seen) {
+        assert.match(r.headers.authorization, /^AWS4-HMAC-SHA256 Credential=AKIDSIM\/\d{8}\/us-east-1\/bedrock\/aws4_request, SignedHeaders=[a-z;-]*host;x-amz-date, Signature=[0-9a-f]{64}$/);
+        assert.ok(!JSON.stringify(r.headers).includes("sim-secret-access-key"), "the secret key is never sent");
+      }
+    });
+
     it("translates tool calls both ways", async () => {
       const tools = [{ type: "function", function: { name: "lookup", description: "Look it up", parameters: { type: "object", properties: { query: { type: "string" } } } } }];
       const openai = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
@@ -318,7 +345,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("serves the official Anthropic SDK on /v1/messages, for any provider", async () => {
       const client = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
-      for (const model of ["claude", "sim-chat", "gemini", "mock"]) {
+      for (const model of ["claude", "sim-chat", "gemini", "bedrock", "mock"]) {
         const msg = await client.messages.create({ model, max_tokens: 100, system: "Be brief.", messages: [{ role: "user", content: `hello ${model}` }] });
         assert.equal(msg.type, "message");
         assert.equal(msg.role, "assistant");

@@ -67,15 +67,16 @@ fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// Signs `req` in place for `service` in `region`: sets `x-amz-date`, `host`, the session token
-/// header if any, and `authorization`. Every header present is signed.
+/// Signs `req` in place for `service` in `region`: sets `x-amz-date`, the session token header if
+/// any, and `authorization`. Every header present is signed, and so is `host` — taken from the
+/// URL and not set on the request, because HTTP clients in both edge runtimes derive `Host`
+/// from the URL themselves (wasi-http refuses it as a forbidden header).
 pub fn sign(req: &mut http::Request<Bytes>, creds: &Credentials, region: &str, service: &str, now_ms: u64) -> Result<(), Error> {
     let bad = |what: &str| Error::new(ErrorKind::Internal, format!("cannot sign request: {what}"));
     let date_time = amz_date(now_ms);
     let date = &date_time[..8];
     let host = req.uri().authority().ok_or_else(|| bad("no host in URL"))?.to_string();
     let headers = req.headers_mut();
-    headers.insert(http::header::HOST, host.parse().map_err(|_| bad("host"))?);
     headers.insert("x-amz-date", date_time.parse().map_err(|_| bad("date"))?);
     if let Some(token) = &creds.session_token {
         headers.insert("x-amz-security-token", token.parse().map_err(|_| bad("session token"))?);
@@ -105,6 +106,9 @@ pub fn sign(req: &mut http::Request<Bytes>, creds: &Credentials, region: &str, s
             (name.as_str().to_ascii_lowercase(), String::from_utf8_lossy(value.as_bytes()).split_whitespace().collect::<Vec<_>>().join(" "))
         })
         .collect();
+    if !signed.iter().any(|(k, _)| k == "host") {
+        signed.push(("host".into(), host));
+    }
     signed.sort();
     let canonical_headers: String = signed.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let signed_names = signed.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");

@@ -41,7 +41,7 @@ def raises(exc_type, fn):
 
 @check
 def openai_chat_each_provider():
-    for model in ["sim-chat", "claude", "gemini", "azure", "mock"]:
+    for model in ["sim-chat", "claude", "gemini", "azure", "bedrock", "mock"]:
         c = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": f"py {model}"}])
         expect(c.choices[0].message.content.endswith(f"py {model}"), f"{model}: {c.choices[0].message.content!r}")
         expect(c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens, f"{model}: usage {c.usage}")
@@ -49,7 +49,7 @@ def openai_chat_each_provider():
 
 @check
 def openai_stream_each_provider():
-    for model in ["sim-chat", "claude", "gemini", "azure", "mock"]:
+    for model in ["sim-chat", "claude", "gemini", "azure", "bedrock", "mock"]:
         s = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": f"py stream {model}"}],
                                        stream=True, stream_options={"include_usage": True})
         text, usage = "", None
@@ -112,7 +112,7 @@ def openai_cut_stream_raises():
 
 @check
 def anthropic_messages_each_provider():
-    for model in ["claude", "sim-chat", "gemini", "azure", "mock"]:
+    for model in ["claude", "sim-chat", "gemini", "azure", "bedrock", "mock"]:
         m = an.messages.create(model=model, max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": f"py {model}"}])
         expect(m.type == "message" and m.content[0].text.endswith(f"py {model}"), f"{model}: {m}")
         expect(m.stop_reason == "end_turn" and m.usage.output_tokens > 0, f"{model}: {m}")
@@ -120,7 +120,7 @@ def anthropic_messages_each_provider():
 
 @check
 def anthropic_stream_each_provider():
-    for model in ["claude", "sim-chat", "gemini", "azure", "mock"]:
+    for model in ["claude", "sim-chat", "gemini", "azure", "bedrock", "mock"]:
         with an.messages.stream(model=model, max_tokens=100, messages=[{"role": "user", "content": f"py stream {model}"}]) as s:
             text = "".join(s.text_stream)
             final = s.get_final_message()

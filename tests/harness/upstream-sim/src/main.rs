@@ -5,7 +5,9 @@
 //! `POST /v1/messages` (JSON and the `message_start` … `message_stop` event stream; the key may come
 //! as `x-api-key`), and the Azure OpenAI deployment routes (`/openai/deployments/{name}/…` with
 //! `api-version`, key as `api-key`), and Gemini `POST /v1beta/models/{model}:generateContent` and
-//! `:streamGenerateContent?alt=sse` (key as `x-goog-api-key`). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
+//! `:streamGenerateContent?alt=sse` (key as `x-goog-api-key`), and Bedrock
+//! `POST /model/{id}/converse` and `/converse-stream` (AWS event-stream framing; a SigV4
+//! `Authorization` is checked for form, not recomputed). A tool list in the request makes the answer a call of the first tool. Faults are chosen per
 //! request, by `x-sim-*` headers or — since a gateway does not forward client headers — by
 //! directives in the model name or message text, e.g. `sim:status=503`:
 //!
@@ -174,7 +176,8 @@ impl Sim {
                 json!({"method": parts.method.as_str(), "path": path, "uri": parts.uri.to_string(), "headers": headers, "body": parsed}),
             );
         }
-        if let Some(key) = &self.config.require_key {
+        // Bedrock requests are signed, and checked by their own route.
+        if let Some(key) = self.config.require_key.as_ref().filter(|_| !path.starts_with("/model/")) {
             let bearer = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
             let x_api_key =
                 ["x-api-key", "api-key", "x-goog-api-key"].iter().find_map(|h| parts.headers.get(*h)).and_then(|v| v.to_str().ok());
@@ -205,6 +208,26 @@ impl Sim {
                 }
                 let stream = method == "streamGenerateContent" && parts.uri.query().is_some_and(|q| q.contains("alt=sse"));
                 gemini(model, &parsed, stream, &d)
+            }
+            ("POST", p) if p.starts_with("/model/") && (p.ends_with("/converse") || p.ends_with("/converse-stream")) => {
+                if let Some(key) = &self.config.require_key {
+                    let auth = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let signed = auth.starts_with("AWS4-HMAC-SHA256 Credential=")
+                        && auth.contains("/bedrock/aws4_request")
+                        && parts.headers.contains_key("x-amz-date");
+                    if !signed && auth != format!("Bearer {key}") {
+                        return full(
+                            403,
+                            "application/json",
+                            json!({"message": "The security token included in the request is invalid."}).to_string(),
+                        );
+                    }
+                }
+                if let Some(&status) = d.get("status").filter(|s| **s >= 400) {
+                    return full(status as u16, "application/json", json!({"message": format!("simulated failure {status}")}).to_string());
+                }
+                let model = p["/model/".len()..].rsplit_once('/').map_or("", |(m, _)| m);
+                bedrock(model, &parsed, p.ends_with("/converse-stream"), &d)
             }
             ("POST", "/v1/embeddings") => embeddings(&parsed),
             ("POST", "/v1/messages/count_tokens") => {
@@ -290,6 +313,65 @@ fn gemini(model: &str, req: &Value, stream: bool, d: &HashMap<String, u64>) -> h
     stream_response(frames, d, 0)
 }
 
+/// One AWS event-stream message: prelude (lengths, CRC32), string headers, JSON payload, CRC32.
+fn event_frame(event_type: &str, payload: &Value) -> Bytes {
+    let mut headers = Vec::new();
+    for (name, value) in [(":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")] {
+        headers.push(name.len() as u8);
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(7); // string
+        headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let payload = payload.to_string().into_bytes();
+    let total = 16 + headers.len() + payload.len();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
+    out.extend_from_slice(&headers);
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(&out).to_be_bytes());
+    Bytes::from(out)
+}
+
+/// Bedrock Converse and ConverseStream.
+fn bedrock(model: &str, req: &Value, stream: bool, d: &HashMap<String, u64>) -> hyper::Response<Body> {
+    let (reply, input_tokens, output_tokens) = answer(req);
+    let tool = tool_to_call(req);
+    let usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens});
+    let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
+    if !stream {
+        let content = match &tool {
+            Some(name) => json!([{"toolUse": {"toolUseId": "tooluse_sim_1", "name": name, "input": {"query": reply}}}]),
+            None => json!([{"text": reply}]),
+        };
+        let body = json!({"output": {"message": {"role": "assistant", "content": content}}, "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 1}, "sim_model": model});
+        return full(200, "application/json", body.to_string());
+    }
+    let mut frames = vec![event_frame("messageStart", &json!({"role": "assistant"}))];
+    match &tool {
+        Some(name) => {
+            frames.push(event_frame(
+                "contentBlockStart",
+                &json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_sim_1", "name": name}}}),
+            ));
+            let args = json!({"query": reply}).to_string();
+            let mid = (args.len() / 2..args.len()).find(|i| args.is_char_boundary(*i)).unwrap_or(args.len());
+            for piece in [&args[..mid], &args[mid..]] {
+                frames.push(event_frame("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}})));
+            }
+        }
+        None => frames.extend(
+            reply.split_inclusive(' ').map(|w| event_frame("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": w}}))),
+        ),
+    }
+    frames.push(event_frame("contentBlockStop", &json!({"contentBlockIndex": 0})));
+    frames.push(event_frame("messageStop", &json!({"stopReason": stop})));
+    frames.push(event_frame("metadata", &json!({"usage": usage, "metrics": {"latencyMs": 1}})));
+    stream_bytes(frames, d, 1, "application/vnd.amazon.eventstream")
+}
+
 /// Dimensions of simulated embeddings.
 const EMBEDDING_DIMS: usize = 4;
 
@@ -360,11 +442,12 @@ fn content_text(content: &Value) -> String {
 /// The tool the answer should call: the first tool offered, unless the caller answered a tool
 /// already (OpenAI `tool` message, Anthropic `tool_result` block) or said `none`.
 fn tool_to_call(req: &Value) -> Option<String> {
-    let first = req["tools"].as_array()?.first()?;
-    let name = first["function"]["name"].as_str().or(first["name"].as_str())?;
+    let first = req["tools"].as_array().or(req["toolConfig"]["tools"].as_array())?.first()?;
+    let name = first["function"]["name"].as_str().or(first["name"].as_str()).or(first["toolSpec"]["name"].as_str())?;
     let none = req["tool_choice"] == "none" || req["tool_choice"]["type"] == "none";
     let last = req["messages"].as_array()?.last()?;
-    let answered = last["role"] == "tool" || last["content"].as_array().is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"));
+    let answered = last["role"] == "tool"
+        || last["content"].as_array().is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result" || b.get("toolResult").is_some()));
     (!none && !answered).then(|| name.to_owned())
 }
 
@@ -386,16 +469,28 @@ fn sse_frame(event: Option<&str>, data: &Value) -> String {
 }
 
 /// Frames as a streamed response, with the `cut`, `malformed` and `chunk-delay` faults applied.
-fn stream_response(mut frames: Vec<String>, d: &HashMap<String, u64>, first_content: usize) -> hyper::Response<Body> {
+fn stream_response(frames: Vec<String>, d: &HashMap<String, u64>, first_content: usize) -> hyper::Response<Body> {
+    stream_bytes(frames.into_iter().map(Bytes::from).collect(), d, first_content, "text/event-stream")
+}
+
+/// [`stream_response`] for any framing; a `malformed` frame becomes bytes no decoder accepts.
+fn stream_bytes(
+    mut frames: Vec<Bytes>,
+    d: &HashMap<String, u64>,
+    first_content: usize,
+    content_type: &'static str,
+) -> hyper::Response<Body> {
     if let Some(&n) = d.get("malformed")
         && let Some(f) = frames.get_mut(n as usize)
     {
-        *f = "data: {\"choices\": [{\"delta\": {\"content\": \"brok\n\n".to_owned();
+        *f = Bytes::from_static(
+            b"data: {\"choices\": [{\"delta\": {\"content\": \"brok\n\n\x00\x00\x00\x10\x00\x00\x00\x00\xde\xad\xbe\xef",
+        );
     }
     let cut = d.get("cut").map(|&n| n as usize + first_content); // lifecycle frames plus N content frames
     let delay = Duration::from_millis(d.get("chunk-delay").copied().unwrap_or(0));
     let mut resp = hyper::Response::new(BodyExt::boxed(stream_body(frames, cut, delay)));
-    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
     resp
 }
 
@@ -508,7 +603,7 @@ fn chat(req: &Value, d: &HashMap<String, u64>) -> hyper::Response<Body> {
 /// The frames as a body stream; after `cut` frames the stream fails, so hyper drops the connection
 /// without ending the chunked body.
 fn stream_body(
-    frames: Vec<String>,
+    frames: Vec<Bytes>,
     cut: Option<usize>,
     delay: Duration,
 ) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + Sync + 'static {
@@ -524,7 +619,7 @@ fn stream_body(
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(Frame::data(Bytes::from(frame)))).await.is_err() {
+            if tx.send(Ok(Frame::data(frame))).await.is_err() {
                 return;
             }
         }
