@@ -170,6 +170,17 @@ impl ChatRequest {
         (chars as u64).div_ceil(4) + 3 * self.messages.len() as u64
     }
 
+    /// Refuses `n` > 1 for providers that answer with one choice, rather than silently
+    /// returning fewer choices than asked for.
+    pub fn require_single_choice(&self, provider_kind: &str) -> Result<(), Error> {
+        match self.extra.get("n").and_then(Value::as_u64) {
+            Some(n) if n > 1 => {
+                Err(Error::new(ErrorKind::InvalidRequest, format!("`n` > 1 is not supported by {provider_kind} models")).with_param("n"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the caller asked for a stream.
     pub fn is_stream(&self) -> bool {
         self.stream == Some(true)

@@ -2,6 +2,11 @@
 //!
 //! Converts the canonical (OpenAI-shaped) request into a Messages request, and Messages answers
 //! and event streams back into canonical completions and chunks.
+//!
+//! Not translated (and why): `response_format` (Messages has no JSON mode; ask in the prompt),
+//! `seed`, `logprobs`, `presence_penalty`/`frequency_penalty` (no equivalents; dropped), `n` > 1
+//! (refused with a 400: one answer per request), thinking blocks in answers (the canonical
+//! answer has no place for them yet).
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -59,6 +64,7 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Error> {
 
 /// The canonical request as an Anthropic Messages request body.
 pub fn messages_request(req: &ChatRequest, model: &str) -> Result<Value, Error> {
+    req.require_single_choice("Anthropic")?;
     let mut system = Vec::new();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in &req.messages {
@@ -632,6 +638,17 @@ mod tests {
                   "stream": true
                 }"#]],
         );
+    }
+
+    #[test]
+    fn several_choices_are_refused_not_silently_reduced() {
+        let req = ChatRequest::parse(br#"{"model":"m","n":2,"messages":[{"role":"user","content":"hi"}]}"#)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let target = Target { provider: "a".into(), model: "c".into() };
+        let err = Anthropic.chat_request(&provider(), &target, &req, None).err().map(|e| (e.status(), e.param));
+        assert_eq!(err, Some((400, Some("n".into()))));
+        assert!(crate::providers::gemini::generate_request(&req).is_err());
+        assert!(crate::providers::bedrock::converse_request(&req).is_err());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! signed with SigV4 for the provider's `region`), or a Bedrock API key (sent as a bearer token).
 //!
 //! Not translated (and why): image URLs other than `data:` URLs are refused with a 400 (Converse
-//! reads image bytes only); `tool_choice: "none"` sends no tools (Converse has no "none").
+//! reads image bytes only); `tool_choice: "none"` sends no tools (Converse has no "none");
+//! `response_format`, `seed`, `logprobs` and penalties have no Converse equivalents and are
+//! dropped; `n` > 1 is refused with a 400. Stream chunks carry no id or model (Converse sends none).
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -53,6 +55,7 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Error> {
 
 /// The canonical request as a Converse request body.
 pub fn converse_request(req: &ChatRequest) -> Result<Value, Error> {
+    req.require_single_choice("Bedrock")?;
     let mut system = Vec::new();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in &req.messages {

@@ -1,7 +1,8 @@
 //! Google Gemini (`{base_url}/models/{model}:generateContent`, and `:streamGenerateContent?alt=sse`
 //! for streams), key in `x-goog-api-key`.
 //!
-//! Not translated (and why): image URLs other than `data:` URLs are refused with a 400 (Gemini
+//! Not translated (and why): `n` > 1 (refused with a 400), `logprobs` and penalties (dropped),
+//! thought parts in answers (not shown); image URLs other than `data:` URLs are refused with a 400 (Gemini
 //! reads only inline data or its own uploaded files); tool JSON schemas are passed as given
 //! (Gemini accepts an OpenAPI subset and rejects some JSON Schema keywords itself).
 
@@ -52,6 +53,7 @@ fn parts(content: Option<&Value>) -> Result<Vec<Value>, Error> {
 
 /// The canonical request as a `generateContent` body.
 pub fn generate_request(req: &ChatRequest) -> Result<Value, Error> {
+    req.require_single_choice("Gemini")?;
     let mut system = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut call_names: HashMap<&str, &str> = HashMap::new();
@@ -102,7 +104,7 @@ pub fn generate_request(req: &ChatRequest) -> Result<Value, Error> {
     }
     let mut config = Map::new();
     let x = &req.extra;
-    for (from, to) in [("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed"), ("n", "candidateCount")] {
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP"), ("seed", "seed")] {
         if let Some(v) = x.get(from).filter(|v| !v.is_null()) {
             config.insert(to.into(), v.clone());
         }
