@@ -120,6 +120,8 @@ struct RawTarget {
 pub enum ProviderKind {
     /// The built-in deterministic provider: answers inside the gateway, no network.
     Mock,
+    /// OpenAI itself; `base_url` defaults to `https://api.openai.com/v1`.
+    Openai,
     /// Any server speaking OpenAI Chat Completions under `base_url`.
     OpenaiCompatible,
     /// Anthropic Messages; `base_url` defaults to `https://api.anthropic.com/v1`.
@@ -242,6 +244,7 @@ impl Policy {
                     String::new()
                 }
                 (ProviderKind::Anthropic, None) => "https://api.anthropic.com/v1".to_owned(),
+                (ProviderKind::Openai, None) => "https://api.openai.com/v1".to_owned(),
                 (ProviderKind::Gemini, None) => "https://generativelanguage.googleapis.com/v1beta".to_owned(),
                 (ProviderKind::Bedrock, None) => match &p.region {
                     Some(region) => format!("https://bedrock-runtime.{region}.amazonaws.com"),

@@ -255,6 +255,7 @@ const OPENAI_WIRE: Fixture = Fixture {
 };
 
 conformance!(openai_compatible, OPENAI_WIRE);
+conformance!(openai, Fixture { kind: "openai", ..OPENAI_WIRE });
 conformance!(azure_openai, Fixture { kind: "azure_openai", ..OPENAI_WIRE });
 
 conformance!(

@@ -216,7 +216,7 @@ impl<E: SseEvents> StreamDecoder for SseDecoder<E> {
 /// The adapter for a provider kind. The built-in mock speaks the OpenAI wire format.
 pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
     match kind {
-        ProviderKind::Mock | ProviderKind::OpenaiCompatible => &openai_compatible::OpenAiCompatible,
+        ProviderKind::Mock | ProviderKind::Openai | ProviderKind::OpenaiCompatible => &openai_compatible::OpenAiCompatible,
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::AzureOpenai => &azure_openai::AzureOpenAi,
         ProviderKind::Gemini => &gemini::Gemini,
