@@ -12,7 +12,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent};
+use super::{
+    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, data_url, invalid, post_json, push_turn, tool_arguments,
+};
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
@@ -27,15 +29,9 @@ pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` is required by Anthropic; used when the caller gave none.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::new(ErrorKind::InvalidRequest, msg)
-}
-
 /// An image part's source block: data URLs become base64 sources, other URLs url sources.
 fn image_source(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:")
-        && let Some((media, data)) = rest.split_once(";base64,")
-    {
+    if let Some((media, data)) = data_url(url) {
         return json!({"type": "base64", "media_type": media, "data": data});
     }
     json!({"type": "url", "url": url})
@@ -77,12 +73,7 @@ pub fn messages_request(req: &ChatRequest, model: &str) -> Result<Value, Error> 
             Role::Assistant => {
                 let mut content = blocks(m.content.as_ref())?;
                 for call in m.tool_calls.iter().flatten() {
-                    let input: Value = if call.function.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.function.arguments)
-                            .map_err(|e| invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))?
-                    };
+                    let input = tool_arguments(call)?;
                     content.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
                 }
                 ("assistant", content)
@@ -92,11 +83,7 @@ pub fn messages_request(req: &ChatRequest, model: &str) -> Result<Value, Error> 
                 ("user", vec![json!({"type": "tool_result", "tool_use_id": id, "content": m.text()})])
             }
         };
-        // Anthropic wants alternating roles: consecutive messages of one role are merged.
-        match messages.last_mut() {
-            Some((last, blocks)) if *last == role => blocks.extend(content),
-            _ => messages.push((role, content)),
-        }
+        push_turn(&mut messages, role, content);
     }
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
@@ -248,15 +235,8 @@ impl ProviderAdapter for Anthropic {
         credential: Option<&str>,
     ) -> Result<http::Request<Bytes>, Error> {
         let body = messages_request(req, &target.model)?;
-        let mut builder = http::Request::post(format!("{}/messages", provider.base_url))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION);
-        if let Some(key) = credential {
-            builder = builder.header("x-api-key", key);
-        }
-        builder
-            .body(Bytes::from(body.to_string()))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+        let headers = [("anthropic-version", Some(API_VERSION)), ("x-api-key", credential)];
+        post_json(provider, format!("{}/messages", provider.base_url), &headers, body.to_string().into_bytes())
     }
 
     fn chat_response(&self, body: &[u8], created: u64) -> Result<Completion, Error> {
@@ -306,15 +286,8 @@ impl ProviderAdapter for Anthropic {
             // count_tokens takes the prompt only: model, system, messages, tools, tool_choice.
             fields.retain(|k, _| matches!(k.as_str(), "model" | "system" | "messages" | "tools" | "tool_choice"));
         }
-        let mut builder = http::Request::post(format!("{}/messages/count_tokens", provider.base_url))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION);
-        if let Some(key) = credential {
-            builder = builder.header("x-api-key", key);
-        }
-        builder
-            .body(Bytes::from(body.to_string()))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+        let headers = [("anthropic-version", Some(API_VERSION)), ("x-api-key", credential)];
+        post_json(provider, format!("{}/messages/count_tokens", provider.base_url), &headers, body.to_string().into_bytes())
     }
 
     fn count_tokens_response(&self, body: &[u8]) -> Result<u64, Error> {

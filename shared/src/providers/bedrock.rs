@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sigv4::{self, Credentials};
-use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent};
+use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent, data_url, invalid, post_json, push_turn, tool_arguments};
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
@@ -22,10 +22,6 @@ use crate::policy::{Provider, Target};
 /// The adapter for Bedrock.
 #[derive(Debug, Clone, Copy)]
 pub struct Bedrock;
-
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::new(ErrorKind::InvalidRequest, msg)
-}
 
 /// Canonical content as Converse content blocks.
 fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Error> {
@@ -39,10 +35,7 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Error> {
                 Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or("")})),
                 Some("image_url") => {
                     let url = p["image_url"]["url"].as_str().unwrap_or("");
-                    let (mime, data) = url
-                        .strip_prefix("data:")
-                        .and_then(|rest| rest.split_once(";base64,"))
-                        .ok_or_else(|| invalid("Bedrock models take images as data: URLs only"))?;
+                    let (mime, data) = data_url(url).ok_or_else(|| invalid("Bedrock models take images as data: URLs only"))?;
                     let format = mime.strip_prefix("image/").unwrap_or(mime);
                     Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
                 }
@@ -68,12 +61,7 @@ pub fn converse_request(req: &ChatRequest) -> Result<Value, Error> {
             Role::Assistant => {
                 let mut content = blocks(m.content.as_ref())?;
                 for call in m.tool_calls.iter().flatten() {
-                    let input: Value = if call.function.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.function.arguments)
-                            .map_err(|e| invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))?
-                    };
+                    let input = tool_arguments(call)?;
                     content.push(json!({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": input}}));
                 }
                 ("assistant", content)
@@ -83,10 +71,7 @@ pub fn converse_request(req: &ChatRequest) -> Result<Value, Error> {
                 ("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": m.text()}]}})])
             }
         };
-        match messages.last_mut() {
-            Some((last, blocks)) if *last == role => blocks.extend(content),
-            _ => messages.push((role, content)),
-        }
+        push_turn(&mut messages, role, content);
     }
     let mut body = Map::new();
     body.insert(
@@ -248,14 +233,10 @@ impl ProviderAdapter for Bedrock {
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
             .collect();
-        let mut builder = http::Request::post(format!("{}/model/{model}/{operation}", provider.base_url))
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = credential.filter(|c| Credentials::parse(c).is_none()) {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        builder
-            .body(Bytes::from(body.to_string()))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+        // A Bedrock API key is a bearer token; a key pair signs in `authorize` instead.
+        let bearer = credential.filter(|c| Credentials::parse(c).is_none()).map(|key| format!("Bearer {key}"));
+        let url = format!("{}/model/{model}/{operation}", provider.base_url);
+        post_json(provider, url, &[("authorization", bearer.as_deref())], body.to_string().into_bytes())
     }
 
     fn authorize(&self, provider: &Provider, req: &mut http::Request<Bytes>, credential: Option<&str>, now_ms: u64) -> Result<(), Error> {

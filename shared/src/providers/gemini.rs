@@ -12,7 +12,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent};
+use super::{
+    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, data_url, invalid, post_json, push_turn, tool_arguments,
+};
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
@@ -21,10 +23,6 @@ use crate::sse::SseEvent;
 /// The adapter for Gemini.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemini;
-
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::new(ErrorKind::InvalidRequest, msg)
-}
 
 /// Canonical content as Gemini parts.
 fn parts(content: Option<&Value>) -> Result<Vec<Value>, Error> {
@@ -38,10 +36,7 @@ fn parts(content: Option<&Value>) -> Result<Vec<Value>, Error> {
                 Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or("")})),
                 Some("image_url") => {
                     let url = p["image_url"]["url"].as_str().unwrap_or("");
-                    let (mime, data) = url
-                        .strip_prefix("data:")
-                        .and_then(|rest| rest.split_once(";base64,"))
-                        .ok_or_else(|| invalid("Gemini models take images as data: URLs only"))?;
+                    let (mime, data) = data_url(url).ok_or_else(|| invalid("Gemini models take images as data: URLs only"))?;
                     Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
                 }
                 other => Err(invalid(format!("content part type {} is not supported by Gemini models", other.unwrap_or("(none)")))),
@@ -68,12 +63,7 @@ pub fn generate_request(req: &ChatRequest) -> Result<Value, Error> {
                 let mut content = parts(m.content.as_ref())?;
                 for call in m.tool_calls.iter().flatten() {
                     call_names.insert(call.id.as_str(), call.function.name.as_str());
-                    let args: Value = if call.function.arguments.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&call.function.arguments)
-                            .map_err(|e| invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))?
-                    };
+                    let args = tool_arguments(call)?;
                     content.push(json!({"functionCall": {"name": call.function.name, "args": args}}));
                 }
                 ("model", content)
@@ -92,10 +82,7 @@ pub fn generate_request(req: &ChatRequest) -> Result<Value, Error> {
                 ("user", vec![json!({"functionResponse": {"name": name, "response": response}})])
             }
         };
-        match contents.last_mut() {
-            Some((last, parts)) if *last == role => parts.extend(content),
-            _ => contents.push((role, content)),
-        }
+        push_turn(&mut contents, role, content);
     }
     let mut body = Map::new();
     body.insert("contents".into(), Value::Array(contents.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect()));
@@ -287,13 +274,7 @@ impl ProviderAdapter for Gemini {
         } else {
             format!("{}/models/{}:generateContent", provider.base_url, target.model)
         };
-        let mut builder = http::Request::post(url).header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = credential {
-            builder = builder.header("x-goog-api-key", key);
-        }
-        builder
-            .body(Bytes::from(body.to_string()))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+        post_json(provider, url, &[("x-goog-api-key", credential)], body.to_string().into_bytes())
     }
 
     fn chat_response(&self, body: &[u8], created: u64) -> Result<Completion, Error> {

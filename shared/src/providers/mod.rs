@@ -124,6 +124,48 @@ pub trait ProviderAdapter {
     }
 }
 
+/// A JSON `POST` to `url` with `headers` (a credential header is skipped when its value is
+/// `None`). The one place adapters build upstream requests.
+fn post_json(provider: &Provider, url: String, headers: &[(&str, Option<&str>)], body: Vec<u8>) -> Result<http::Request<Bytes>, Error> {
+    let mut builder = http::Request::post(url).header(http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        if let Some(value) = value {
+            builder = builder.header(*name, *value);
+        }
+    }
+    builder
+        .body(Bytes::from(body))
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+}
+
+/// A 400 for input a provider cannot take.
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidRequest, msg)
+}
+
+/// The media type and base64 data of a `data:…;base64,…` URL.
+fn data_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
+}
+
+/// A tool call's arguments as JSON (an empty string is an empty object).
+fn tool_arguments(call: &crate::chat::ToolCall) -> Result<serde_json::Value, Error> {
+    if call.function.arguments.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_str(&call.function.arguments)
+        .map_err(|e| invalid(format!("tool call {} has arguments that are not JSON: {e}", call.id)))
+}
+
+/// Appends a turn, merging it into the previous one when the role repeats (providers that
+/// want alternating user/assistant turns).
+fn push_turn(turns: &mut Vec<(&'static str, Vec<serde_json::Value>)>, role: &'static str, content: Vec<serde_json::Value>) {
+    match turns.last_mut() {
+        Some((last, blocks)) if *last == role => blocks.extend(content),
+        _ => turns.push((role, content)),
+    }
+}
+
 /// Longest provider message quoted back to a caller.
 const MAX_QUOTED: usize = 300;
 

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent};
+use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, post_json};
 use crate::chat::{ChatRequest, Usage};
 use crate::embeddings::{Embeddings, EmbeddingsRequest};
 use crate::error::{Error, ErrorKind};
@@ -140,15 +140,10 @@ impl ProviderAdapter for OpenAiCompatible {
             }
         }
         let body = serde_json::to_vec(&upstream).map_err(|e| Error::new(ErrorKind::Internal, format!("encoding upstream request: {e}")))?;
-        let mut builder = http::Request::post(format!("{}/chat/completions", provider.base_url))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, if req.is_stream() { "text/event-stream" } else { "application/json" });
-        if let Some(key) = credential {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        builder
-            .body(Bytes::from(body))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+        let accept = if req.is_stream() { "text/event-stream" } else { "application/json" };
+        let bearer = credential.map(|key| format!("Bearer {key}"));
+        let headers = [("accept", Some(accept)), ("authorization", bearer.as_deref())];
+        post_json(provider, format!("{}/chat/completions", provider.base_url), &headers, body)
     }
 
     fn chat_response(&self, body: &[u8], _created: u64) -> Result<Completion, Error> {
@@ -176,14 +171,8 @@ impl ProviderAdapter for OpenAiCompatible {
         upstream.model.clone_from(&target.model);
         upstream.encoding_format = Some("float".into());
         let body = serde_json::to_vec(&upstream).map_err(|e| Error::new(ErrorKind::Internal, format!("encoding upstream request: {e}")))?;
-        let mut builder =
-            http::Request::post(format!("{}/embeddings", provider.base_url)).header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = credential {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        builder
-            .body(Bytes::from(body))
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("building upstream request for provider {:?}: {e}", provider.id)))
+        let bearer = credential.map(|key| format!("Bearer {key}"));
+        post_json(provider, format!("{}/embeddings", provider.base_url), &[("authorization", bearer.as_deref())], body)
     }
 
     fn embeddings_response(&self, body: &[u8]) -> Result<Embeddings, Error> {
