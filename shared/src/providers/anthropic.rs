@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, data_url, invalid, post_json, push_turn, tool_arguments,
+    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, content_blocks, data_url, invalid, post_json,
+    push_turn, tool_arguments,
 };
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
@@ -39,23 +40,12 @@ fn image_source(url: &str) -> Value {
 
 /// Content of a canonical message as Anthropic blocks.
 fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Error> {
-    match content {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
-        Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::String(String::new()))})),
-                Some("image_url") => {
-                    let url = p.pointer("/image_url/url").and_then(Value::as_str).ok_or_else(|| invalid("image_url part without a url"))?;
-                    Ok(json!({"type": "image", "source": image_source(url)}))
-                }
-                other => Err(invalid(format!("content part type {} is not supported by Anthropic models", other.unwrap_or("(none)")))),
-            })
-            .collect(),
-        Some(_) => Err(invalid("message content must be a string or an array of parts")),
-    }
+    content_blocks(
+        content,
+        "Anthropic",
+        |t| json!({"type": "text", "text": t}),
+        |url| Ok(json!({"type": "image", "source": image_source(url)})),
+    )
 }
 
 /// The canonical request as an Anthropic Messages request body.

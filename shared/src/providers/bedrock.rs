@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sigv4::{self, Credentials};
-use super::{Completion, ProviderAdapter, StreamDecoder, StreamEvent, data_url, invalid, post_json, push_turn, tool_arguments};
+use super::{
+    Completion, ProviderAdapter, StreamDecoder, StreamEvent, content_blocks, data_url, invalid, post_json, push_turn, tool_arguments,
+};
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
@@ -25,25 +27,16 @@ pub struct Bedrock;
 
 /// Canonical content as Converse content blocks.
 fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Error> {
-    match content {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
-        Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|p| match p["type"].as_str() {
-                Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or("")})),
-                Some("image_url") => {
-                    let url = p["image_url"]["url"].as_str().unwrap_or("");
-                    let (mime, data) = data_url(url).ok_or_else(|| invalid("Bedrock models take images as data: URLs only"))?;
-                    let format = mime.strip_prefix("image/").unwrap_or(mime);
-                    Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
-                }
-                other => Err(invalid(format!("content part type {} is not supported by Bedrock models", other.unwrap_or("(none)")))),
-            })
-            .collect(),
-        Some(_) => Err(invalid("message content must be a string or an array of parts")),
-    }
+    content_blocks(
+        content,
+        "Bedrock",
+        |t| json!({"text": t}),
+        |url| {
+            let (mime, data) = data_url(url).ok_or_else(|| invalid("Bedrock models take images as data: URLs only"))?;
+            let format = mime.strip_prefix("image/").unwrap_or(mime);
+            Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
+        },
+    )
 }
 
 /// The canonical request as a Converse request body.

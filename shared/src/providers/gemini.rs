@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, data_url, invalid, post_json, push_turn, tool_arguments,
+    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, content_blocks, data_url, invalid, post_json,
+    push_turn, tool_arguments,
 };
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
@@ -26,24 +27,15 @@ pub struct Gemini;
 
 /// Canonical content as Gemini parts.
 fn parts(content: Option<&Value>) -> Result<Vec<Value>, Error> {
-    match content {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
-        Some(Value::String(s)) => Ok(vec![json!({"text": s})]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|p| match p["type"].as_str() {
-                Some("text") => Ok(json!({"text": p["text"].as_str().unwrap_or("")})),
-                Some("image_url") => {
-                    let url = p["image_url"]["url"].as_str().unwrap_or("");
-                    let (mime, data) = data_url(url).ok_or_else(|| invalid("Gemini models take images as data: URLs only"))?;
-                    Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
-                }
-                other => Err(invalid(format!("content part type {} is not supported by Gemini models", other.unwrap_or("(none)")))),
-            })
-            .collect(),
-        Some(_) => Err(invalid("message content must be a string or an array of parts")),
-    }
+    content_blocks(
+        content,
+        "Gemini",
+        |t| json!({"text": t}),
+        |url| {
+            let (mime, data) = data_url(url).ok_or_else(|| invalid("Gemini models take images as data: URLs only"))?;
+            Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
+        },
+    )
 }
 
 /// The canonical request as a `generateContent` body.

@@ -148,6 +148,32 @@ fn data_url(url: &str) -> Option<(&str, &str)> {
     url.strip_prefix("data:")?.split_once(";base64,")
 }
 
+/// Canonical message content (a string or OpenAI content parts) as a provider's blocks: `text`
+/// makes a text block, `image` makes an image block from an image URL; any other part type is
+/// refused with a 400 naming `provider`.
+fn content_blocks(
+    content: Option<&serde_json::Value>,
+    provider: &str,
+    text: fn(&str) -> serde_json::Value,
+    image: fn(&str) -> Result<serde_json::Value, Error>,
+) -> Result<Vec<serde_json::Value>, Error> {
+    use serde_json::Value;
+    match content {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
+        Some(Value::String(s)) => Ok(vec![text(s)]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| match p["type"].as_str() {
+                Some("text") => Ok(text(p["text"].as_str().unwrap_or(""))),
+                Some("image_url") => image(p["image_url"]["url"].as_str().ok_or_else(|| invalid("image_url part without a url"))?),
+                other => Err(invalid(format!("content part type {} is not supported by {provider} models", other.unwrap_or("(none)")))),
+            })
+            .collect(),
+        Some(_) => Err(invalid("message content must be a string or an array of parts")),
+    }
+}
+
 /// A tool call's arguments as JSON (an empty string is an empty object).
 fn tool_arguments(call: &crate::chat::ToolCall) -> Result<serde_json::Value, Error> {
     if call.function.arguments.trim().is_empty() {
