@@ -132,6 +132,9 @@ pub enum ProviderKind {
     Gemini,
     /// AWS Bedrock Converse; needs `region`; `base_url` defaults to the region's runtime endpoint.
     Bedrock,
+    /// Cloudflare Workers AI through a Workers binding; `base_url` is `workers-ai://{binding}`
+    /// (default `workers-ai://AI`). Workers runtime only.
+    WorkersAi,
 }
 
 /// One problem in a policy document.
@@ -238,6 +241,8 @@ impl Policy {
         for (i, p) in doc.providers.into_iter().enumerate() {
             let base_url = match (p.kind, p.base_url) {
                 (ProviderKind::Mock, _) => String::new(),
+                (ProviderKind::WorkersAi, Some(url)) if url.starts_with("workers-ai://") => url.trim_end_matches('/').to_owned(),
+                (ProviderKind::WorkersAi, None) => "workers-ai://AI".to_owned(),
                 (_, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => url.trim_end_matches('/').to_owned(),
                 (_, Some(_)) => {
                     err(format!("providers[{i}].base_url"), "must start with http:// or https://".into());

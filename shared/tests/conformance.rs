@@ -366,3 +366,31 @@ conformance!(
         },
     }
 );
+
+conformance!(
+    workers_ai,
+    Fixture {
+        kind: "workers_ai",
+        plain: r#"{"response":"Hello!","usage":{"prompt_tokens":20,"completion_tokens":30,"total_tokens":50}}"#,
+        plain_usage: Usage { input: 20, cache_read: 0, cache_write: 0, output: 30, reasoning: 0 },
+        stream: || {
+            pieces(&[
+                "data: {\"response\":\"Hel\",\"p\":\"abc\"}\n\n",
+                "data: {\"response\":\"lo!\",\"p\":\"abcd\"}\n\n",
+                "data: {\"response\":\"\",\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+                "data: [DONE]\n\n",
+            ])
+        },
+        tool_call: r#"{"response":null,"tool_calls":[{"name":"get_weather","arguments":{"city":"Oslo"}}],"usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}"#,
+        stream_tools: || {
+            pieces(&[
+                "data: {\"response\":\"\",\"tool_calls\":[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}]}\n\n",
+                "data: {\"response\":\"\",\"tool_calls\":[{\"name\":\"get_time\",\"arguments\":{\"tz\":\"CET\"}}]}\n\n",
+                "data: {\"response\":\"\",\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"total_tokens\":14}}\n\n",
+                "data: [DONE]\n\n",
+            ])
+        },
+        error: r#"{"errors":[{"message":"Capacity temporarily exceeded","code":3040}],"success":false}"#,
+        malformed: || Bytes::from_static(b"data: {\"response\":\n\n"),
+    }
+);

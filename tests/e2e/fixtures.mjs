@@ -35,6 +35,7 @@ export function policy(simUrl) {
       { ...sim("sim-azure"), kind: "azure_openai", base_url: simUrl, api_version: "2024-10-21" },
       { ...sim("sim-gemini"), kind: "gemini", base_url: `${simUrl}/v1beta` },
       { id: "sim-bedrock", kind: "bedrock", base_url: simUrl, region: "us-east-1", api_key_secret: "AWS_CREDENTIALS" },
+      { id: "workers-ai", kind: "workers_ai" },
       { id: "closed", kind: "openai_compatible", base_url: "http://127.0.0.1:9/v1" },
     ],
     models: [
@@ -44,6 +45,7 @@ export function policy(simUrl) {
       { alias: "azure", targets: [{ provider: "sim-azure", model: "gpt4o-eu-deployment" }] },
       { alias: "gemini", targets: [{ provider: "sim-gemini", model: "gemini-sim" }] },
       { alias: "bedrock", targets: [{ provider: "sim-bedrock", model: "anthropic.claude-sim-v1:0" }] },
+      { alias: "workers-ai", targets: [{ provider: "workers-ai", model: "@cf/meta/llama-3.1-8b-instruct" }] },
       { alias: "claude", targets: [{ provider: "sim-anthropic", model: "claude-sim-1" }] },
       { alias: "stream-failover", targets: [{ provider: "sim", model: "flaky sim:cut=0" }, { provider: "sim-anthropic", model: "cut sim:cut=0" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },

@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable", "workers-ai"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -301,6 +301,37 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.ok(!JSON.stringify(r.headers).includes("sim-secret-access-key"), "the secret key is never sent");
       }
     });
+
+    if (name === "workerd") {
+      it("reaches Workers AI through the AI binding: plain, streamed, tools", async () => {
+        const client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
+        const c = await client.chat.completions.create({ model: "workers-ai", messages: [{ role: "user", content: "hi cf" }] });
+        assert.equal(c.choices[0].message.content, "Workers AI @cf/meta/llama-3.1-8b-instruct says: hi cf");
+        assert.ok(c.usage.completion_tokens > 0);
+        const s = await client.chat.completions.create({ model: "workers-ai", messages: [{ role: "user", content: "stream cf" }], stream: true, stream_options: { include_usage: true } });
+        let text = "";
+        let usage;
+        for await (const chunk of s) {
+          text += chunk.choices[0]?.delta?.content ?? "";
+          usage = chunk.usage ?? usage;
+        }
+        assert.equal(text, "Workers AI @cf/meta/llama-3.1-8b-instruct says: stream cf");
+        assert.equal(usage.prompt_tokens, 7);
+        const tools = [{ type: "function", function: { name: "lookup", parameters: { type: "object" } } }];
+        const t = await client.chat.completions.create({ model: "workers-ai", messages: [{ role: "user", content: "find" }], tools });
+        assert.equal(t.choices[0].message.tool_calls[0].function.name, "lookup");
+        const anthropic = new Anthropic({ apiKey: KEY, baseURL: gw.url, maxRetries: 0 });
+        const m = await anthropic.messages.create({ model: "workers-ai", max_tokens: 50, messages: [{ role: "user", content: "hello" }] });
+        assert.match(m.content[0].text, /says: hello$/);
+      });
+    } else {
+      it("refuses the Workers AI binding outside Workers with a clear 502", async () => {
+        const r = await post(chat("workers-ai"));
+        const body = await r.json();
+        assert.equal(r.status, 502);
+        assert.match(body.error.message, /only on Cloudflare Workers/);
+      });
+    }
 
     it("translates tool calls both ways", async () => {
       const tools = [{ type: "function", function: { name: "lookup", description: "Look it up", parameters: { type: "object", properties: { query: { type: "string" } } } } }];

@@ -65,13 +65,42 @@ export async function startSimulator({ requireKey } = {}) {
   return sim;
 }
 
+/**
+ * A stand-in for the Workers AI binding (the real one is proxied to Cloudflare and cannot run
+ * offline): an object of class `Ai` whose `run(model, input)` answers text-generation inputs the
+ * way Workers AI does — a result object, or a ReadableStream of SSE when `input.stream` is set. It
+ * refuses inputs that are not plain JSON objects, as the real binding would misread them.
+ */
+const FAKE_WORKERS_AI = `
+class Ai {
+  async run(model, input) {
+    if (Object.getPrototypeOf(input) !== Object.prototype || !Array.isArray(input.messages)) throw new Error("AiError: 5006: input must be a JSON object");
+    const last = [...input.messages].reverse().find((m) => m.role === "user");
+    const text = "Workers AI " + model + " says: " + (last ? last.content : "");
+    const usage = { prompt_tokens: 7, completion_tokens: text.split(" ").length, total_tokens: 7 + text.split(" ").length };
+    if (input.stream) {
+      const enc = new TextEncoder();
+      return new ReadableStream({ start(c) {
+        for (const w of text.split(/(?<= )/)) c.enqueue(enc.encode("data: " + JSON.stringify({ response: w }) + "\\n\\n"));
+        c.enqueue(enc.encode("data: " + JSON.stringify({ response: "", usage }) + "\\n\\n"));
+        c.enqueue(enc.encode("data: [DONE]\\n\\n"));
+        c.close();
+      } });
+    }
+    if (input.tools && input.tools.length) return { response: null, tool_calls: [{ name: input.tools[0].function.name, arguments: { query: text } }], usage };
+    return { response: text, usage };
+  }
+}
+export default function () { return new Ai(); }
+`;
+
 /** The built Worker in workerd, with `policy` in KV and `secrets` as secret bindings. */
 export async function startWorkerd({ policy, secrets = {} }) {
   const { Miniflare } = await import("miniflare");
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions, main } = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml"));
   const logs = [];
-  const mf = new Miniflare({
+  const edgegate = {
     ...workerOptions,
     name: "edgegate",
     modules: true,
@@ -79,6 +108,10 @@ export async function startWorkerd({ policy, secrets = {} }) {
     scriptPath: main ?? join(ROOT, "edge/cloudflare/build/index.js"),
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
     bindings: { ...(workerOptions.bindings ?? {}), ...secrets },
+    wrappedBindings: { AI: { scriptName: "fake-workers-ai" } },
+  };
+  const mf = new Miniflare({
+    workers: [edgegate, { name: "fake-workers-ai", modules: true, script: FAKE_WORKERS_AI }],
     host: "127.0.0.1",
     port: 0,
     kvPersist: false,

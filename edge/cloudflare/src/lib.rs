@@ -120,6 +120,9 @@ impl Secrets for CfHost {
 
 impl Upstream for CfHost {
     async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, Error> {
+        if request.uri().scheme_str() == Some(edgegate_core::providers::workers_ai::SCHEME) {
+            return self.run_ai(&request).await;
+        }
         let unavailable = |e: worker::Error| Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {e}"));
         let (parts, body) = request.into_parts();
         let headers = Headers::new();
@@ -144,6 +147,43 @@ impl Upstream for CfHost {
             Err(_) => Box::pin(futures::stream::empty()),
         };
         out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
+    }
+}
+
+impl CfHost {
+    /// A Workers AI request (`workers-ai://{binding}/run/{model}`, the input as its body) as a
+    /// binding call: `env[binding].run(model, input)`. The input crosses as plain JSON objects
+    /// (`JSON.parse`), which the binding expects; a streamed answer is the binding's byte stream.
+    async fn run_ai(&self, request: &http::Request<Bytes>) -> Result<http::Response<ByteStream>, Error> {
+        use wasm_bindgen::JsCast;
+        let failed = |e: wasm_bindgen::JsValue| {
+            let msg = e.dyn_ref::<worker::js_sys::Error>().map_or_else(|| format!("{e:?}"), |e| String::from(e.message()));
+            Error::new(ErrorKind::UpstreamUnavailable, format!("Workers AI: {msg}"))
+        };
+        let binding_name = request.uri().host().unwrap_or("AI");
+        let model = request.uri().path().trim_start_matches("/run/");
+        let binding = worker::js_sys::Reflect::get(&self.0.env, &binding_name.into()).map_err(failed)?;
+        if binding.is_undefined() {
+            return Err(Error::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("Workers AI: no binding named `{binding_name}` (add `[ai] binding` to wrangler.toml)"),
+            ));
+        }
+        let run: worker::js_sys::Function =
+            worker::js_sys::Reflect::get(&binding, &"run".into()).map_err(failed)?.dyn_into().map_err(failed)?;
+        let input = worker::js_sys::JSON::parse(&String::from_utf8_lossy(request.body())).map_err(failed)?;
+        let promise = run.call2(&binding, &model.into(), &input).map_err(failed)?;
+        let output = worker::wasm_bindgen_futures::JsFuture::from(worker::js_sys::Promise::resolve(&promise)).await.map_err(failed)?;
+        let body: ByteStream = match output.dyn_into::<worker::web_sys::ReadableStream>() {
+            Ok(stream) => Box::pin(worker::ByteStream::from(stream).map(|chunk| {
+                chunk.map(Bytes::from).map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("Workers AI stream broke: {e}")))
+            })),
+            Err(value) => {
+                let json = worker::js_sys::JSON::stringify(&value).map_err(failed)?;
+                Box::pin(futures::stream::once(futures::future::ready(Ok(Bytes::from(String::from(json))))))
+            }
+        };
+        Ok(http::Response::new(body))
     }
 }
 

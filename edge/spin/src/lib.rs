@@ -181,6 +181,9 @@ impl Secrets for SpinHost {
 
 impl Upstream for SpinHost {
     async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<ByteStream>, Error> {
+        if request.uri().scheme_str() == Some(edgegate_core::providers::workers_ai::SCHEME) {
+            return Err(Error::new(ErrorKind::UpstreamUnavailable, "Workers AI bindings exist only on Cloudflare Workers"));
+        }
         let (parts, body) = request.into_parts();
         let mut req = spin_sdk::http::Request::builder();
         req.method(match parts.method {

@@ -18,6 +18,7 @@ pub mod gemini;
 pub mod mock;
 pub mod openai_compatible;
 pub mod sigv4;
+pub mod workers_ai;
 
 /// What a stream decoder saw in the upstream stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,5 +290,6 @@ pub fn adapter(kind: ProviderKind) -> &'static dyn ProviderAdapter {
         ProviderKind::AzureOpenai => &azure_openai::AzureOpenAi,
         ProviderKind::Gemini => &gemini::Gemini,
         ProviderKind::Bedrock => &bedrock::Bedrock,
+        ProviderKind::WorkersAi => &workers_ai::WorkersAi,
     }
 }

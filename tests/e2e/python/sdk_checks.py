@@ -148,6 +148,12 @@ def anthropic_error_classes():
     raises(anthropic.BadRequestError, lambda: an.messages.create(model="mock", max_tokens=10, messages=[]))
     e = raises(anthropic.InternalServerError, lambda: an.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x sim:status=500"}]))
     expect(e.status_code == 502, repr(e))
+    limited = anthropic.Anthropic(base_url=BASE, api_key=LIMITED_KEY, max_retries=0)
+    def over_limit():
+        for _ in range(10):
+            limited.messages.create(model="mock", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    e = raises(anthropic.RateLimitError, over_limit)
+    expect(e.status_code == 429 and int(e.response.headers["retry-after"]) >= 1, repr(e))
 
 
 @check
