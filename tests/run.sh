@@ -26,7 +26,7 @@ export EDGEGATE_PYTHON="$venv/bin/python"
 
 say "core: formatting and lints (the core may not read clocks or draw randomness)"
 cargo fmt --all --check
-cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit -- -D warnings
+cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit,schema -- -D warnings
 
 say "core: the dependency tree holds no host SDK, runtime or HTTP client"
 forbidden='^(worker|worker-sys|spin-sdk|wasm-bindgen|js-sys|web-sys|tokio|reqwest|hyper|wasmtime|ureq|isahc|surf) '
@@ -39,7 +39,7 @@ cargo build --locked --quiet -p edgegate-core --target wasm32-unknown-unknown
 cargo build --locked --quiet -p edgegate-core --target wasm32-wasip2
 
 say "core: tests"
-cargo test --locked --quiet -p edgegate-core
+cargo test --locked --quiet -p edgegate-core --features schema
 
 say "building the Worker (worker-build) and the Spin component"
 mkdir -p target

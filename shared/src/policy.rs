@@ -14,60 +14,91 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind};
 use crate::ledger::RateLimit;
 
-/// The raw policy document, exactly as stored.
+/// An edgegate policy document: tenants, their API keys, providers and model aliases.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(title = "edgegate policy"))]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    /// The schema editors validate this document with (ignored by the gateway).
+    #[serde(rename = "$schema", default)]
+    #[allow(dead_code)]
+    schema: Option<String>,
+    /// The tenants that may use the gateway.
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    /// API keys, stored as hashes only.
     #[serde(default)]
     keys: Vec<RawKey>,
+    /// Where models are served.
     #[serde(default)]
     providers: Vec<RawProvider>,
+    /// Model aliases callers ask for, each an ordered list of targets.
     #[serde(default)]
     models: Vec<RawModel>,
 }
 
+/// A tenant.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawTenant {
+    /// Unique tenant id.
     id: String,
+    /// The tenant's limits.
     #[serde(default)]
     limits: RawLimits,
 }
 
+/// Limits of a tenant.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    /// Requests admitted per minute (fixed windows aligned to the minute); absent: unlimited.
     requests_per_minute: Option<u64>,
 }
 
+/// An API key.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawKey {
+    /// Key id, safe to log.
     id: String,
+    /// The owning tenant's id.
     tenant: String,
     /// `sha256:<64 hex digits>` of the secret key.
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = "^sha256:[0-9a-f]{64}$")))]
     hash: String,
-    /// Aliases this key may use; absent means every alias.
+    /// Aliases this key may use (`*` for all); absent means every alias.
     models: Option<Vec<String>>,
 }
 
+/// A provider: where and how models are called.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
+    /// Unique provider id.
     id: String,
+    /// Wire format and transport.
     kind: ProviderKind,
+    /// Base URL (`http://` or `https://`; `workers-ai://BINDING` for Workers AI); some kinds have a default.
     base_url: Option<String>,
+    /// Name of the secret (Workers secret, Spin variable) holding the credential. Never the secret.
     api_key_secret: Option<String>,
+    /// API version for providers that version URLs (Azure OpenAI).
     api_version: Option<String>,
+    /// Cloud region (Bedrock).
     region: Option<String>,
+    /// Differences of OpenAI-compatible servers.
     #[serde(default)]
     quirks: Quirks,
 }
 
 /// Differences of OpenAI-compatible servers from OpenAI (vLLM, Ollama, llama.cpp, Groq, …).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Quirks {
     /// Whether the server accepts `stream_options.include_usage` (default true). When false the
@@ -92,6 +123,7 @@ impl Default for Quirks {
 
 /// Names of the output-cap field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MaxTokensField {
     /// `max_tokens` (most compatible servers).
@@ -100,22 +132,31 @@ pub enum MaxTokensField {
     MaxCompletionTokens,
 }
 
+/// A model alias.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawModel {
+    /// The name callers put in `model`.
     alias: String,
+    /// Where the alias is served, tried in order.
     targets: Vec<RawTarget>,
 }
 
+/// One place an alias is served.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
+    /// A provider id.
     provider: String,
+    /// The model name sent to that provider (a deployment name for Azure).
     model: String,
 }
 
 /// Which wire format and transport a provider uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// The built-in deterministic provider: answers inside the gateway, no network.
@@ -215,8 +256,10 @@ pub struct Policy {
 impl Policy {
     /// Parses and validates a policy document, returning every problem found.
     pub fn compile(raw: &[u8]) -> Result<Policy, Vec<PolicyError>> {
-        let de = &mut serde_json::Deserializer::from_slice(raw);
-        let doc: RawPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
+        let value: serde_json::Value =
+            serde_json::from_slice(raw).map_err(|e| vec![PolicyError { path: ".".into(), message: e.to_string() }])?;
+        let version = version_of(&value);
+        let doc: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             vec![PolicyError { path, message: e.into_inner().to_string() }]
         })?;
@@ -316,8 +359,6 @@ impl Policy {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let digest = Sha256::digest(raw);
-        let version = hex(&digest[..8]);
         Ok(Policy { version, tenants, keys, providers, models })
     }
 
@@ -345,6 +386,57 @@ impl Policy {
     pub fn aliases(&self) -> impl Iterator<Item = &str> {
         self.models.keys().map(String::as_str)
     }
+}
+
+/// The canonical text of a JSON document: object keys sorted at every level, no whitespace,
+/// strings and numbers as serde_json writes them. Documents that differ only in formatting or
+/// key order have the same canonical text, and so the same version.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    fn write(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    if let Some(child) = map.get(k) {
+                        write(child, out);
+                    }
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// A policy document's version id: the first 16 hex digits of the SHA-256 of its canonical JSON.
+pub fn version_of(value: &serde_json::Value) -> String {
+    hex(&Sha256::digest(canonical_json(value).as_bytes())[..8])
+}
+
+/// The JSON Schema of policy documents, for editors (published as `deploy/policy.schema.json`).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RawPolicy)).unwrap_or_default()
 }
 
 /// SHA-256 of an API key's secret, as policy stores it.
@@ -443,6 +535,21 @@ mod tests {
         assert_eq!(key, Some("demo"));
         assert!(p.key_by_secret("sk-edgegate-demo ").is_none());
         assert_eq!(p.version.len(), 16);
+    }
+
+    #[test]
+    fn the_version_is_the_hash_of_canonical_json() {
+        let a = Policy::compile(br#"{"tenants":[{"id":"t","limits":{"requests_per_minute":5}}],"models":[]}"#).map(|p| p.version);
+        let b = Policy::compile(b"{ \"models\": [],\n  \"tenants\": [ { \"limits\": {\"requests_per_minute\": 5}, \"id\": \"t\" } ] }")
+            .map(|p| p.version);
+        let c = Policy::compile(br#"{"tenants":[{"id":"t","limits":{"requests_per_minute":6}}],"models":[]}"#).map(|p| p.version);
+        assert!(a.is_ok());
+        assert_eq!(a, b, "formatting and key order do not change the version");
+        assert_ne!(a, c, "content does");
+        assert_eq!(
+            canonical_json(&serde_json::json!({"b": [1, {"d": "x\"y", "c": null}], "a": 1.5})),
+            r#"{"a":1.5,"b":[1,{"c":null,"d":"x\"y"}]}"#
+        );
     }
 
     #[test]
