@@ -126,7 +126,7 @@ impl Gateway {
         Self::default()
     }
 
-    /// Handles one request. Never fails: every error becomes an OpenAI-shaped response.
+    /// Handles one request. Never fails: every error becomes a response in the caller's dialect.
     pub async fn handle<H: Host>(&self, host: &H, req: http::Request<Bytes>) -> http::Response<Body> {
         let start_ms = host.now_ms();
         let mut id = [0u8; 12];
