@@ -136,7 +136,30 @@ impl Usage {
     }
 }
 
+/// Most messages one request may carry.
+pub const MAX_MESSAGES: usize = 2048;
+/// Most tools one request may offer (OpenAI's own limit).
+pub const MAX_TOOLS: usize = 128;
+
 impl ChatRequest {
+    /// Refuses requests over the gateway's size limits, naming the field and the limit.
+    /// (Bodies over [`crate::MAX_REQUEST_BYTES`] are refused before parsing, and JSON nested
+    /// deeper than 128 levels fails to parse.)
+    pub fn check_limits(&self) -> Result<(), Error> {
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!("too many messages: {} (at most {MAX_MESSAGES})", self.messages.len()),
+            )
+            .with_param("messages"));
+        }
+        let tools = self.extra.get("tools").and_then(Value::as_array).map_or(0, Vec::len);
+        if tools > MAX_TOOLS {
+            return Err(Error::new(ErrorKind::InvalidRequest, format!("too many tools: {tools} (at most {MAX_TOOLS})")).with_param("tools"));
+        }
+        Ok(())
+    }
+
     /// Parses and checks a request body. Syntax errors are `invalid_json`; everything else that
     /// makes the body unusable is `invalid_request` naming the field at fault.
     pub fn parse(body: &[u8]) -> Result<Self, Error> {
@@ -229,6 +252,31 @@ mod tests {
         check(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, Err(("invalid_request", None)));
         check(r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#, Err(("invalid_request", None)));
         check(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, Err(("invalid_request", None)));
+    }
+
+    #[test]
+    fn limits_name_the_field_and_deep_nesting_is_a_json_error() {
+        let many = |n: usize, field: &str| {
+            let items: Vec<Value> = (0..n)
+                .map(|_| {
+                    if field == "messages" {
+                        serde_json::json!({"role": "user", "content": "x"})
+                    } else {
+                        serde_json::json!({"type": "function", "function": {"name": "f"}})
+                    }
+                })
+                .collect();
+            let mut body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            body[field] = Value::Array(items);
+            ChatRequest::parse(body.to_string().as_bytes()).and_then(|r| r.check_limits()).map_err(|e| (e.metric_label(), e.param))
+        };
+        assert_eq!(many(MAX_MESSAGES, "messages"), Ok(()));
+        assert_eq!(many(MAX_MESSAGES + 1, "messages"), Err(("invalid_request", Some("messages".into()))));
+        assert_eq!(many(MAX_TOOLS, "tools"), Ok(()));
+        assert_eq!(many(MAX_TOOLS + 1, "tools"), Err(("invalid_request", Some("tools".into()))));
+        let deep =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"metadata":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert_eq!(ChatRequest::parse(deep.as_bytes()).map_err(|e| e.metric_label()).err(), Some("invalid_json"));
     }
 
     #[test]

@@ -80,7 +80,9 @@ pub fn admit(answer: Admission, now_ms: u64) -> (RateState, Result<(), Error>) {
 /// Phase 3, **validate**: parses the body in the caller's dialect into the canonical request and
 /// checks it (prompt rules join here later).
 pub fn validate(dialect: &dyn Dialect, body: &[u8]) -> Result<ChatRequest, Error> {
-    dialect.parse_chat(body)
+    let chat = dialect.parse_chat(body)?;
+    chat.check_limits()?;
+    Ok(chat)
 }
 
 /// One step of a routing plan.
