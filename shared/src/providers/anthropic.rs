@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, content_blocks, data_url, invalid, post_json,
-    push_turn, tool_arguments,
+    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, content_blocks, data_url, delta_chunk, invalid,
+    post_json, push_turn, tool_arguments, usage_chunk,
 };
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
@@ -368,11 +368,7 @@ struct WireUsageDelta {
 impl Events {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamEvent {
         let content = finish.is_some() || delta.get("role").is_none();
-        let c = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
+        delta_chunk(&self.id, &self.model, self.created, delta, finish, content)
     }
 }
 
@@ -434,12 +430,7 @@ impl SseEvents for Events {
                 out.push(self.chunk(json!({}), Some(finish_reason(stop.as_deref().unwrap_or("end_turn")))));
             }
             "message_stop" => {
-                let usage = Usage::from(self.usage);
-                let c = json!({
-                    "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [], "usage": usage.to_openai(),
-                });
-                out.push(StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true, content: false });
+                out.push(usage_chunk(&self.id, &self.model, self.created, Usage::from(self.usage)));
                 out.push(StreamEvent::Done);
                 self.done = true;
             }

@@ -15,7 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::sigv4::{self, Credentials};
 use super::{
-    Completion, ProviderAdapter, StreamDecoder, StreamEvent, content_blocks, data_url, invalid, post_json, push_turn, tool_arguments,
+    Completion, ProviderAdapter, StreamDecoder, StreamEvent, content_blocks, data_url, delta_chunk, invalid, post_json, push_turn,
+    tool_arguments, usage_chunk,
 };
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
@@ -334,11 +335,7 @@ fn headers(mut b: &[u8]) -> Result<Vec<(String, String)>, Error> {
 
 impl EventStream {
     fn chunk(&self, delta: Value, finish: Option<&str>, content: bool) -> StreamEvent {
-        let c = json!({
-            "id": "", "object": "chat.completion.chunk", "created": self.created, "model": "",
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
+        delta_chunk("", "", self.created, delta, finish, content)
     }
 
     fn message(&mut self, headers: &[(String, String)], payload: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), Error> {
@@ -381,9 +378,7 @@ impl EventStream {
             "metadata" => {
                 let usage: WireUsage = serde_json::from_value(body["usage"].clone()).unwrap_or_default();
                 self.usage = Some(usage);
-                let usage = Usage::from(usage);
-                let c = json!({"id": "", "object": "chat.completion.chunk", "created": self.created, "model": "", "choices": [], "usage": usage.to_openai()});
-                out.push(StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true, content: false });
+                out.push(usage_chunk("", "", self.created, Usage::from(usage)));
                 out.push(StreamEvent::Done);
                 self.done = true;
             }

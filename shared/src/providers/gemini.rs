@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, content_blocks, data_url, invalid, post_json,
-    push_turn, tool_arguments,
+    Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, content_blocks, data_url, delta_chunk, invalid,
+    post_json, push_turn, tool_arguments, usage_chunk,
 };
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
@@ -319,11 +319,7 @@ struct Events {
 
 impl Events {
     fn chunk(&self, id: &str, model: &str, delta: Value, finish: Option<&str>, content: bool) -> StreamEvent {
-        let c = json!({
-            "id": id, "object": "chat.completion.chunk", "created": self.created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
+        delta_chunk(id, model, self.created, delta, finish, content)
     }
 }
 
@@ -357,9 +353,7 @@ impl SseEvents for Events {
         }
         if let Some(reason) = candidate.finish_reason {
             out.push(self.chunk(&id, &model, json!({}), Some(finish_reason(&reason, self.calls > 0)), true));
-            let usage = self.usage.map(Usage::from).unwrap_or_default();
-            let c = json!({"id": id, "object": "chat.completion.chunk", "created": self.created, "model": model, "choices": [], "usage": usage.to_openai()});
-            out.push(StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true, content: false });
+            out.push(usage_chunk(&id, &model, self.created, self.usage.map(Usage::from).unwrap_or_default()));
             out.push(StreamEvent::Done);
             self.done = true;
         }

@@ -125,6 +125,23 @@ pub trait ProviderAdapter {
     }
 }
 
+/// A canonical stream chunk (OpenAI `chat.completion.chunk`) with one choice carrying `delta`.
+fn delta_chunk(id: &str, model: &str, created: u64, delta: serde_json::Value, finish: Option<&str>, content: bool) -> StreamEvent {
+    let c = serde_json::json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    });
+    StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
+}
+
+/// The canonical usage-only chunk that closes a stream's answer.
+fn usage_chunk(id: &str, model: &str, created: u64, usage: Usage) -> StreamEvent {
+    let c = serde_json::json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage.to_openai(),
+    });
+    StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true, content: false }
+}
+
 /// A JSON `POST` to `url` with `headers` (a credential header is skipped when its value is
 /// `None`). The one place adapters build upstream requests.
 fn post_json(provider: &Provider, url: String, headers: &[(&str, Option<&str>)], body: Vec<u8>) -> Result<http::Request<Bytes>, Error> {

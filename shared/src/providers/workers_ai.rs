@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, invalid, post_json};
+use super::{Completion, ProviderAdapter, SseDecoder, SseEvents, StreamDecoder, StreamEvent, delta_chunk, invalid, post_json, usage_chunk};
 use crate::chat::{ChatRequest, Role, Usage};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Provider, Target};
@@ -176,11 +176,7 @@ struct Events {
 
 impl Events {
     fn chunk(&self, delta: Value, finish: Option<&str>, content: bool) -> StreamEvent {
-        let c = json!({
-            "id": "", "object": "chat.completion.chunk", "created": self.created, "model": "",
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        StreamEvent::Chunk { json: c.to_string(), usage: None, usage_only: false, content }
+        delta_chunk("", "", self.created, delta, finish, content)
     }
 }
 
@@ -196,9 +192,7 @@ impl SseEvents for Events {
         }
         if ev.data.trim() == "[DONE]" {
             out.push(self.chunk(json!({}), Some(if self.calls > 0 { "tool_calls" } else { "stop" }), true));
-            let usage = self.usage.map(Usage::from).unwrap_or_default();
-            let c = json!({"id": "", "object": "chat.completion.chunk", "created": self.created, "model": "", "choices": [], "usage": usage.to_openai()});
-            out.push(StreamEvent::Chunk { json: c.to_string(), usage: Some(usage), usage_only: true, content: false });
+            out.push(usage_chunk("", "", self.created, self.usage.map(Usage::from).unwrap_or_default()));
             out.push(StreamEvent::Done);
             self.done = true;
             return Ok(());
