@@ -32,12 +32,20 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// No API key was presented.
     MissingApiKey,
-    /// The API key is unknown, revoked or malformed.
+    /// The API key is unknown, revoked, expired or malformed.
     InvalidApiKey,
+    /// The caller is authenticated but lacks the role this endpoint needs.
+    PermissionDenied,
+    /// A policy document sent to the admin API does not compile.
+    InvalidPolicy,
+    /// The admin operation does not fit the current state (no canary to promote, nothing to roll back to).
+    Conflict,
     /// The model alias does not exist or this key may not use it.
     ModelNotFound,
     /// No such endpoint.
     RouteNotFound,
+    /// The named admin object (key, policy version) does not exist.
+    NotFound,
     /// The endpoint exists but not with this method.
     MethodNotAllowed,
     /// The tenant is over a rate limit; retry after the given number of milliseconds.
@@ -109,7 +117,10 @@ impl Error {
         match self.kind {
             ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::UpstreamRejected(_) => 400,
             ErrorKind::MissingApiKey | ErrorKind::InvalidApiKey => 401,
-            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound => 404,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::Conflict => 409,
+            ErrorKind::InvalidPolicy => 422,
+            ErrorKind::ModelNotFound | ErrorKind::RouteNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => 429,
@@ -128,8 +139,12 @@ impl Error {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::MissingApiKey
             | ErrorKind::InvalidApiKey
+            | ErrorKind::PermissionDenied
+            | ErrorKind::InvalidPolicy
+            | ErrorKind::Conflict
             | ErrorKind::ModelNotFound
             | ErrorKind::RouteNotFound
+            | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::RateLimited { .. }
             | ErrorKind::UpstreamRejected(_) => Side::Downstream,
@@ -159,8 +174,12 @@ impl Error {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::MissingApiKey => "missing_api_key",
             ErrorKind::InvalidApiKey => "invalid_api_key",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::InvalidPolicy => "invalid_policy",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::RouteNotFound => "route_not_found",
+            ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
@@ -180,6 +199,7 @@ impl Error {
     pub fn openai_type(&self) -> &'static str {
         match self.kind {
             ErrorKind::InvalidApiKey | ErrorKind::MissingApiKey => "authentication_error",
+            ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => "rate_limit_error",
             _ => match self.side() {
                 Side::Downstream => "invalid_request_error",
@@ -252,8 +272,12 @@ mod tests {
         check(K::PayloadTooLarge, 413, Downstream, "payload_too_large", "invalid_request_error");
         check(K::MissingApiKey, 401, Downstream, "missing_api_key", "authentication_error");
         check(K::InvalidApiKey, 401, Downstream, "invalid_api_key", "authentication_error");
+        check(K::PermissionDenied, 403, Downstream, "permission_denied", "permission_error");
+        check(K::InvalidPolicy, 422, Downstream, "invalid_policy", "invalid_request_error");
+        check(K::Conflict, 409, Downstream, "conflict", "invalid_request_error");
         check(K::ModelNotFound, 404, Downstream, "model_not_found", "invalid_request_error");
         check(K::RouteNotFound, 404, Downstream, "route_not_found", "invalid_request_error");
+        check(K::NotFound, 404, Downstream, "not_found", "invalid_request_error");
         check(K::MethodNotAllowed, 405, Downstream, "method_not_allowed", "invalid_request_error");
         check(K::RateLimited { retry_after_ms: 1 }, 429, Downstream, "rate_limit_exceeded", "rate_limit_error");
         check(K::UpstreamUnavailable, 502, Upstream, "upstream_unavailable", "upstream_error");

@@ -11,14 +11,16 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{HeaderValue, Method, StatusCode};
 
+use crate::admin;
 use crate::chat::ChatRequest;
 use crate::dialect::{self, Dialect, StreamEncoder};
 use crate::embeddings::EmbeddingsRequest;
 use crate::error::{Error, ErrorKind};
 use crate::phases::{self, Candidate, RateState};
-use crate::policy::{PolicyCache, ProviderKind, hex};
+use crate::policy::{ProviderKind, Role, Roles, hash_key, hex};
 use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
+use crate::snapshot::SnapshotCache;
 use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord};
 
 /// Largest request body accepted; hosts should stop reading beyond it.
@@ -48,7 +50,7 @@ impl std::fmt::Debug for Body {
 /// The gateway for one isolate: holds what outlives a request (the compiled policy).
 #[derive(Debug, Default)]
 pub struct Gateway {
-    policy: PolicyCache,
+    snapshots: SnapshotCache,
 }
 
 /// The endpoints.
@@ -60,6 +62,7 @@ enum Route {
     Messages,
     CountTokens,
     Embeddings,
+    Admin(&'static str),
 }
 
 impl Route {
@@ -71,6 +74,7 @@ impl Route {
             Route::Messages => "POST /v1/messages",
             Route::Embeddings => "POST /v1/embeddings",
             Route::CountTokens => "POST /v1/messages/count_tokens",
+            Route::Admin(name) => name,
         }
     }
 
@@ -78,12 +82,15 @@ impl Route {
     fn dialect(self) -> &'static dyn Dialect {
         match self {
             Route::Messages | Route::CountTokens => &dialect::anthropic::Anthropic,
-            Route::Health | Route::Models | Route::ChatCompletions | Route::Embeddings => &dialect::openai::OpenAi,
+            Route::Health | Route::Models | Route::ChatCompletions | Route::Embeddings | Route::Admin(_) => &dialect::openai::OpenAi,
         }
     }
 }
 
 fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
+    if path == "/admin" || path.starts_with("/admin/") {
+        return admin::Endpoint::parse(method, path).map(|(e, _)| Route::Admin(e.name()));
+    }
     let (route, allowed) = match path.trim_end_matches('/') {
         "/healthz" => (Route::Health, Method::GET),
         "/v1/models" => (Route::Models, Method::GET),
@@ -116,7 +123,7 @@ struct Ctx {
 
 /// What a successful dispatch produced.
 enum Reply {
-    Json(Bytes),
+    Json(StatusCode, Bytes),
     Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, encoder: Box<dyn StreamEncoder>, held: Vec<StreamEvent> },
 }
 
@@ -139,6 +146,7 @@ impl Gateway {
                 start_ms,
                 route: route.as_ref().map_or("unmatched", |r| r.name()),
                 policy_version: None,
+                policy_fault: None,
                 tenant: None,
                 key_id: None,
                 model: None,
@@ -157,7 +165,7 @@ impl Gateway {
             Err(e) => Err(e),
         };
         let (mut resp, stream) = match outcome {
-            Ok(Reply::Json(body)) => (json_response(StatusCode::OK, body), None),
+            Ok(Reply::Json(status, body)) => (json_response(status, body), None),
             Ok(Reply::Stream { upstream, decoder, encoder, held }) => {
                 let mut resp = http::Response::new(Body::Full(Bytes::new()));
                 let h = resp.headers_mut();
@@ -186,12 +194,19 @@ impl Gateway {
 
     async fn dispatch<H: Host>(&self, host: &H, ctx: &mut Ctx, route: Route, req: http::Request<Bytes>) -> Result<Reply, Error> {
         if route == Route::Health {
-            return Ok(Reply::Json(Bytes::from_static(br#"{"status":"ok"}"#)));
+            return Ok(Reply::Json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)));
         }
-        let policy = self.policy.resolve(host.active_policy().await)?;
-        ctx.record.policy_version = Some(policy.version.clone());
+        if let Route::Admin(_) = route {
+            return self.admin(host, ctx, req).await;
+        }
+        let now_ms = host.now_ms();
+        let (snapshot, fault) = self.snapshots.current(host, now_ms).await?;
+        ctx.record.policy_fault = fault.map(|e| e.metric_label());
+        ctx.record.policy_version = Some(snapshot.active.version.clone());
 
-        let principal = phases::authenticate(&policy, req.headers())?;
+        let secret = phases::credential(req.headers())?;
+        let (policy, principal) = phases::authenticate(&snapshot, secret, now_ms, Role::Invoke)?;
+        ctx.record.policy_version = Some(policy.version.clone());
         ctx.record.tenant = Some(principal.tenant.id.clone());
         ctx.record.key_id = Some(principal.key.id.clone());
 
@@ -201,7 +216,7 @@ impl Gateway {
                 .filter(|a| principal.key.may_use(a))
                 .map(|a| serde_json::json!({"id": a, "object": "model", "created": 0, "owned_by": "edgegate"}))
                 .collect();
-            return Ok(Reply::Json(Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())));
+            return Ok(Reply::Json(StatusCode::OK, Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())));
         }
 
         if req.body().len() > MAX_REQUEST_BYTES {
@@ -237,7 +252,7 @@ impl Gateway {
                 return Ok(reply);
             }
             let estimate = serde_json::json!({"input_tokens": chat.estimate_prompt_tokens()});
-            return Ok(Reply::Json(Bytes::from(estimate.to_string())));
+            return Ok(Reply::Json(StatusCode::OK, Bytes::from(estimate.to_string())));
         }
 
         let chat = phases::validate(ctx.dialect, req.body())?;
@@ -247,6 +262,38 @@ impl Gateway {
         let plan = phases::route(&policy, &principal, &chat.model)?;
         // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
+    }
+
+    /// The `/admin` API: authenticates an admin key (or the host's bootstrap key) for the role the
+    /// endpoint needs, then runs the operation against the policy store.
+    async fn admin<H: Host>(&self, host: &H, ctx: &mut Ctx, req: http::Request<Bytes>) -> Result<Reply, Error> {
+        let (endpoint, needs) = admin::Endpoint::parse(req.method(), req.uri().path())?;
+        let now_ms = host.now_ms();
+        let secret = phases::credential(req.headers())?;
+        let snapshot = self.snapshots.current(host, now_ms).await;
+        if let Ok((s, fault)) = &snapshot {
+            ctx.record.policy_version = Some(s.active.version.clone());
+            ctx.record.policy_fault = fault.as_ref().map(Error::metric_label);
+        }
+        let actor = match bootstrap_admin(host, secret).await? {
+            Some(roles) if roles.has(needs) => "bootstrap".to_owned(),
+            Some(_) => {
+                return Err(Error::new(ErrorKind::PermissionDenied, format!("the bootstrap key does not have the `{}` role", needs.name())));
+            }
+            None => {
+                // With no usable policy, only the bootstrap key can act (to publish the first one).
+                let (snapshot, _) = snapshot?;
+                let (_, principal) = phases::authenticate(&snapshot, secret, now_ms, needs)?;
+                ctx.record.tenant = Some(principal.tenant.id.clone());
+                principal.key.id
+            }
+        };
+        ctx.record.key_id = Some(actor.clone());
+        let mut random = [0u8; 32];
+        host.fill(&mut random);
+        let actor = admin::Actor { name: actor, now_ms };
+        let (status, body) = admin::serve(host, endpoint, req.body(), &actor, &random).await?;
+        Ok(Reply::Json(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Bytes::from(body.to_string())))
     }
 
     /// Phase 5, **call upstream**: walks the plan in order until a candidate answers; keeps every
@@ -321,12 +368,12 @@ impl Gateway {
                 let embeddings = adapter.embeddings_response(&bytes).map_err(|e| (Some(status), e))?;
                 ctx.record.usage = Some(embeddings.usage);
                 let rendered = embeddings.to_openai(embed.encoding_format.as_deref()).to_string();
-                return Ok((status, Reply::Json(Bytes::from(rendered))));
+                return Ok((status, Reply::Json(StatusCode::OK, Bytes::from(rendered))));
             }
             Op::Count(_) => {
                 let bytes = collect(body, MAX_UPSTREAM_ERROR_BYTES).await.map_err(|e| (Some(status), e))?;
                 let tokens = adapter.count_tokens_response(&bytes).map_err(|e| (Some(status), e))?;
-                return Ok((status, Reply::Json(Bytes::from(serde_json::json!({"input_tokens": tokens}).to_string()))));
+                return Ok((status, Reply::Json(StatusCode::OK, Bytes::from(serde_json::json!({"input_tokens": tokens}).to_string()))));
             }
         };
         if chat.is_stream() {
@@ -339,8 +386,23 @@ impl Gateway {
         let completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
         ctx.record.usage = completion.usage;
         let body = ctx.dialect.render_completion(&completion).map_err(|e| (Some(status), e))?;
-        Ok((status, Reply::Json(body)))
+        Ok((status, Reply::Json(StatusCode::OK, body)))
     }
+}
+
+/// Name of the host secret holding the bootstrap admin key (Spin variable `edgegate_admin_key`).
+pub const BOOTSTRAP_ADMIN_SECRET: &str = "EDGEGATE_ADMIN_KEY";
+
+/// The roles of the host's bootstrap admin key if `secret` is it: every admin role, never
+/// `invoke`. The comparison is of SHA-256 digests in constant time.
+async fn bootstrap_admin<H: Host>(host: &H, secret: &str) -> Result<Option<Roles>, Error> {
+    let Some(configured) = host.secret(BOOTSTRAP_ADMIN_SECRET).await? else { return Ok(None) };
+    if configured.is_empty() {
+        return Ok(None);
+    }
+    let (a, b) = (hash_key(&configured), hash_key(secret));
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    Ok((diff == 0).then_some(Roles::ADMIN))
 }
 
 /// Reads a stream until it commits to an answer (the first content, tool call or finish) and

@@ -10,6 +10,7 @@
 //! [`providers`] and are sans-IO as well: they build requests, read responses and decode streams
 //! with pure step functions.
 
+pub mod admin;
 pub mod chat;
 pub mod dialect;
 pub mod embeddings;
@@ -20,6 +21,7 @@ pub mod phases;
 pub mod policy;
 pub mod ports;
 pub mod providers;
+pub mod snapshot;
 pub mod sse;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
@@ -27,5 +29,5 @@ pub mod testkit;
 
 pub use error::{Error, ErrorKind, Retry, Side};
 pub use gateway::{Body, Gateway, MAX_REQUEST_BYTES};
-pub use policy::{Policy, PolicyCache};
+pub use policy::Policy;
 pub use ports::{ByteStream, Host};

@@ -5,13 +5,16 @@
 //! The guard phase has no rules yet (the response-guarding work adds them); its place in the
 //! order is kept by the orchestrator.
 
+use std::rc::Rc;
+
 use http::HeaderMap;
 
 use crate::chat::ChatRequest;
 use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::ledger::{Admission, RateLimit};
-use crate::policy::{ApiKey, Policy, Provider, Target, Tenant};
+use crate::policy::{ApiKey, Policy, Provider, Role, Target, Tenant, hash_key};
+use crate::snapshot::Snapshot;
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,22 +25,49 @@ pub struct Principal {
     pub tenant: Tenant,
 }
 
-/// Phase 1, **authenticate**: runs first on every `/v1` request. Reads the key from
-/// `Authorization: Bearer <key>` (or `x-api-key`), looks its hash up in the policy snapshot, and
-/// returns the principal; `missing_api_key` / `invalid_api_key` (401) otherwise.
-pub fn authenticate(policy: &Policy, headers: &HeaderMap) -> Result<Principal, Error> {
+/// The secret presented in `Authorization: Bearer <key>` (or `x-api-key`); `missing_api_key`
+/// (401) if there is none.
+pub fn credential(headers: &HeaderMap) -> Result<&str, Error> {
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    let secret = bearer
+    bearer
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::new(ErrorKind::MissingApiKey, "missing API key: send `Authorization: Bearer <key>`"))?;
-    let key = policy.key_by_secret(secret).ok_or_else(|| Error::new(ErrorKind::InvalidApiKey, "invalid API key"))?;
+        .ok_or_else(|| Error::new(ErrorKind::MissingApiKey, "missing API key: send `Authorization: Bearer <key>`"))
+}
+
+/// Phase 1, **authenticate**: runs first on every `/v1` and `/admin` request. Looks the secret's
+/// hash up in the snapshot, picks the policy that decides the request (the canary's for canary
+/// tenants, the active one otherwise), and checks the key's expiry and that it has `needs`.
+/// Unknown and expired keys are `invalid_api_key` (401); a key without the role is
+/// `permission_denied` (403).
+///
+/// Keys are found by the SHA-256 of the presented secret, so lookup time says nothing useful
+/// about the secret.
+pub fn authenticate(snapshot: &Snapshot, secret: &str, now_ms: u64, needs: Role) -> Result<(Rc<Policy>, Principal), Error> {
+    let hash = hash_key(secret);
+    let tenant = snapshot
+        .active
+        .key_by_hash(&hash)
+        .or_else(|| snapshot.canary.as_ref().and_then(|(_, p)| p.key_by_hash(&hash)))
+        .map(|k| k.tenant.clone());
+    let policy = match &tenant {
+        Some(t) => snapshot.for_tenant(t),
+        None => &snapshot.active,
+    };
+    let invalid = || Error::new(ErrorKind::InvalidApiKey, "invalid API key");
+    let key = policy.key_by_hash(&hash).ok_or_else(invalid)?;
+    if key.expires_at.is_some_and(|at| now_ms / 1000 >= at) {
+        return Err(Error::new(ErrorKind::InvalidApiKey, "this API key has expired"));
+    }
     let tenant = policy.tenant(&key.tenant).ok_or_else(|| Error::new(ErrorKind::Internal, "key refers to a missing tenant"))?;
-    Ok(Principal { key: key.clone(), tenant: tenant.clone() })
+    if !key.roles.has(needs) {
+        return Err(Error::new(ErrorKind::PermissionDenied, format!("this key does not have the `{}` role", needs.name())));
+    }
+    Ok((Rc::clone(policy), Principal { key: key.clone(), tenant: tenant.clone() }))
 }
 
 /// What the admit phase must ask the tenant's ledger, if anything: a counter name and its limit.
@@ -136,12 +166,20 @@ mod tests {
         Policy::compile(doc.to_string().as_bytes()).unwrap_or_else(|e| unreachable!("{e:?}"))
     }
 
+    fn snapshot(doc: serde_json::Value) -> Snapshot {
+        let p = Policy::compile(doc.to_string().as_bytes()).unwrap_or_else(|e| unreachable!("{e:?}"));
+        Snapshot { active: Rc::new(p), canary: None }
+    }
+
     fn auth(headers: &[(&'static str, &str)]) -> Result<String, &'static str> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.insert(*k, v.parse().unwrap_or_else(|_| unreachable!()));
         }
-        authenticate(&policy(), &map).map(|p| p.key.id).map_err(|e| e.metric_label())
+        let secret = credential(&map).map_err(|e| e.metric_label())?;
+        authenticate(&Snapshot { active: Rc::new(policy()), canary: None }, secret, 0, Role::Invoke)
+            .map(|(_, p)| p.key.id)
+            .map_err(|e| e.metric_label())
     }
 
     #[test]
@@ -156,22 +194,66 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_expiry() {
+        let s = snapshot(serde_json::json!({
+            "tenants": [{"id": "t"}],
+            "keys": [
+                {"id": "user", "tenant": "t", "hash": key_hash_string("sk-user")},
+                {"id": "admin", "tenant": "t", "hash": key_hash_string("sk-admin"), "roles": ["policy:read", "policy:write"]},
+                {"id": "both", "tenant": "t", "hash": key_hash_string("sk-both"), "roles": ["invoke", "keys:admin"]},
+                {"id": "old", "tenant": "t", "hash": key_hash_string("sk-old"), "expires_at": 1_000}
+            ]
+        }));
+        let check = |secret, role, now_ms| authenticate(&s, secret, now_ms, role).map(|(_, p)| p.key.id).map_err(|e| e.metric_label());
+        assert_eq!(check("sk-user", Role::Invoke, 0), Ok("user".into()));
+        assert_eq!(check("sk-user", Role::PolicyRead, 0), Err("permission_denied"));
+        assert_eq!(check("sk-admin", Role::PolicyWrite, 0), Ok("admin".into()));
+        assert_eq!(check("sk-admin", Role::Invoke, 0), Err("permission_denied"), "admin roles never imply invoke");
+        assert_eq!(check("sk-admin", Role::KeysAdmin, 0), Err("permission_denied"));
+        assert_eq!(check("sk-both", Role::KeysAdmin, 0), Ok("both".into()));
+        assert_eq!(check("sk-old", Role::Invoke, 999_999), Ok("old".into()));
+        assert_eq!(check("sk-old", Role::Invoke, 1_000_000), Err("invalid_api_key"));
+    }
+
+    #[test]
+    fn canary_tenants_are_decided_by_the_canary_policy() {
+        let doc = |limit: u64, extra_key: bool| {
+            let mut keys = vec![
+                serde_json::json!({"id": "a", "tenant": "a", "hash": key_hash_string("sk-a")}),
+                serde_json::json!({"id": "b", "tenant": "b", "hash": key_hash_string("sk-b")}),
+            ];
+            if extra_key {
+                keys.push(serde_json::json!({"id": "a2", "tenant": "a", "hash": key_hash_string("sk-a2")}));
+            }
+            serde_json::json!({"tenants": [{"id": "a", "limits": {"requests_per_minute": limit}}, {"id": "b"}], "keys": keys})
+        };
+        let stable = snapshot(doc(1, false)).active;
+        let canary = snapshot(doc(2, true)).active;
+        let pointer = crate::snapshot::CanaryPointer {
+            version: canary.version.clone(),
+            tenants: vec!["a".into()],
+            percent: 0,
+            published_at_ms: 0,
+            published_by: String::new(),
+            note: String::new(),
+        };
+        let s = Snapshot { active: Rc::clone(&stable), canary: Some((pointer, Rc::clone(&canary))) };
+        let version = |secret| authenticate(&s, secret, 0, Role::Invoke).map(|(p, _)| p.version.clone()).map_err(|e| e.metric_label());
+        assert_eq!(version("sk-a"), Ok(canary.version.clone()));
+        assert_eq!(version("sk-a2"), Ok(canary.version.clone()), "a key only the canary knows works for canary tenants");
+        assert_eq!(version("sk-b"), Ok(stable.version.clone()));
+    }
+
+    #[test]
     fn route_respects_key_scopes_and_keeps_target_order() {
-        let p = policy();
-        let one = authenticate(
-            &p,
-            &[(http::header::AUTHORIZATION, "Bearer sk-one".parse().unwrap_or_else(|_| unreachable!()))].into_iter().collect(),
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        let two = authenticate(
-            &p,
-            &[(http::header::AUTHORIZATION, "Bearer sk-two".parse().unwrap_or_else(|_| unreachable!()))].into_iter().collect(),
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        let plan: Vec<String> = route(&p, &one, "big").unwrap_or_default().into_iter().map(|c| c.target.model).collect();
+        let s = Snapshot { active: Rc::new(policy()), canary: None };
+        let p = &s.active;
+        let one = authenticate(&s, "sk-one", 0, Role::Invoke).map(|(_, p)| p).unwrap_or_else(|e| unreachable!("{e}"));
+        let two = authenticate(&s, "sk-two", 0, Role::Invoke).map(|(_, p)| p).unwrap_or_else(|e| unreachable!("{e}"));
+        let plan: Vec<String> = route(p, &one, "big").unwrap_or_default().into_iter().map(|c| c.target.model).collect();
         assert_eq!(plan, ["b1", "b2"]);
-        assert_eq!(route(&p, &two, "big").map_err(|e| e.metric_label()), Err("model_not_found"));
-        assert_eq!(route(&p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
+        assert_eq!(route(p, &two, "big").map_err(|e| e.metric_label()), Err("model_not_found"));
+        assert_eq!(route(p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
         assert_eq!(admission_query(&one).map(|(s, l)| (s, l.limit)), Some(("requests_per_minute", 5)));
         assert_eq!(admission_query(&two), None);
     }

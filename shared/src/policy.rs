@@ -3,15 +3,11 @@
 //! [`Policy::compile`] is the only way to get a [`Policy`]; it returns every problem it finds, each
 //! with the JSON path of the offending value, and precomputes the per-request lookups.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 
-use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, ErrorKind};
 use crate::ledger::RateLimit;
 
 /// An edgegate policy document: tenants, their API keys, providers and model aliases.
@@ -35,6 +31,20 @@ struct RawPolicy {
     /// Model aliases callers ask for, each an ordered list of targets.
     #[serde(default)]
     models: Vec<RawModel>,
+    /// How the gateway itself behaves.
+    #[serde(default)]
+    settings: RawSettings,
+}
+
+/// Gateway-wide settings.
+#[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    /// How often each isolate re-reads the `policy/active` and `policy/canary` pointers, in
+    /// seconds (default 10; 0 re-reads on every request). Workers KV may add up to 60 s of its
+    /// own propagation on top.
+    policy_refresh_seconds: Option<u32>,
 }
 
 /// A tenant.
@@ -72,6 +82,69 @@ struct RawKey {
     hash: String,
     /// Aliases this key may use (`*` for all); absent means every alias.
     models: Option<Vec<String>>,
+    /// What the key may do; absent means `["invoke"]`. Admin roles never imply `invoke`.
+    roles: Option<Vec<Role>>,
+    /// When the key stops working, in seconds since the Unix epoch; absent: never.
+    expires_at: Option<u64>,
+}
+
+/// What a credential may do. Roles are separate by design: a key that can invoke models cannot
+/// change policy, and an admin key cannot invoke models unless it also has `invoke`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Role {
+    /// Call models (`/v1/...`).
+    #[serde(rename = "invoke")]
+    Invoke,
+    /// Read the active policy, its versions and history (`GET /admin/policy...`).
+    #[serde(rename = "policy:read")]
+    PolicyRead,
+    /// Publish, promote and roll back policy.
+    #[serde(rename = "policy:write")]
+    PolicyWrite,
+    /// Read audit records.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+    /// Create and revoke API keys.
+    #[serde(rename = "keys:admin")]
+    KeysAdmin,
+}
+
+impl Role {
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The role's name as written in policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Invoke => "invoke",
+            Role::PolicyRead => "policy:read",
+            Role::PolicyWrite => "policy:write",
+            Role::AuditRead => "audit:read",
+            Role::KeysAdmin => "keys:admin",
+        }
+    }
+}
+
+/// A set of [`Role`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// Every admin role, without `invoke`.
+    pub const ADMIN: Roles = Roles(0b1_1110);
+
+    /// Whether `role` is in the set.
+    pub fn has(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+}
+
+impl FromIterator<Role> for Roles {
+    fn from_iter<I: IntoIterator<Item = Role>>(iter: I) -> Self {
+        Roles(iter.into_iter().fold(0, |acc, r| acc | r.bit()))
+    }
 }
 
 /// A provider: where and how models are called.
@@ -205,6 +278,10 @@ pub struct ApiKey {
     pub tenant: String,
     /// Aliases this key may use; `None` means all.
     pub models: Option<Vec<String>>,
+    /// What the key may do.
+    pub roles: Roles,
+    /// Expiry, in seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
 }
 
 impl ApiKey {
@@ -251,6 +328,7 @@ pub struct Policy {
     keys: HashMap<[u8; 32], ApiKey>,
     providers: HashMap<String, Provider>,
     models: BTreeMap<String, Vec<Target>>,
+    refresh_ms: u64,
 }
 
 impl Policy {
@@ -258,6 +336,11 @@ impl Policy {
     pub fn compile(raw: &[u8]) -> Result<Policy, Vec<PolicyError>> {
         let value: serde_json::Value =
             serde_json::from_slice(raw).map_err(|e| vec![PolicyError { path: ".".into(), message: e.to_string() }])?;
+        Self::compile_value(value)
+    }
+
+    /// [`Policy::compile`] for a document already parsed as JSON.
+    pub fn compile_value(value: serde_json::Value) -> Result<Policy, Vec<PolicyError>> {
         let version = version_of(&value);
         let doc: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -337,6 +420,7 @@ impl Policy {
         }
 
         let mut keys = HashMap::new();
+        let mut key_ids = std::collections::HashSet::new();
         for (i, k) in doc.keys.into_iter().enumerate() {
             if !tenants.contains_key(&k.tenant) {
                 err(format!("keys[{i}].tenant"), format!("unknown tenant {:?}", k.tenant));
@@ -350,7 +434,11 @@ impl Policy {
                 err(format!("keys[{i}].hash"), "must be \"sha256:\" followed by 64 lowercase hex digits".into());
                 continue;
             };
-            let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models };
+            if !key_ids.insert(k.id.clone()) {
+                err(format!("keys[{i}].id"), format!("duplicate key id {:?}", k.id));
+            }
+            let roles = k.roles.map_or(Roles(Role::Invoke.bit()), |r| r.into_iter().collect());
+            let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models, roles, expires_at: k.expires_at };
             if keys.insert(hash, key).is_some() {
                 err(format!("keys[{i}].hash"), "duplicate key hash".into());
             }
@@ -359,12 +447,18 @@ impl Policy {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Policy { version, tenants, keys, providers, models })
+        let refresh_ms = u64::from(doc.settings.policy_refresh_seconds.unwrap_or(10)) * 1000;
+        Ok(Policy { version, tenants, keys, providers, models, refresh_ms })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
     pub fn key_by_secret(&self, secret: &str) -> Option<&ApiKey> {
-        self.keys.get(&hash_key(secret))
+        self.key_by_hash(&hash_key(secret))
+    }
+
+    /// The key whose secret has the SHA-256 `hash`.
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
+        self.keys.get(hash)
     }
 
     /// A tenant by id.
@@ -380,6 +474,11 @@ impl Policy {
     /// The ordered targets of a model alias.
     pub fn targets(&self, alias: &str) -> Option<&[Target]> {
         self.models.get(alias).map(Vec::as_slice)
+    }
+
+    /// How long an isolate may serve this snapshot before re-reading the store's pointers.
+    pub fn refresh_ms(&self) -> u64 {
+        self.refresh_ms
     }
 
     /// Every model alias, in order.
@@ -477,44 +576,6 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The compiled snapshot an isolate is serving, recompiled only when the stored bytes change.
-///
-/// If the store fails or a new snapshot does not compile, the last good snapshot keeps serving.
-#[derive(Debug, Default)]
-pub struct PolicyCache {
-    current: RefCell<Option<(Bytes, Rc<Policy>)>>,
-}
-
-impl PolicyCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The policy for `loaded` (the store's answer), compiling it if it changed.
-    pub fn resolve(&self, loaded: Result<Option<Bytes>, Error>) -> Result<Rc<Policy>, Error> {
-        let last_good = || self.current.borrow().as_ref().map(|(_, p)| Rc::clone(p));
-        let raw = match loaded {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return Err(Error::new(ErrorKind::PolicyUnavailable, "no policy has been published")),
-            Err(e) => return last_good().ok_or(e),
-        };
-        if let Some((bytes, policy)) = self.current.borrow().as_ref()
-            && *bytes == raw
-        {
-            return Ok(Rc::clone(policy));
-        }
-        match Policy::compile(&raw) {
-            Ok(policy) => {
-                let policy = Rc::new(policy);
-                *self.current.borrow_mut() = Some((raw, Rc::clone(&policy)));
-                Ok(policy)
-            }
-            Err(_) => last_good().ok_or_else(|| Error::new(ErrorKind::PolicyUnavailable, "the published policy does not compile")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,25 +648,5 @@ mod tests {
         assert_eq!(errors("nope")[0].0, ".");
         let quirky = r#"{"providers":[{"id":"v","kind":"openai_compatible","base_url":"http://v","quirks":{"stream_usage":"no"}}]}"#;
         assert_eq!(errors(quirky)[0].0, "providers[0].quirks.stream_usage");
-    }
-
-    #[test]
-    fn cache_recompiles_only_on_change_and_keeps_the_last_good_snapshot() {
-        let cache = PolicyCache::new();
-        let store_down = || Err(Error::new(ErrorKind::StoreUnavailable, "kv down"));
-        assert_eq!(cache.resolve(store_down()).map_err(|e| e.kind), Err(ErrorKind::StoreUnavailable));
-        assert_eq!(cache.resolve(Ok(None)).map_err(|e| e.kind), Err(ErrorKind::PolicyUnavailable));
-
-        let a = cache.resolve(Ok(Some(Bytes::from_static(DEMO.as_bytes())))).unwrap_or_else(|e| unreachable!("{e}"));
-        let again = cache.resolve(Ok(Some(Bytes::from_static(DEMO.as_bytes())))).unwrap_or_else(|e| unreachable!("{e}"));
-        assert!(Rc::ptr_eq(&a, &again), "unchanged bytes must not recompile");
-
-        let kept = cache.resolve(Ok(Some(Bytes::from_static(b"{broken")))).unwrap_or_else(|e| unreachable!("{e}"));
-        assert!(Rc::ptr_eq(&a, &kept), "a bad snapshot must not replace the good one");
-        let kept = cache.resolve(store_down()).unwrap_or_else(|e| unreachable!("{e}"));
-        assert!(Rc::ptr_eq(&a, &kept), "a store failure must not drop the good one");
-
-        let empty = cache.resolve(Ok(Some(Bytes::from_static(b"{}")))).unwrap_or_else(|e| unreachable!("{e}"));
-        assert_ne!(empty.version, a.version);
     }
 }

@@ -32,14 +32,19 @@ pub trait Entropy {
     fn fill(&self, buf: &mut [u8]);
 }
 
-/// Where the active policy snapshot lives.
+/// The key-value store policy snapshots live in (see [`crate::snapshot`] for the keys).
 ///
 /// Consistency: Workers KV is eventually consistent (a write may take up to ~60 s to reach every
-/// location); Spin key-value is as consistent as its backend (local SQLite file: immediate; Redis:
-/// per the server). The core compares snapshot bytes and recompiles only when they change.
+/// location, and a location may cache a read that long); Spin key-value is as consistent as its
+/// backend (local SQLite file: immediate; Redis: per the server). Neither offers transactions, so
+/// the core writes immutable versions first and moves small pointers last.
 pub trait PolicyStore {
-    /// The raw JSON of the active snapshot, or `None` when none was published.
-    fn active_policy(&self) -> impl Future<Output = Result<Option<Bytes>, Error>>;
+    /// The value under `key`, or `None` when there is none.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, Error>>;
+    /// Stores `value` under `key` (admin operations only).
+    fn put(&self, key: &str, value: Bytes) -> impl Future<Output = Result<(), Error>>;
+    /// Removes `key`; removing a missing key is not an error (admin operations only).
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>>;
 }
 
 /// Per-tenant counters that admit or refuse work atomically.

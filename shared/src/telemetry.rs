@@ -37,6 +37,8 @@ pub struct RequestRecord {
     pub route: &'static str,
     /// Version of the policy snapshot that decided the request.
     pub policy_version: Option<String>,
+    /// Why the policy could not be refreshed, when the last good snapshot was served instead.
+    pub policy_fault: Option<&'static str>,
     /// Tenant, once authenticated.
     pub tenant: Option<String>,
     /// API key id (never the key), once authenticated.

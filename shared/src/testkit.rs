@@ -4,7 +4,7 @@
 //! Nothing here sleeps, binds a port or calls the network.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -52,7 +52,8 @@ impl Scripted {
 struct Inner {
     now_ms: Cell<u64>,
     seed: Cell<u64>,
-    policy: RefCell<Option<Result<Bytes, Error>>>,
+    kv: RefCell<BTreeMap<String, Bytes>>,
+    store_fault: RefCell<Option<Error>>,
     ledger: RefCell<HashMap<String, FixedWindow>>,
     secrets: RefCell<HashMap<String, String>>,
     script: RefCell<VecDeque<Scripted>>,
@@ -71,13 +72,31 @@ impl TestHost {
         let host = TestHost::default();
         host.0.now_ms.set(now_ms);
         host.0.seed.set(1);
-        host.set_policy(Ok(Bytes::copy_from_slice(policy.as_bytes())));
+        host.set_policy(policy.as_bytes());
         host
     }
 
-    /// Replaces what the policy store answers.
-    pub fn set_policy(&self, answer: Result<Bytes, Error>) {
-        *self.0.policy.borrow_mut() = Some(answer);
+    /// Makes `doc` the active policy: stores it under its version (or, if it is not JSON, under
+    /// a made-up one) and points `policy/active` at it. Clears any store fault.
+    pub fn set_policy(&self, doc: &[u8]) {
+        *self.0.store_fault.borrow_mut() = None;
+        let (version, stored) = match serde_json::from_slice::<serde_json::Value>(doc) {
+            Ok(v) => (crate::policy::version_of(&v), Bytes::from(crate::policy::canonical_json(&v))),
+            Err(_) => ("0000000000000000".to_owned(), Bytes::copy_from_slice(doc)),
+        };
+        let mut kv = self.0.kv.borrow_mut();
+        kv.insert(crate::snapshot::version_key(&version), stored);
+        kv.insert(crate::snapshot::ACTIVE.into(), Bytes::from(serde_json::json!({ "version": version }).to_string()));
+    }
+
+    /// Makes every policy store operation fail with `fault` (or work again with `None`).
+    pub fn fail_store(&self, fault: Option<Error>) {
+        *self.0.store_fault.borrow_mut() = fault;
+    }
+
+    /// The policy store's value under `key`.
+    pub fn store_value(&self, key: &str) -> Option<Bytes> {
+        self.0.kv.borrow().get(key).cloned()
     }
 
     /// Moves the clock.
@@ -149,8 +168,27 @@ impl Entropy for TestHost {
 }
 
 impl PolicyStore for TestHost {
-    async fn active_policy(&self) -> Result<Option<Bytes>, Error> {
-        self.0.policy.borrow().clone().transpose()
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        if let Some(e) = self.0.store_fault.borrow().clone() {
+            return Err(e);
+        }
+        Ok(self.0.kv.borrow().get(key).cloned())
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<(), Error> {
+        if let Some(e) = self.0.store_fault.borrow().clone() {
+            return Err(e);
+        }
+        self.0.kv.borrow_mut().insert(key.into(), value);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        if let Some(e) = self.0.store_fault.borrow().clone() {
+            return Err(e);
+        }
+        self.0.kv.borrow_mut().remove(key);
+        Ok(())
     }
 }
 

@@ -270,13 +270,16 @@ fn a_stream_abandoned_by_the_client_is_still_recorded() {
 #[test]
 fn policy_store_failures_degrade_to_the_last_good_snapshot() {
     let (h, gw) = (host(), Gateway::new());
-    h.set_policy(Err(Error::new(ErrorKind::StoreUnavailable, "kv down")));
+    h.fail_store(Some(Error::new(ErrorKind::StoreUnavailable, "kv down")));
     let a = call(&h, &gw, post(Some("sk-acme"), &chat("mock", false)));
     assert_eq!((a.status, a.code().as_str()), (503, "store_unavailable"));
-    h.set_policy(Ok(Bytes::from(policy())));
+    h.fail_store(None);
     assert_eq!(call(&h, &gw, post(Some("sk-acme"), &chat("mock", false))).status, 200);
-    h.set_policy(Err(Error::new(ErrorKind::StoreUnavailable, "kv down")));
+    h.fail_store(Some(Error::new(ErrorKind::StoreUnavailable, "kv down")));
+    h.advance(10_000);
     assert_eq!(call(&h, &gw, post(Some("sk-acme"), &chat("mock", false))).status, 200);
+    let faults: Vec<_> = h.drain_records().into_iter().map(|r| r.policy_fault).collect();
+    assert_eq!(faults, [None, None, Some("store_unavailable")], "a hidden store failure is visible in telemetry");
 }
 
 #[test]

@@ -52,6 +52,7 @@ export function policy(simUrl) {
       { alias: "all-down", targets: [{ provider: "sim", model: "down sim:status=500" }, { provider: "closed", model: "x" }] },
       { alias: "unreachable", targets: [{ provider: "closed", model: "x" }] },
     ],
+    settings: { policy_refresh_seconds: 0 },
   };
 }
 

@@ -94,7 +94,32 @@ class Ai {
 export default function () { return new Ai(); }
 `;
 
-/** The built Worker in workerd, with `policy` in KV and `secrets` as secret bindings. */
+/** The bootstrap admin key both runtimes are started with. */
+export const ADMIN_KEY = "sk-e2e-bootstrap-admin";
+
+/** Calls the gateway's admin API; returns `{ status, body }`. */
+export async function admin(url, method, path, body, key = ADMIN_KEY) {
+  const res = await fetch(`${url}/admin${path}`, {
+    method,
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {}
+  return { status: res.status, body: json ?? text, headers: res.headers };
+}
+
+/** Publishes `policy` to everyone through the admin API; returns its version. */
+export async function publish(url, policy) {
+  const res = await admin(url, "POST", "/policy/publish", { policy, note: "e2e" });
+  if (res.status !== 200) throw new Error(`publish failed: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body.version;
+}
+
+/** The built Worker in workerd, with `policy` published and `secrets` as secret bindings. */
 export async function startWorkerd({ policy, secrets = {} }) {
   const { Miniflare } = await import("miniflare");
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
@@ -107,7 +132,7 @@ export async function startWorkerd({ policy, secrets = {} }) {
     modulesRoot: ROOT,
     scriptPath: main ?? join(ROOT, "edge/cloudflare/build/index.js"),
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-    bindings: { ...(workerOptions.bindings ?? {}), ...secrets },
+    bindings: { ...(workerOptions.bindings ?? {}), EDGEGATE_ADMIN_KEY: ADMIN_KEY, ...secrets },
     wrappedBindings: { AI: { scriptName: "fake-workers-ai" } },
   };
   const mf = new Miniflare({
@@ -123,30 +148,32 @@ export async function startWorkerd({ policy, secrets = {} }) {
   });
   const url = (await mf.ready).toString().replace(/\/$/, "");
   const kv = await mf.getKVNamespace("POLICY");
-  await kv.put("policy/active", JSON.stringify(policy));
+  if (policy) await publish(url, policy);
   return {
     url,
+    kv,
     lines: logs,
-    setPolicy: (p) => kv.put("policy/active", JSON.stringify(p)),
+    setPolicy: (p) => publish(url, p),
     stop: () => mf.dispose(),
   };
 }
 
-/** The built Spin component in the Spin test host, with `policy` seeded into key-value. */
+/** The built Spin component in the Spin test host, with `policy` published. */
 export async function startSpin({ policy, variables = {} }) {
   const bin = process.env.EDGEGATE_SPIN_HOST;
   if (!bin) throw new Error("EDGEGATE_SPIN_HOST is not set: run the tests with `npm test`");
   const dir = mkdtempSync(join(tmpdir(), "edgegate-spin-"));
-  writeFileSync(join(dir, "policy.json"), JSON.stringify(policy));
-  const env = Object.fromEntries(Object.entries(variables).map(([k, v]) => [`SPIN_VARIABLE_${k.toUpperCase()}`, v]));
+  const env = Object.fromEntries(Object.entries({ edgegate_admin_key: ADMIN_KEY, ...variables }).map(([k, v]) => [`SPIN_VARIABLE_${k.toUpperCase()}`, v]));
   const host = await spawnServer(
     bin,
-    ["--manifest", join(ROOT, "spin.toml"), "--listen", "127.0.0.1:0", "--state-dir", join(dir, "state"), "--key-value", `policy/active=@${join(dir, "policy.json")}`],
+    ["--manifest", join(ROOT, "spin.toml"), "--listen", "127.0.0.1:0", "--state-dir", join(dir, "state")],
     env,
   );
+  if (policy) await publish(host.url, policy);
   return {
     url: host.url,
     lines: host.lines,
+    setPolicy: (p) => publish(host.url, p),
     stop: async () => {
       await host.stop();
       rmSync(dir, { recursive: true, force: true });

@@ -1,7 +1,7 @@
 //! edgegate on Cloudflare Workers: the fetch entry point, the core's ports over Workers bindings,
 //! and the per-tenant ledger Durable Object. No policy, routing or format code lives here.
 //!
-//! Bindings (see `wrangler.toml`): `POLICY` (KV, key `policy/active`), `LEDGER` (Durable Object
+//! Bindings (see `wrangler.toml`): `POLICY` (KV: policy snapshots, see `edgegate_core::snapshot`), `LEDGER` (Durable Object
 //! class `Ledger`), provider credentials as secrets named by policy.
 
 use std::rc::Rc;
@@ -14,9 +14,6 @@ use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use worker::{Context, Env, Fetch, Headers, HttpRequest, Method, Request, RequestInit, Response, console_log, durable_object, event};
-
-/// KV key of the active policy snapshot.
-const POLICY_KEY: &str = "policy/active";
 
 thread_local! {
     /// One gateway per isolate: the compiled policy outlives requests.
@@ -77,11 +74,25 @@ impl Entropy for CfHost {
     }
 }
 
+impl CfHost {
+    fn kv(&self) -> Result<worker::kv::KvStore, Error> {
+        self.0.env.kv("POLICY").map_err(|e| store_error("policy KV binding", e))
+    }
+}
+
 impl PolicyStore for CfHost {
-    async fn active_policy(&self) -> Result<Option<Bytes>, Error> {
-        let kv = self.0.env.kv("POLICY").map_err(|e| store_error("policy KV binding", e))?;
-        let raw = kv.get(POLICY_KEY).bytes().await.map_err(|e| store_error("policy KV read", e))?;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        let raw = self.kv()?.get(key).bytes().await.map_err(|e| store_error("policy KV read", e))?;
         Ok(raw.map(Bytes::from))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<(), Error> {
+        let put = self.kv()?.put_bytes(key, &value).map_err(|e| store_error("policy KV write", e))?;
+        put.execute().await.map_err(|e| store_error("policy KV write", e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.kv()?.delete(key).await.map_err(|e| store_error("policy KV delete", e))
     }
 }
 

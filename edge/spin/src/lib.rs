@@ -2,7 +2,7 @@
 //! core's ports over Spin key-value, SQLite and variables. No policy, routing or format code
 //! lives here.
 //!
-//! Stores (see `spin.toml`): key-value store `default` (key `policy/active`), SQLite database
+//! Stores (see `spin.toml`): key-value store `default` (policy snapshots, see `edgegate_core::snapshot`), SQLite database
 //! `default` (tenant counters), provider credentials as Spin variables named by policy
 //! (lowercased: policy's `PROVIDER_API_KEY` is the variable `provider_api_key`).
 
@@ -18,9 +18,6 @@ use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::{SinkExt, StreamExt};
 use spin_sdk::http::{Fields, IncomingRequest, IncomingResponse, OutgoingResponse, ResponseOutparam};
 use spin_sdk::sqlite::{Connection, Value};
-
-/// Key-value key of the active policy snapshot.
-const POLICY_KEY: &str = "policy/active";
 
 /// The component's export. The SDK's macro expands to `unsafe` ABI glue, allowed in this module only.
 #[allow(unsafe_code)]
@@ -122,11 +119,21 @@ impl Entropy for SpinHost {
     }
 }
 
+fn kv() -> Result<spin_sdk::key_value::Store, Error> {
+    spin_sdk::key_value::Store::open_default().map_err(|e| store_error("key-value store `default`", e))
+}
+
 impl PolicyStore for SpinHost {
-    async fn active_policy(&self) -> Result<Option<Bytes>, Error> {
-        let store = spin_sdk::key_value::Store::open_default().map_err(|e| store_error("key-value store `default`", e))?;
-        let raw = store.get(POLICY_KEY).map_err(|e| store_error("key-value read", e))?;
-        Ok(raw.map(Bytes::from))
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        Ok(kv()?.get(key).map_err(|e| store_error("key-value read", e))?.map(Bytes::from))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<(), Error> {
+        kv()?.set(key, &value).map_err(|e| store_error("key-value write", e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        kv()?.delete(key).map_err(|e| store_error("key-value delete", e))
     }
 }
 
