@@ -278,7 +278,10 @@ impl Gateway {
         let actor = match bootstrap_admin(host, secret).await? {
             Some(roles) if roles.has(needs) => "bootstrap".to_owned(),
             Some(_) => {
-                return Err(Error::new(ErrorKind::PermissionDenied, format!("the bootstrap key does not have the `{}` role", needs.name())));
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("the bootstrap key does not have the `{}` role", needs.name()),
+                ));
             }
             None => {
                 // With no usable policy, only the bootstrap key can act (to publish the first one).

@@ -94,6 +94,22 @@ class Ai {
 export default function () { return new Ai(); }
 `;
 
+// A wrapper around the real policy KV namespace that fails every call while the inner store
+// holds the key `__fault` — how a test makes KV unavailable to the Worker.
+const FAULTY_KV = `
+export default function (env) {
+  const inner = env.INNER;
+  const guard = async () => { if (await inner.get("__fault")) throw new Error("simulated KV outage"); };
+  return {
+    async get(...a) { await guard(); return inner.get(...a); },
+    async getWithMetadata(...a) { await guard(); return inner.getWithMetadata(...a); },
+    async put(...a) { await guard(); return inner.put(...a); },
+    async list(...a) { await guard(); return inner.list(...a); },
+    async delete(...a) { await guard(); return inner.delete(...a); },
+  };
+}
+`;
+
 /** The bootstrap admin key both runtimes are started with. */
 export const ADMIN_KEY = "sk-e2e-bootstrap-admin";
 
@@ -119,8 +135,13 @@ export async function publish(url, policy) {
   return res.body.version;
 }
 
-/** The built Worker in workerd, with `policy` published and `secrets` as secret bindings. */
-export async function startWorkerd({ policy, secrets = {} }) {
+/**
+ * The built Worker in workerd, with `policy` published and `secrets` as secret bindings.
+ * `faultyKv`: policy KV goes through a wrapper the test can make fail (`setKvFault`).
+ * `stateDir`: KV persisted where `wrangler … --local --persist-to stateDir` (and so the admin
+ * CLI's `--target local`) reads and writes it.
+ */
+export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null }) {
   const { Miniflare } = await import("miniflare");
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions, main } = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml"));
@@ -135,11 +156,17 @@ export async function startWorkerd({ policy, secrets = {} }) {
     bindings: { ...(workerOptions.bindings ?? {}), EDGEGATE_ADMIN_KEY: ADMIN_KEY, ...secrets },
     wrappedBindings: { AI: { scriptName: "fake-workers-ai" } },
   };
+  const workers = [edgegate, { name: "fake-workers-ai", modules: true, script: FAKE_WORKERS_AI }];
+  if (faultyKv) {
+    edgegate.kvNamespaces = {};
+    edgegate.wrappedBindings.POLICY = { scriptName: "faulty-kv" };
+    workers.push({ name: "faulty-kv", modules: true, script: FAULTY_KV, kvNamespaces: { INNER: "policy-inner" } });
+  }
   const mf = new Miniflare({
-    workers: [edgegate, { name: "fake-workers-ai", modules: true, script: FAKE_WORKERS_AI }],
+    workers,
     host: "127.0.0.1",
     port: 0,
-    kvPersist: false,
+    kvPersist: stateDir ? join(stateDir, "v3", "kv") : false,
     durableObjectsPersist: false,
     handleRuntimeStdio(stdout, stderr) {
       stdout.on("data", (d) => logs.push(...String(d).split("\n").filter(Boolean)));
@@ -147,11 +174,12 @@ export async function startWorkerd({ policy, secrets = {} }) {
     },
   });
   const url = (await mf.ready).toString().replace(/\/$/, "");
-  const kv = await mf.getKVNamespace("POLICY");
+  const kv = faultyKv ? await mf.getKVNamespace("INNER", "faulty-kv") : await mf.getKVNamespace("POLICY");
   if (policy) await publish(url, policy);
   return {
     url,
     kv,
+    setKvFault: (on) => (on ? kv.put("__fault", "1") : kv.delete("__fault")),
     lines: logs,
     setPolicy: (p) => publish(url, p),
     stop: () => mf.dispose(),

@@ -17,7 +17,7 @@ fn store_error(what: impl std::fmt::Display) -> Error {
 }
 
 fn env(name: &str) -> Result<String, Fail> {
-    std::env::var(name).map_err(|_| Fail::Usage(format!("{name} is not set")))
+    std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or_else(|| Fail::Usage(format!("{name} is not set")))
 }
 
 fn agent() -> ureq::Agent {

@@ -18,6 +18,10 @@
 //! - `cut=N`           stream N content chunks, then drop the connection
 //! - `malformed=N`     make stream chunk N unparseable
 //!
+//! It also serves the Cloudflare API's Workers KV values endpoints
+//! (`/client/v4/accounts/{account}/storage/kv/namespaces/{ns}/values/{key}`: GET, PUT, DELETE,
+//! Cloudflare's `{"success","errors"}` envelope on failure) from memory, for the admin CLI.
+//!
 //! `GET /_sim/requests` returns what was received (newest last); `DELETE` clears it.
 //! Usage: `upstream-sim [--listen 127.0.0.1:0] [--latency-ms N] [--require-key KEY]`.
 
@@ -44,6 +48,8 @@ struct Config {
 struct Sim {
     config: Config,
     received: Mutex<Vec<Value>>,
+    /// Cloudflare Workers KV over the REST API: (namespace, key) → value.
+    cf_kv: Mutex<HashMap<(String, String), Bytes>>,
 }
 
 /// Keeps at most this many received requests.
@@ -65,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !listen.ip().is_loopback() {
         return Err("the simulator only listens on loopback addresses".into());
     }
-    let sim = Arc::new(Sim { config, received: Mutex::new(Vec::new()) });
+    let sim = Arc::new(Sim { config, received: Mutex::new(Vec::new()), cf_kv: Mutex::new(HashMap::new()) });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -106,6 +112,27 @@ fn error(status: u16, message: &str) -> hyper::Response<Body> {
     full(status, "application/json", json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string())
 }
 
+/// Decodes `%XX` escapes of a URL path segment.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Fault directives: `x-sim-NAME` headers, then `sim:NAME=VALUE` words in the model and messages.
 fn directives(headers: &hyper::HeaderMap, body: &Value) -> HashMap<String, u64> {
     let mut out = HashMap::new();
@@ -136,6 +163,42 @@ fn directives(headers: &hyper::HeaderMap, body: &Value) -> HashMap<String, u64> 
 }
 
 impl Sim {
+    /// The Cloudflare API's Workers KV values endpoints:
+    /// `/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}/values/{key}`.
+    fn cloudflare_kv(&self, parts: &hyper::http::request::Parts, rest: &str, body: Bytes) -> hyper::Response<Body> {
+        let cf_error = |status: u16, code: u32, message: &str| {
+            let body = json!({"success": false, "errors": [{"code": code, "message": message}], "messages": [], "result": null});
+            full(status, "application/json", body.to_string())
+        };
+        if let Some(key) = &self.config.require_key {
+            let auth = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if auth != format!("Bearer {key}") {
+                return cf_error(403, 10000, "Authentication error");
+            }
+        }
+        let Some((_account, rest)) = rest.split_once("/storage/kv/namespaces/") else { return cf_error(404, 7003, "No route") };
+        let Some((namespace, key)) = rest.split_once("/values/") else { return cf_error(404, 7003, "No route") };
+        let key = percent_decode(key);
+        let slot = (namespace.to_owned(), key.clone());
+        let mut kv = self.cf_kv.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = || full(200, "application/json", json!({"success": true, "errors": [], "messages": [], "result": null}).to_string());
+        match parts.method.as_str() {
+            "GET" => match kv.get(&slot) {
+                Some(v) => full(200, "application/octet-stream", v.clone()),
+                None => cf_error(404, 10009, "get: 'key not found'"),
+            },
+            "PUT" => {
+                kv.insert(slot, body);
+                ok()
+            }
+            "DELETE" => {
+                kv.remove(&slot);
+                ok()
+            }
+            _ => cf_error(405, 10000, "method not allowed"),
+        }
+    }
+
     async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
         let (parts, body) = req.into_parts();
         let bytes = match body.collect().await {
@@ -153,6 +216,9 @@ impl Sim {
             }
             deployment = Some(name.to_owned());
             path = format!("/v1/{operation}");
+        }
+        if let Some(rest) = path.strip_prefix("/client/v4/accounts/") {
+            return self.cloudflare_kv(&parts, rest, bytes);
         }
         if path == "/_sim/requests" {
             let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
