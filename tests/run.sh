@@ -27,7 +27,7 @@ export EDGEGATE_PYTHON="$venv/bin/python"
 say "core: formatting and lints (the core may not read clocks or draw randomness)"
 cargo fmt --all --check
 cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit,schema -- -D warnings
-cargo clippy --locked --quiet -p edgegate-admin --all-targets -- -D warnings
+cargo clippy --locked --quiet -p edgegate-admin -p edgegate-jwt --all-targets -- -D warnings
 
 say "core: the dependency tree holds no host SDK, runtime or HTTP client"
 forbidden='^(worker|worker-sys|spin-sdk|wasm-bindgen|js-sys|web-sys|tokio|reqwest|hyper|wasmtime|ureq|isahc|surf) '
@@ -39,8 +39,8 @@ say "core: builds for wasm32-unknown-unknown, wasm32-wasip2 and native"
 cargo build --locked --quiet -p edgegate-core --target wasm32-unknown-unknown
 cargo build --locked --quiet -p edgegate-core --target wasm32-wasip2
 
-say "core and admin CLI: tests"
-cargo test --locked --quiet -p edgegate-core -p edgegate-admin --features edgegate-core/schema
+say "core, JWT verifier and admin CLI: tests"
+cargo test --locked --quiet -p edgegate-core -p edgegate-jwt -p edgegate-admin --features edgegate-core/schema
 cargo build --locked --quiet -p edgegate-admin
 export EDGEGATE_ADMIN_CLI="$ROOT/target/debug/edgegate-admin"
 

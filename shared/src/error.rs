@@ -34,6 +34,8 @@ pub enum ErrorKind {
     MissingApiKey,
     /// The API key is unknown, revoked, expired or malformed.
     InvalidApiKey,
+    /// A bearer token (JWT) failed verification: signature, algorithm, issuer, audience, time or claims.
+    InvalidToken,
     /// The caller is authenticated but lacks the role this endpoint needs.
     PermissionDenied,
     /// A policy document sent to the admin API does not compile.
@@ -116,7 +118,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self.kind {
             ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::UpstreamRejected(_) => 400,
-            ErrorKind::MissingApiKey | ErrorKind::InvalidApiKey => 401,
+            ErrorKind::MissingApiKey | ErrorKind::InvalidApiKey | ErrorKind::InvalidToken => 401,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::Conflict => 409,
             ErrorKind::InvalidPolicy => 422,
@@ -139,6 +141,7 @@ impl Error {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::MissingApiKey
             | ErrorKind::InvalidApiKey
+            | ErrorKind::InvalidToken
             | ErrorKind::PermissionDenied
             | ErrorKind::InvalidPolicy
             | ErrorKind::Conflict
@@ -174,6 +177,7 @@ impl Error {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::MissingApiKey => "missing_api_key",
             ErrorKind::InvalidApiKey => "invalid_api_key",
+            ErrorKind::InvalidToken => "invalid_token",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::InvalidPolicy => "invalid_policy",
             ErrorKind::Conflict => "conflict",
@@ -198,7 +202,7 @@ impl Error {
     /// OpenAI's error `type` for this error.
     pub fn openai_type(&self) -> &'static str {
         match self.kind {
-            ErrorKind::InvalidApiKey | ErrorKind::MissingApiKey => "authentication_error",
+            ErrorKind::InvalidApiKey | ErrorKind::MissingApiKey | ErrorKind::InvalidToken => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => "rate_limit_error",
             _ => match self.side() {
@@ -272,6 +276,7 @@ mod tests {
         check(K::PayloadTooLarge, 413, Downstream, "payload_too_large", "invalid_request_error");
         check(K::MissingApiKey, 401, Downstream, "missing_api_key", "authentication_error");
         check(K::InvalidApiKey, 401, Downstream, "invalid_api_key", "authentication_error");
+        check(K::InvalidToken, 401, Downstream, "invalid_token", "authentication_error");
         check(K::PermissionDenied, 403, Downstream, "permission_denied", "permission_error");
         check(K::InvalidPolicy, 422, Downstream, "invalid_policy", "invalid_request_error");
         check(K::Conflict, 409, Downstream, "conflict", "invalid_request_error");

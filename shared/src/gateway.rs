@@ -11,16 +11,19 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{HeaderValue, Method, StatusCode};
 
+use std::rc::Rc;
+
 use crate::admin;
 use crate::chat::ChatRequest;
 use crate::dialect::{self, Dialect, StreamEncoder};
 use crate::embeddings::EmbeddingsRequest;
 use crate::error::{Error, ErrorKind};
+use crate::jwt;
 use crate::phases::{self, Candidate, RateState};
-use crate::policy::{ProviderKind, Role, Roles, hash_key, hex};
+use crate::policy::{Policy, ProviderKind, Role, Roles, hash_key, hex};
 use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
-use crate::snapshot::SnapshotCache;
+use crate::snapshot::{Snapshot, SnapshotCache};
 use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord};
 
 /// Largest request body accepted; hosts should stop reading beyond it.
@@ -205,7 +208,7 @@ impl Gateway {
         ctx.record.policy_version = Some(snapshot.active.version.clone());
 
         let secret = phases::credential(req.headers())?;
-        let (policy, principal) = phases::authenticate(&snapshot, secret, now_ms, Role::Invoke)?;
+        let (policy, principal) = self.identify(host, &snapshot, secret, now_ms, Role::Invoke).await?;
         ctx.record.policy_version = Some(policy.version.clone());
         ctx.record.tenant = Some(principal.tenant.id.clone());
         ctx.record.key_id = Some(principal.key.id.clone());
@@ -264,6 +267,53 @@ impl Gateway {
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
     }
 
+    /// Phase 1, **authenticate**, for both kinds of credential: API keys (see
+    /// [`phases::authenticate`]) and JSON Web Tokens of a trusted issuer, verified by the host's
+    /// [`crate::ports::TokenVerifier`]. A token is verified against the active policy's issuer
+    /// entry; if its tenant is in a canary, again against the canary's, which decides.
+    async fn identify<H: Host>(
+        &self,
+        host: &H,
+        snapshot: &Snapshot,
+        credential: &str,
+        now_ms: u64,
+        needs: Role,
+    ) -> Result<(Rc<Policy>, phases::Principal), Error> {
+        if !jwt::looks_like_jwt(credential) {
+            return phases::authenticate(snapshot, credential, now_ms, needs);
+        }
+        let iss = jwt::claimed_issuer(credential)?;
+        let verify = async |policy: &Rc<Policy>| -> Result<(Rc<Policy>, phases::Principal), Error> {
+            let issuer = policy
+                .issuer(&iss)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidToken, format!("tokens of issuer {iss:?} are not accepted")))?;
+            let hmac_key = match &issuer.hmac_secret {
+                None => None,
+                Some(name) => Some(host.secret(name).await?.ok_or_else(|| {
+                    Error::new(ErrorKind::SecretMissing, format!("the HS256 key `{name}` of issuer {iss:?} is not configured"))
+                })?),
+            };
+            let claims = host
+                .verify_jwt(credential, issuer, hmac_key.as_deref().map(str::as_bytes), now_ms / 1000)
+                .map_err(|why| Error::new(ErrorKind::InvalidToken, format!("invalid token: {why}")))?;
+            Ok((Rc::clone(policy), phases::token_principal(policy, issuer, &claims, needs)?))
+        };
+        let found = match (verify(&snapshot.active).await, snapshot.canary.as_ref()) {
+            (Ok(found), _) => found,
+            (Err(e), None) => return Err(e),
+            // A token only the canary's issuer entry accepts counts for the canary's tenants.
+            (Err(e), Some((_, canary))) => match verify(canary).await {
+                Ok(found) if Rc::ptr_eq(snapshot.for_tenant(&found.1.tenant.id), canary) => return Ok(found),
+                _ => return Err(e),
+            },
+        };
+        let chosen = snapshot.for_tenant(&found.1.tenant.id);
+        if Rc::ptr_eq(chosen, &found.0) {
+            return Ok(found);
+        }
+        verify(chosen).await
+    }
+
     /// The `/admin` API: authenticates an admin key (or the host's bootstrap key) for the role the
     /// endpoint needs, then runs the operation against the policy store.
     async fn admin<H: Host>(&self, host: &H, ctx: &mut Ctx, req: http::Request<Bytes>) -> Result<Reply, Error> {
@@ -286,7 +336,7 @@ impl Gateway {
             None => {
                 // With no usable policy, only the bootstrap key can act (to publish the first one).
                 let (snapshot, _) = snapshot?;
-                let (_, principal) = phases::authenticate(&snapshot, secret, now_ms, needs)?;
+                let (_, principal) = self.identify(host, &snapshot, secret, now_ms, needs).await?;
                 ctx.record.tenant = Some(principal.tenant.id.clone());
                 principal.key.id
             }

@@ -16,6 +16,7 @@ pub mod dialect;
 pub mod embeddings;
 pub mod error;
 pub mod gateway;
+pub mod jwt;
 pub mod ledger;
 pub mod phases;
 pub mod policy;

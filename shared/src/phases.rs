@@ -12,6 +12,7 @@ use http::HeaderMap;
 use crate::chat::ChatRequest;
 use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
+use crate::jwt::JwtIssuer;
 use crate::ledger::{Admission, RateLimit};
 use crate::policy::{ApiKey, Policy, Provider, Role, Target, Tenant, hash_key};
 use crate::snapshot::Snapshot;
@@ -68,6 +69,32 @@ pub fn authenticate(snapshot: &Snapshot, secret: &str, now_ms: u64, needs: Role)
         return Err(Error::new(ErrorKind::PermissionDenied, format!("this key does not have the `{}` role", needs.name())));
     }
     Ok((Rc::clone(policy), Principal { key: key.clone(), tenant: tenant.clone() }))
+}
+
+/// The principal of a verified token: its tenant must exist in `policy`, and its roles (from
+/// the issuer's mapping of its claims) must include `needs`.
+pub fn token_principal(
+    policy: &Policy,
+    issuer: &JwtIssuer,
+    claims: &serde_json::Map<String, serde_json::Value>,
+    needs: Role,
+) -> Result<Principal, Error> {
+    let (tenant, roles) = issuer.grant(claims)?;
+    let tenant = policy
+        .tenant(&tenant)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidToken, format!("the token's tenant {tenant:?} does not exist")))?;
+    if !roles.has(needs) {
+        return Err(Error::new(ErrorKind::PermissionDenied, format!("this token does not grant the `{}` role", needs.name())));
+    }
+    let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("-");
+    let key = ApiKey {
+        id: format!("jwt:{}:{subject}", issuer.id),
+        tenant: tenant.id.clone(),
+        models: None,
+        roles,
+        expires_at: claims.get("exp").and_then(serde_json::Value::as_u64),
+    };
+    Ok(Principal { key, tenant: tenant.clone() })
 }
 
 /// What the admit phase must ask the tenant's ledger, if anything: a counter name and its limit.

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::jwt::{JwtIssuer, RawJwtIssuer};
 use crate::ledger::RateLimit;
 
 /// An edgegate policy document: tenants, their API keys, providers and model aliases.
@@ -31,6 +32,9 @@ struct RawPolicy {
     /// Model aliases callers ask for, each an ordered list of targets.
     #[serde(default)]
     models: Vec<RawModel>,
+    /// Identity providers whose JSON Web Tokens are accepted as credentials.
+    #[serde(default)]
+    jwt_issuers: Vec<RawJwtIssuer>,
     /// How the gateway itself behaves.
     #[serde(default)]
     settings: RawSettings,
@@ -328,6 +332,7 @@ pub struct Policy {
     keys: HashMap<[u8; 32], ApiKey>,
     providers: HashMap<String, Provider>,
     models: BTreeMap<String, Vec<Target>>,
+    issuers: HashMap<String, JwtIssuer>,
     refresh_ms: u64,
 }
 
@@ -444,11 +449,23 @@ impl Policy {
             }
         }
 
+        let mut issuers = HashMap::new();
+        for (i, raw) in doc.jwt_issuers.into_iter().enumerate() {
+            let issuer = raw.compile(&format!("jwt_issuers[{i}]"), &mut errors);
+            if issuers.contains_key(&issuer.issuer) {
+                errors.push(PolicyError {
+                    path: format!("jwt_issuers[{i}].issuer"),
+                    message: format!("duplicate issuer {:?}", issuer.issuer),
+                });
+            }
+            issuers.insert(issuer.issuer.clone(), issuer);
+        }
+
         if !errors.is_empty() {
             return Err(errors);
         }
         let refresh_ms = u64::from(doc.settings.policy_refresh_seconds.unwrap_or(10)) * 1000;
-        Ok(Policy { version, tenants, keys, providers, models, refresh_ms })
+        Ok(Policy { version, tenants, keys, providers, models, issuers, refresh_ms })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
@@ -459,6 +476,11 @@ impl Policy {
     /// The key whose secret has the SHA-256 `hash`.
     pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
         self.keys.get(hash)
+    }
+
+    /// The trusted issuer whose `iss` is `iss`.
+    pub fn issuer(&self, iss: &str) -> Option<&JwtIssuer> {
+        self.issuers.get(iss)
     }
 
     /// A tenant by id.

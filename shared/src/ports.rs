@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::error::Error;
+use crate::jwt::JwtIssuer;
 use crate::ledger::{Admission, RateLimit};
 use crate::telemetry::RequestRecord;
 
@@ -83,7 +84,29 @@ pub trait Deferred {
     fn defer(&self, task: Task);
 }
 
-/// Everything the gateway needs from a runtime. Cheap to clone: streams keep a copy until they end.
-pub trait Host: Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + Clone + 'static {}
+/// Verifies JSON Web Tokens. A port only to keep the JWT library (which reads the system clock and,
+/// on `wasm32-unknown-unknown`, depends on `wasm-bindgen`) out of the core; it does no I/O.
+pub trait TokenVerifier {
+    /// Verifies `token` against `issuer`: one of its keys (by `kid`, else every key) of an
+    /// algorithm the issuer accepts and that the token's `alg` names; `iss`, `aud`, and `exp`/`nbf`
+    /// at `now_s` within the issuer's leeway. `hmac_key` is the HS256 shared key, when the issuer
+    /// has one. Returns every claim of a valid token, or why it is not valid.
+    fn verify_jwt(
+        &self,
+        token: &str,
+        issuer: &JwtIssuer,
+        hmac_key: Option<&[u8]>,
+        now_s: u64,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String>;
+}
 
-impl<T> Host for T where T: Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + Clone + 'static {}
+/// Everything the gateway needs from a runtime. Cheap to clone: streams keep a copy until they end.
+pub trait Host:
+    Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+{
+}
+
+impl<T> Host for T where
+    T: Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+{
+}

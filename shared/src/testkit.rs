@@ -12,8 +12,9 @@ use futures::StreamExt;
 
 use crate::error::{Error, ErrorKind};
 use crate::gateway::{Body, Gateway};
+use crate::jwt::JwtIssuer;
 use crate::ledger::{Admission, FixedWindow, RateLimit};
-use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Upstream};
+use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
 use crate::telemetry::RequestRecord;
 
 /// One scripted upstream answer.
@@ -60,7 +61,11 @@ struct Inner {
     sent: RefCell<Vec<http::Request<Bytes>>>,
     records: RefCell<Vec<RequestRecord>>,
     deferred: RefCell<Vec<Task>>,
+    verifier: RefCell<Option<Rc<JwtVerifyFn>>>,
 }
+
+/// A JWT verifier plugged into the test host (the `edgegate-jwt` crate's, in its tests).
+pub type JwtVerifyFn = dyn Fn(&str, &JwtIssuer, Option<&[u8]>, u64) -> Result<serde_json::Map<String, serde_json::Value>, String>;
 
 /// The test host. Clones share state.
 #[derive(Clone, Default)]
@@ -97,6 +102,11 @@ impl TestHost {
     /// The policy store's value under `key`.
     pub fn store_value(&self, key: &str) -> Option<Bytes> {
         self.0.kv.borrow().get(key).cloned()
+    }
+
+    /// Uses `verify` for JSON Web Tokens (by default every token is refused).
+    pub fn set_jwt_verifier(&self, verify: Rc<JwtVerifyFn>) {
+        *self.0.verifier.borrow_mut() = Some(verify);
     }
 
     /// Moves the clock.
@@ -235,5 +245,20 @@ impl Telemetry for TestHost {
 impl Deferred for TestHost {
     fn defer(&self, task: Task) {
         self.0.deferred.borrow_mut().push(task);
+    }
+}
+
+impl TokenVerifier for TestHost {
+    fn verify_jwt(
+        &self,
+        token: &str,
+        issuer: &JwtIssuer,
+        hmac_key: Option<&[u8]>,
+        now_s: u64,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        match self.0.verifier.borrow().as_ref() {
+            Some(verify) => verify(token, issuer, hmac_key, now_s),
+            None => Err("this test host verifies no tokens".into()),
+        }
     }
 }

@@ -6,6 +6,7 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { generateKeyPairSync, sign as cryptoSign } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -229,3 +230,66 @@ describe("the CLI's cloudflare target", () => {
     }
   });
 });
+
+// JSON Web Tokens signed here with Node's own crypto, verified by the built wasm.
+const b64u = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
+const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
+const ec = generateKeyPairSync("ec", { namedCurve: "P-256" });
+const now = () => Math.floor(Date.now() / 1000);
+
+function jwt(header, claims, key, alg = header.alg) {
+  const input = `${b64u(header)}.${b64u(claims)}`;
+  const sig =
+    alg === "RS256"
+      ? cryptoSign("sha256", Buffer.from(input), key)
+      : alg === "ES256"
+        ? cryptoSign("sha256", Buffer.from(input), { key, dsaEncoding: "ieee-p1363" })
+        : Buffer.alloc(0);
+  return `${input}.${sig.toString("base64url")}`;
+}
+
+function jwtPolicy() {
+  const p = doc(5);
+  const { n, e } = rsa.publicKey.export({ format: "jwk" });
+  const { x, y } = ec.publicKey.export({ format: "jwk" });
+  p.jwt_issuers = [
+    {
+      id: "idp",
+      issuer: "https://idp.e2e",
+      audiences: ["edgegate"],
+      algorithms: ["RS256", "ES256"],
+      keys: [
+        { kid: "r1", kty: "RSA", n, e },
+        { kid: "e1", kty: "EC", crv: "P-256", x, y },
+      ],
+    },
+  ];
+  return p;
+}
+
+for (const [name, start] of Object.entries(runtimes)) {
+  test(`JSON Web Tokens on ${name}: accepted when valid, 401 for none, expired, unknown kid, wrong audience`, async () => {
+    const gw = await start(jwtPolicy());
+    try {
+      const claims = (extra = {}) => ({ iss: "https://idp.e2e", aud: "edgegate", sub: "u1", tenant: "beta", exp: now() + 600, ...extra });
+      const ok1 = await chat(gw.url, jwt({ alg: "RS256", kid: "r1", typ: "JWT" }, claims(), rsa.privateKey));
+      const ok2 = await chat(gw.url, jwt({ alg: "ES256", kid: "e1", typ: "JWT" }, claims(), ec.privateKey));
+      assert.deepEqual([ok1.status, ok2.status], [200, 200]);
+      const refused = async (token) => {
+        const r = await chat(gw.url, token);
+        return [r.status, r.code];
+      };
+      const expected = [401, "invalid_token"];
+      assert.deepEqual(await refused(jwt({ alg: "none", typ: "JWT" }, claims(), null)), expected, "alg none");
+      assert.deepEqual(await refused(jwt({ alg: "RS256", kid: "r1" }, claims({ exp: now() - 3600 }), rsa.privateKey)), expected, "expired");
+      assert.deepEqual(await refused(jwt({ alg: "RS256", kid: "r9" }, claims(), rsa.privateKey)), expected, "unknown kid");
+      assert.deepEqual(await refused(jwt({ alg: "RS256", kid: "r1" }, claims({ aud: "other" }), rsa.privateKey)), expected, "audience");
+      const forged = `${b64u({ alg: "RS256", kid: "r1" })}.${b64u(claims({ tenant: "acme" }))}.${jwt({ alg: "RS256", kid: "r1" }, claims(), rsa.privateKey).split(".")[2]}`;
+      assert.deepEqual(await refused(forged), expected, "a signature over other claims");
+      const denied = await admin(gw.url, "GET", "/policy", undefined, jwt({ alg: "RS256", kid: "r1" }, claims(), rsa.privateKey));
+      assert.equal(denied.status, 403, "a token with only invoke cannot read policy");
+    } finally {
+      await gw.stop();
+    }
+  });
+}

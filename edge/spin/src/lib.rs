@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edgegate_core::ledger::{Admission, FixedWindow, RateLimit};
-use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Upstream};
+use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::{SinkExt, StreamExt};
@@ -238,6 +238,18 @@ impl Telemetry for SpinHost {
             }
         }
         Ok(())
+    }
+}
+
+impl TokenVerifier for SpinHost {
+    fn verify_jwt(
+        &self,
+        token: &str,
+        issuer: &edgegate_core::jwt::JwtIssuer,
+        hmac_key: Option<&[u8]>,
+        now_s: u64,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        edgegate_jwt::verify(token, issuer, hmac_key, now_s)
     }
 }
 
