@@ -197,7 +197,13 @@ pub async fn publish<S: PolicyStore>(
 ) -> Result<Published, Error> {
     let v = validate(value).map_err(|errors| invalid_policy(&errors))?;
     store.put(&version_key(&v.version), Bytes::from(v.canonical)).await?;
-    let (active, _) = pointers(store).await?;
+    // An unreadable active pointer (corrupt, or a document from before pointers) must not stop
+    // an admin from publishing over it.
+    let active = match read_json::<S, ActivePointer>(store, ACTIVE).await {
+        Ok(active) => active,
+        Err(e) if e.kind == ErrorKind::PolicyUnavailable => None,
+        Err(e) => return Err(e),
+    };
     let active_before = active.as_ref().map(|a| a.version.clone());
     match canary {
         Some(target) => {

@@ -179,3 +179,16 @@ fn admin_reads_survive_nothing_but_a_working_store() {
     let publish = send(&h, &gw, "POST", "/admin/policy/publish", "sk-writer", Some(json!({"policy": doc(6)})));
     assert_eq!((publish.status, publish.body["error"]["code"].as_str()), (503, Some("store_unavailable")), "writes report the failure");
 }
+
+#[test]
+fn publishing_replaces_an_unreadable_active_pointer() {
+    let (h, gw) = (host(), Gateway::new());
+    h.set_policy(doc(5).to_string().as_bytes());
+    // What `policy/active` held before snapshots had pointers: the document itself.
+    futures::executor::block_on(edgegate_core::ports::PolicyStore::put(&h, "policy/active", Bytes::from(doc(5).to_string())))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(chat(&h, &gw, "sk-acme").status, 503, "a stale pointer cannot be served");
+    let published = send(&h, &gw, "POST", "/admin/policy/publish", BOOTSTRAP, Some(json!({"policy": doc(5)})));
+    assert_eq!(published.status, 200, "{}", published.body);
+    assert_eq!(chat(&h, &gw, "sk-acme").status, 200);
+}
