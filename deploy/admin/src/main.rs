@@ -42,6 +42,14 @@ targets (default: local):
 EDGEGATE_ADMIN_USER names you in pointers and history when acting on a store directly.
 ";
 
+/// `println!` that ignores a closed stdout (`edgegate-admin show | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A failure the CLI reports and exits 1 (or 2 for usage) with.
 #[derive(Debug)]
 enum Fail {
@@ -151,7 +159,7 @@ fn run(args: Args) -> Result<ExitCode, Fail> {
             let entries =
                 admin::seed_entries(read_policy(&file(1)?)?, &actor).map_err(|e| Fail::Other(admin::invalid_policy(&e).message))?;
             let bulk: Vec<Value> = entries.into_iter().map(|(key, value)| json!({"key": key, "value": value})).collect();
-            println!("{}", Value::Array(bulk));
+            out!("{}", Value::Array(bulk));
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -201,16 +209,16 @@ fn run(args: Args) -> Result<ExitCode, Fail> {
         let proposed = read_policy(&file(1)?)?;
         let changes = diff::diff(&answer["policy"], &proposed);
         if args.json {
-            println!("{}", json!({"changes": changes}));
+            out!("{}", json!({"changes": changes}));
         } else if changes.is_empty() {
-            println!("no changes");
+            out!("no changes");
         } else {
-            changes.iter().for_each(|c| println!("{c}"));
+            changes.iter().for_each(|c| out!("{c}"));
         }
         return Ok(ExitCode::SUCCESS);
     }
     if args.json {
-        println!("{answer}");
+        out!("{answer}");
         return Ok(ExitCode::SUCCESS);
     }
     print_human(&endpoint, &answer);
@@ -221,18 +229,18 @@ fn validate(policy: &Value, json_out: bool) -> Result<ExitCode, Fail> {
     match admin::validate(policy.clone()) {
         Ok(v) => {
             if json_out {
-                println!("{}", json!({"valid": true, "version": v.version}));
+                out!("{}", json!({"valid": true, "version": v.version}));
             } else {
-                println!("valid: version {}", v.version);
+                out!("valid: version {}", v.version);
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
             for e in &errors {
                 if json_out {
-                    println!("{}", json!({"path": e.path, "message": e.message}));
+                    out!("{}", json!({"path": e.path, "message": e.message}));
                 } else {
-                    println!("{}: {}", e.path, e.message);
+                    out!("{}: {}", e.path, e.message);
                 }
             }
             eprintln!("{} error(s)", errors.len());
@@ -268,22 +276,22 @@ fn describe_error(status: u16, answer: &Value) -> String {
 fn print_human(endpoint: &Endpoint, a: &Value) {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     match endpoint {
-        Endpoint::Publish => println!("published {} to {} (active before: {})", s(&a["version"]), s(&a["target"]), s(&a["active_before"])),
+        Endpoint::Publish => out!("published {} to {} (active before: {})", s(&a["version"]), s(&a["target"]), s(&a["active_before"])),
         Endpoint::Promote | Endpoint::Rollback => {
-            println!("active is now {} (rollback goes to {})", s(&a["active"]["version"]), s(&a["active"]["previous"][0]))
+            out!("active is now {} (rollback goes to {})", s(&a["active"]["version"]), s(&a["active"]["previous"][0]))
         }
         Endpoint::History => {
             for e in a["history"].as_array().into_iter().flatten() {
                 let at = e["at_ms"].as_u64().map(httpdate_ms).unwrap_or_default();
-                println!("{at}  {:<10} {}  by {}  {}", s(&e["action"]), s(&e["version"]), s(&e["by"]), e["note"].as_str().unwrap_or(""));
+                out!("{at}  {:<10} {}  by {}  {}", s(&e["action"]), s(&e["version"]), s(&e["by"]), e["note"].as_str().unwrap_or(""));
             }
         }
         Endpoint::CreateKey => {
-            println!("key {} created in version {}", s(&a["id"]), s(&a["version"]));
-            println!("secret (shown once, store it now): {}", s(&a["key"]));
+            out!("key {} created in version {}", s(&a["id"]), s(&a["version"]));
+            out!("secret (shown once, store it now): {}", s(&a["key"]));
         }
-        Endpoint::RevokeKey(_) => println!("key {} revoked; active version {}", s(&a["revoked"]), s(&a["version"])),
-        _ => println!("{}", serde_json::to_string_pretty(a).unwrap_or_default()),
+        Endpoint::RevokeKey(_) => out!("key {} revoked; active version {}", s(&a["revoked"]), s(&a["version"])),
+        _ => out!("{}", serde_json::to_string_pretty(a).unwrap_or_default()),
     }
 }
 
