@@ -2,14 +2,18 @@
 //! provider formats, and running a whole request through the gateway on the in-memory host.
 //!
 //! Native:  cargo run --release -p edgegate-core --features testkit --example bench_translate
-//! wasm:    `bash tests/bench/translate.sh` runs it both ways, the wasm build as a WASIp2 component
+//! wasm:    `bash tests/bench/native-vs-wasm.sh bench_translate` runs it both ways, the wasm build as a WASIp2 component
 //!          under wasmtime (the Spin test host's `--run`), and prints a side-by-side table.
 //!
 //! Prints one line per case: the median of 15 batches, in microseconds per operation.
 #![allow(clippy::disallowed_methods, clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "support/bench.rs"]
+mod support;
+
 use std::hint::black_box;
-use std::time::Instant;
+
+use support::bench;
 
 use bytes::Bytes;
 use edgegate_core::chat::{ChatRequest, Usage};
@@ -49,32 +53,6 @@ fn anthropic_stream() -> String {
     }
     s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":24}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
     s
-}
-
-/// Median microseconds per call of `f`, over 15 batches sized to take ~20 ms each.
-fn bench(name: &str, mut f: impl FnMut()) {
-    let mut per_batch = 1u32;
-    loop {
-        let t = Instant::now();
-        for _ in 0..per_batch {
-            f();
-        }
-        if t.elapsed().as_micros() > 20_000 || per_batch > 1 << 20 {
-            break;
-        }
-        per_batch *= 2;
-    }
-    let mut samples: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..per_batch {
-                f();
-            }
-            t.elapsed().as_secs_f64() * 1e6 / f64::from(per_batch)
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    println!("{name:<58} {:>9.2} µs", samples[samples.len() / 2]);
 }
 
 fn main() {
