@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind};
 use crate::policy::{Policy, PolicyError, Role, canonical_json, hex, key_hash_string, version_of};
 use crate::ports::PolicyStore;
-use crate::snapshot::{self, ACTIVE, ActivePointer, CANARY, CanaryPointer, HISTORY, read_json, version_key};
+use crate::snapshot::{self, ACTIVE, ActivePointer, CANARY, CanaryPointer, HISTORY, Stamp, read_json, version_key};
 
 /// Longest history kept.
 pub const HISTORY_LEN: usize = 200;
@@ -91,13 +91,8 @@ pub fn invalid_policy(errors: &[PolicyError]) -> Error {
 /// state and tests). Fails with every problem if the document does not compile.
 pub fn seed_entries(value: serde_json::Value, actor: &Actor) -> Result<Vec<(String, String)>, Vec<PolicyError>> {
     let v = validate(value)?;
-    let pointer = ActivePointer {
-        version: v.version.clone(),
-        previous: vec![],
-        published_at_ms: actor.now_ms,
-        published_by: actor.name.clone(),
-        note: "seed".into(),
-    };
+    let stamp = Stamp { published_at_ms: actor.now_ms, published_by: actor.name.clone(), note: "seed".into() };
+    let pointer = ActivePointer { version: v.version.clone(), previous: vec![], stamp };
     let history = [entry("publish", &v.version, None, actor, "seed")];
     Ok(vec![(version_key(&v.version), v.canonical), (ACTIVE.into(), json(&pointer)), (HISTORY.into(), json(&history))])
 }
@@ -155,22 +150,33 @@ async fn activate<S: PolicyStore>(
     note: &str,
 ) -> Result<ActivePointer, Error> {
     let replaced = old.as_ref().map(|o| o.version.clone());
-    let mut previous = match old {
+    let previous = match old {
         Some(o) if o.version != version => std::iter::once(o.version).chain(o.previous).collect(),
         Some(o) => o.previous,
         None => vec![],
     };
+    point_active(store, version, previous, replaced.as_deref(), action, actor, note).await
+}
+
+/// Writes the active pointer, ends any canary, and records the operation.
+async fn point_active<S: PolicyStore>(
+    store: &S,
+    version: &str,
+    mut previous: Vec<String>,
+    replaced: Option<&str>,
+    action: &str,
+    actor: &Actor,
+    note: &str,
+) -> Result<ActivePointer, Error> {
     previous.truncate(ROLLBACK_DEPTH);
     let pointer = ActivePointer {
         version: version.into(),
         previous,
-        published_at_ms: actor.now_ms,
-        published_by: actor.name.clone(),
-        note: note.into(),
+        stamp: Stamp { published_at_ms: actor.now_ms, published_by: actor.name.clone(), note: note.into() },
     };
     put_json(store, ACTIVE, &pointer).await?;
     store.delete(CANARY).await?;
-    append_history(store, entry(action, version, replaced.as_deref(), actor, note)).await?;
+    append_history(store, entry(action, version, replaced, actor, note)).await?;
     Ok(pointer)
 }
 
@@ -217,9 +223,7 @@ pub async fn publish<S: PolicyStore>(
                 version: v.version.clone(),
                 tenants: target.tenants,
                 percent: target.percent,
-                published_at_ms: actor.now_ms,
-                published_by: actor.name.clone(),
-                note: note.into(),
+                stamp: Stamp { published_at_ms: actor.now_ms, published_by: actor.name.clone(), note: note.into() },
             };
             put_json(store, CANARY, &pointer).await?;
             append_history(store, entry("canary", &v.version, active_before.as_deref(), actor, note)).await?;
@@ -256,21 +260,13 @@ pub async fn rollback<S: PolicyStore>(store: &S, to: Option<&str>, actor: &Actor
         true => Error::new(ErrorKind::NotFound, format!("no usable policy version {target}: {}", e.message)),
         false => e,
     })?;
-    let replaced = active.version.clone();
-    // The rolled-back version leaves the chain: rolling back again goes further back.
-    let mut previous: Vec<String> = active.previous.into_iter().skip_while(|v| *v != target).skip(1).collect();
-    previous.truncate(ROLLBACK_DEPTH);
-    let pointer = ActivePointer {
-        version: target.clone(),
-        previous,
-        published_at_ms: actor.now_ms,
-        published_by: actor.name.clone(),
-        note: note.into(),
+    // Rolling back to a version in the chain drops it and everything newer from the chain, so
+    // rolling back again goes further back; any other target is stacked like a publish.
+    let previous: Vec<String> = match active.previous.iter().position(|v| *v == target) {
+        Some(i) => active.previous[i + 1..].to_vec(),
+        None => std::iter::once(active.version.clone()).chain(active.previous).collect(),
     };
-    put_json(store, ACTIVE, &pointer).await?;
-    store.delete(CANARY).await?;
-    append_history(store, entry("rollback", &target, Some(&replaced), actor, note)).await?;
-    Ok(pointer)
+    point_active(store, &target, previous, Some(&active.version), "rollback", actor, note).await
 }
 
 fn store_missing(e: &Error) -> bool {

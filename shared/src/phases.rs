@@ -260,9 +260,7 @@ mod tests {
             version: canary.version.clone(),
             tenants: vec!["a".into()],
             percent: 0,
-            published_at_ms: 0,
-            published_by: String::new(),
-            note: String::new(),
+            stamp: crate::snapshot::Stamp::default(),
         };
         let s = Snapshot { active: Rc::clone(&stable), canary: Some((pointer, Rc::clone(&canary))) };
         let version = |secret| authenticate(&s, secret, 0, Role::Invoke).map(|(p, _)| p.version.clone()).map_err(|e| e.metric_label());

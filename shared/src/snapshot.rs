@@ -41,10 +41,18 @@ pub struct ActivePointer {
     /// Earlier active versions, newest first: where a rollback goes.
     #[serde(default)]
     pub previous: Vec<String>,
-    /// When the pointer was moved, epoch milliseconds.
+    /// When, by whom and why the pointer was moved.
+    #[serde(flatten)]
+    pub stamp: Stamp,
+}
+
+/// When, by whom and why a pointer was moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Epoch milliseconds.
     #[serde(default)]
     pub published_at_ms: u64,
-    /// Who moved it (an admin key id).
+    /// An admin key id, token subject or CLI user.
     #[serde(default)]
     pub published_by: String,
     /// The change note.
@@ -63,15 +71,9 @@ pub struct CanaryPointer {
     /// Share of all other tenants (0–100) that get it, chosen by [`bucket`].
     #[serde(default)]
     pub percent: u8,
-    /// When the canary was published, epoch milliseconds.
-    #[serde(default)]
-    pub published_at_ms: u64,
-    /// Who published it.
-    #[serde(default)]
-    pub published_by: String,
-    /// The change note.
-    #[serde(default)]
-    pub note: String,
+    /// When, by whom and why the canary was published.
+    #[serde(flatten)]
+    pub stamp: Stamp,
 }
 
 impl CanaryPointer {
@@ -324,9 +326,7 @@ mod tests {
             version: "v".into(),
             tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
             percent,
-            published_at_ms: 0,
-            published_by: String::new(),
-            note: String::new(),
+            stamp: Stamp::default(),
         };
         let tenants: Vec<String> = (0..1000).map(|i| format!("tenant-{i}")).collect();
         let share = |p: &CanaryPointer| tenants.iter().filter(|t| p.selects(t)).count();

@@ -119,6 +119,9 @@ fn canary_promote_and_rollback() {
     let forward = write("/admin/policy/rollback", json!({"to": v2}));
     assert_eq!(forward.status, 200);
     assert_eq!(chat(&h, &gw, "sk-beta").version, v2);
+    assert_eq!(forward.body["active"]["previous"], json!([v1]), "a target outside the chain is stacked like a publish");
+    let unknown = write("/admin/policy/rollback", json!({"to": "0123456789abcdef"}));
+    assert_eq!(unknown.status, 404);
 
     let history = send(&h, &gw, "GET", "/admin/policy/history", "sk-reader", None).body;
     let actions: Vec<&str> = history["history"].as_array().into_iter().flatten().filter_map(|e| e["action"].as_str()).collect();
