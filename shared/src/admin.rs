@@ -57,6 +57,9 @@ pub struct CanaryTarget {
     /// Tenants that get the canary.
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Canary groups that get it.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Share (0–100) of other tenants that get it.
     #[serde(default)]
     pub percent: u8,
@@ -222,6 +225,7 @@ pub async fn publish<S: PolicyStore>(
             let pointer = CanaryPointer {
                 version: v.version.clone(),
                 tenants: target.tenants,
+                groups: target.groups,
                 percent: target.percent,
                 stamp: Stamp { published_at_ms: actor.now_ms, published_by: actor.name.clone(), note: note.into() },
             };
@@ -380,7 +384,7 @@ pub enum Endpoint {
     History,
     /// `POST /admin/policy/validate` with `{"policy": …}`.
     Validate,
-    /// `POST /admin/policy/publish` with `{"policy": …, "note"?, "canary"?: {"tenants", "percent"}}`.
+    /// `POST /admin/policy/publish` with `{"policy": …, "note"?, "canary"?: {"tenants", "groups", "percent"}}`.
     Publish,
     /// `POST /admin/policy/promote` with `{"note"?}`.
     Promote,

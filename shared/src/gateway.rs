@@ -216,7 +216,7 @@ impl Gateway {
         if route == Route::Models {
             let data: Vec<_> = policy
                 .aliases()
-                .filter(|a| principal.key.may_use(a))
+                .filter(|a| principal.key.may_use(a) && principal.tenant.may_use(a))
                 .map(|a| serde_json::json!({"id": a, "object": "model", "created": 0, "owned_by": "edgegate"}))
                 .collect();
             return Ok(Reply::Json(StatusCode::OK, Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())));

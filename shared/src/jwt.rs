@@ -97,6 +97,9 @@ pub(crate) struct RawJwtIssuer {
     leeway_seconds: Option<u64>,
     /// Claim naming the tenant (default `tenant`).
     tenant_claim: Option<String>,
+    /// The tenants this issuer may name; absent: any. One tenant's identity provider should
+    /// list only that tenant, so it cannot mint tokens for another.
+    tenants: Option<Vec<String>>,
     /// Claim carrying roles: a list, or a space-separated string like OAuth `scope` (default `roles`).
     roles_claim: Option<String>,
     /// Claim values → roles. Absent: claim values are taken as role names.
@@ -122,6 +125,8 @@ pub struct JwtIssuer {
     pub hmac_secret: Option<String>,
     /// Clock skew allowed, seconds.
     pub leeway_s: u64,
+    /// Tenants this issuer may name (`None`: any).
+    pub tenants: Option<Vec<String>>,
     tenant_claim: String,
     roles_claim: String,
     role_map: Option<BTreeMap<String, Vec<Role>>>,
@@ -174,6 +179,7 @@ impl RawJwtIssuer {
             keys: self.keys,
             hmac_secret: self.hmac_secret,
             leeway_s: self.leeway_seconds.unwrap_or(60),
+            tenants: self.tenants,
             tenant_claim: self.tenant_claim.unwrap_or_else(|| "tenant".into()),
             roles_claim: self.roles_claim.unwrap_or_else(|| "roles".into()),
             role_map: self.role_map,
@@ -207,6 +213,9 @@ impl JwtIssuer {
             .and_then(|v| v.as_str())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| invalid(format!("the token has no `{}` claim naming a tenant", self.tenant_claim)))?;
+        if self.tenants.as_ref().is_some_and(|allowed| !allowed.iter().any(|t| t == tenant)) {
+            return Err(invalid(format!("this issuer may not name tenant {tenant:?}")));
+        }
         let values: Vec<&str> = match claims.get(&self.roles_claim) {
             Some(serde_json::Value::String(s)) => s.split_whitespace().collect(),
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
@@ -269,6 +278,13 @@ mod tests {
         assert_eq!(tenant, "acme");
         assert!(roles.has(Role::Invoke) && roles.has(Role::PolicyRead) && !roles.has(Role::PolicyWrite));
         assert_eq!(plain.grant(&claims(serde_json::json!({"sub": "x"}))).map_err(|e| e.metric_label()), Err("invalid_token"));
+        let fenced = issuer(serde_json::json!({"tenants": ["acme"]})).unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert!(fenced.grant(&claims(serde_json::json!({"tenant": "acme"}))).is_ok());
+        assert_eq!(
+            fenced.grant(&claims(serde_json::json!({"tenant": "globex"}))).map_err(|e| e.message),
+            Err("this issuer may not name tenant \"globex\"".into()),
+            "one tenant's identity provider cannot mint tokens for another"
+        );
 
         let mapped = issuer(serde_json::json!({"tenant_claim": "org", "roles_claim": "scope", "default_roles": [],
             "role_map": {"gateway.admin": ["policy:read", "policy:write"]}}))

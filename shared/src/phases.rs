@@ -152,14 +152,14 @@ pub struct Candidate {
 }
 
 /// Phase 4, **route**: turns the requested alias into an ordered plan of candidates. An alias
-/// that does not exist, or that this key may not use, is `model_not_found` (404) — the two are
+/// that does not exist, or that this key or its tenant may not use, is `model_not_found` (404) — the two are
 /// not distinguished, so keys cannot probe for aliases.
 pub fn route(policy: &Policy, principal: &Principal, alias: &str) -> Result<Vec<Candidate>, Error> {
     let not_found = || {
         Error::new(ErrorKind::ModelNotFound, format!("the model `{alias}` does not exist or you do not have access to it"))
             .with_param("model")
     };
-    if !principal.key.may_use(alias) {
+    if !principal.key.may_use(alias) || !principal.tenant.may_use(alias) {
         return Err(not_found());
     }
     let targets = policy.targets(alias).ok_or_else(not_found)?;
@@ -259,6 +259,7 @@ mod tests {
         let pointer = crate::snapshot::CanaryPointer {
             version: canary.version.clone(),
             tenants: vec!["a".into()],
+            groups: vec![],
             percent: 0,
             stamp: crate::snapshot::Stamp::default(),
         };

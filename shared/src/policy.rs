@@ -61,6 +61,10 @@ struct RawTenant {
     /// The tenant's limits.
     #[serde(default)]
     limits: RawLimits,
+    /// Model aliases the tenant may use (`*` for all); absent: every alias. Keys narrow it further.
+    models: Option<Vec<String>>,
+    /// The tenant's canary group: a canary published for this group reaches it.
+    canary_group: Option<String>,
 }
 
 /// Limits of a tenant.
@@ -271,6 +275,21 @@ pub struct Tenant {
     pub id: String,
     /// Request rate limit, if any.
     pub requests_per_minute: Option<RateLimit>,
+    /// Aliases the tenant may use; `None` means all.
+    pub models: Option<Vec<String>>,
+    /// Canary group.
+    pub canary_group: Option<String>,
+}
+
+impl Tenant {
+    /// Whether the tenant may use the model alias `alias`.
+    pub fn may_use(&self, alias: &str) -> bool {
+        allows(self.models.as_deref(), alias)
+    }
+}
+
+fn allows(list: Option<&[String]>, alias: &str) -> bool {
+    list.is_none_or(|m| m.iter().any(|a| a == alias || a == "*"))
 }
 
 /// An API key after compilation (the secret itself is never stored).
@@ -291,7 +310,7 @@ pub struct ApiKey {
 impl ApiKey {
     /// Whether this key may use the model alias `alias`.
     pub fn may_use(&self, alias: &str) -> bool {
-        self.models.as_ref().is_none_or(|m| m.iter().any(|a| a == alias || a == "*"))
+        allows(self.models.as_deref(), alias)
     }
 }
 
@@ -355,6 +374,7 @@ impl Policy {
         let mut err = |path: String, message: String| errors.push(PolicyError { path, message });
 
         let mut tenants = HashMap::new();
+        let mut tenant_aliases = Vec::new();
         for (i, t) in doc.tenants.into_iter().enumerate() {
             if t.id.is_empty() {
                 err(format!("tenants[{i}].id"), "must not be empty".into());
@@ -362,7 +382,10 @@ impl Policy {
             let tenant = Tenant {
                 id: t.id.clone(),
                 requests_per_minute: t.limits.requests_per_minute.map(|limit| RateLimit { limit, window_ms: 60_000 }),
+                models: t.models.clone(),
+                canary_group: t.canary_group,
             };
+            tenant_aliases.push((i, t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
                 err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
             }
@@ -424,6 +447,14 @@ impl Policy {
             }
         }
 
+        for (i, aliases) in tenant_aliases {
+            for (j, alias) in aliases.iter().enumerate() {
+                if alias != "*" && !models.contains_key(alias) {
+                    err(format!("tenants[{i}].models[{j}]"), format!("unknown model alias {alias:?}"));
+                }
+            }
+        }
+
         let mut keys = HashMap::new();
         let mut key_ids = std::collections::HashSet::new();
         for (i, k) in doc.keys.into_iter().enumerate() {
@@ -452,6 +483,11 @@ impl Policy {
         let mut issuers = HashMap::new();
         for (i, raw) in doc.jwt_issuers.into_iter().enumerate() {
             let issuer = raw.compile(&format!("jwt_issuers[{i}]"), &mut errors);
+            for (j, t) in issuer.tenants.iter().flatten().enumerate() {
+                if !tenants.contains_key(t) {
+                    errors.push(PolicyError { path: format!("jwt_issuers[{i}].tenants[{j}]"), message: format!("unknown tenant {t:?}") });
+                }
+            }
             if issuers.contains_key(&issuer.issuer) {
                 errors.push(PolicyError {
                     path: format!("jwt_issuers[{i}].issuer"),

@@ -68,6 +68,9 @@ pub struct CanaryPointer {
     /// Tenants that always get the canary.
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Canary groups (the tenants' `canary_group`) that always get the canary.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Share of all other tenants (0–100) that get it, chosen by [`bucket`].
     #[serde(default)]
     pub percent: u8,
@@ -77,9 +80,12 @@ pub struct CanaryPointer {
 }
 
 impl CanaryPointer {
-    /// Whether `tenant` is served the canary: listed, or in the first `percent` buckets.
-    pub fn selects(&self, tenant: &str) -> bool {
-        self.tenants.iter().any(|t| t == tenant) || bucket(tenant) < self.percent
+    /// Whether `tenant` (of canary group `group`) is served the canary: listed, in a listed
+    /// group, or in the first `percent` buckets.
+    pub fn selects(&self, tenant: &str, group: Option<&str>) -> bool {
+        self.tenants.iter().any(|t| t == tenant)
+            || group.is_some_and(|g| self.groups.iter().any(|x| x == g))
+            || bucket(tenant) < self.percent
     }
 }
 
@@ -103,11 +109,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The policy that decides requests of `tenant`.
+    /// The policy that decides requests of `tenant` (its canary group is the active policy's).
     pub fn for_tenant(&self, tenant: &str) -> &Rc<Policy> {
         match &self.canary {
-            Some((pointer, canary)) if pointer.selects(tenant) => canary,
-            _ => &self.active,
+            Some((pointer, canary)) => {
+                let group = self.active.tenant(tenant).and_then(|t| t.canary_group.as_deref());
+                if pointer.selects(tenant, group) { canary } else { &self.active }
+            }
+            None => &self.active,
         }
     }
 
@@ -325,18 +334,24 @@ mod tests {
         let pointer = |tenants: &[&str], percent| CanaryPointer {
             version: "v".into(),
             tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+            groups: vec!["beta-testers".into()],
             percent,
             stamp: Stamp::default(),
         };
         let tenants: Vec<String> = (0..1000).map(|i| format!("tenant-{i}")).collect();
-        let share = |p: &CanaryPointer| tenants.iter().filter(|t| p.selects(t)).count();
+        let share = |p: &CanaryPointer| tenants.iter().filter(|t| p.selects(t, None)).count();
         assert_eq!(share(&pointer(&[], 0)), 0);
         assert_eq!(share(&pointer(&[], 100)), 1000);
         let ten = share(&pointer(&[], 10));
         assert!((60..=140).contains(&ten), "about 10% of 1000 tenants, got {ten}");
-        assert!(tenants.iter().all(|t| !pointer(&[], 5).selects(t) || pointer(&[], 20).selects(t)), "a wider canary keeps its tenants");
-        assert!(pointer(&["tenant-1"], 0).selects("tenant-1"));
-        assert!(!pointer(&["tenant-1"], 0).selects("tenant-2"));
+        assert!(
+            tenants.iter().all(|t| !pointer(&[], 5).selects(t, None) || pointer(&[], 20).selects(t, None)),
+            "a wider canary keeps its tenants"
+        );
+        assert!(pointer(&["tenant-1"], 0).selects("tenant-1", None));
+        assert!(!pointer(&["tenant-1"], 0).selects("tenant-2", None));
+        assert!(pointer(&[], 0).selects("tenant-2", Some("beta-testers")));
+        assert!(!pointer(&[], 0).selects("tenant-2", Some("everyone-else")));
         assert_eq!(bucket("acme"), bucket("acme"));
         expect_test::expect!["[72, 99, 63]"].assert_eq(&format!("{:?}", [bucket("acme"), bucket("globex"), bucket("initech")]));
     }

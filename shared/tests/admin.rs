@@ -13,7 +13,7 @@ const BOOTSTRAP: &str = "sk-bootstrap-admin";
 /// A policy whose tenant `acme` gets `rpm` requests per minute; re-read on every request.
 fn doc(rpm: u64) -> Value {
     json!({
-        "tenants": [{"id": "acme", "limits": {"requests_per_minute": rpm}}, {"id": "beta"}, {"id": "ops"}],
+        "tenants": [{"id": "acme", "limits": {"requests_per_minute": rpm}}, {"id": "beta", "canary_group": "early"}, {"id": "ops"}],
         "keys": [
             {"id": "acme-1", "tenant": "acme", "hash": key_hash_string("sk-acme")},
             {"id": "beta-1", "tenant": "beta", "hash": key_hash_string("sk-beta")},
@@ -194,4 +194,22 @@ fn publishing_replaces_an_unreadable_active_pointer() {
     let published = send(&h, &gw, "POST", "/admin/policy/publish", BOOTSTRAP, Some(json!({"policy": doc(5)})));
     assert_eq!(published.status, 200, "{}", published.body);
     assert_eq!(chat(&h, &gw, "sk-acme").status, 200);
+}
+
+#[test]
+fn canary_groups_and_percentages_select_tenants() {
+    let (h, gw) = (host(), Gateway::new());
+    h.set_policy(doc(5).to_string().as_bytes());
+    let v1 = chat(&h, &gw, "sk-acme").version;
+    let write = |body: Value| send(&h, &gw, "POST", "/admin/policy/publish", "sk-writer", Some(body));
+    let by_group = write(json!({"policy": doc(6), "canary": {"groups": ["early"]}}));
+    let v2 = by_group.body["version"].as_str().unwrap_or_default().to_owned();
+    assert_eq!((chat(&h, &gw, "sk-beta").version, chat(&h, &gw, "sk-acme").version), (v2.clone(), v1.clone()), "beta is in group early");
+    let everyone = write(json!({"policy": doc(7), "canary": {"percent": 100}}));
+    let v3 = everyone.body["version"].as_str().unwrap_or_default().to_owned();
+    assert_eq!((chat(&h, &gw, "sk-beta").version, chat(&h, &gw, "sk-acme").version), (v3.clone(), v3));
+    let nobody = write(json!({"policy": doc(8), "canary": {"percent": 0}}));
+    assert_eq!(nobody.status, 200);
+    assert_eq!(chat(&h, &gw, "sk-acme").version, v1, "a canary for no one leaves everyone on active");
+    assert_eq!(write(json!({"policy": doc(9), "canary": {"percent": 101}})).status, 400);
 }

@@ -391,3 +391,28 @@ fn embeddings_in_float_and_base64_from_the_mock_and_a_provider() {
     let bad = call(&h, &gw, embed("sk-acme", json!({"model": "mock", "input": 3})));
     assert_eq!((bad.status, bad.code().as_str()), (400, "invalid_request"));
 }
+
+#[test]
+fn a_tenant_model_list_bounds_every_key_of_the_tenant() {
+    let mut doc: Value = serde_json::from_str(&policy()).unwrap_or_default();
+    doc["tenants"][1]["models"] = json!(["mock"]);
+    doc["keys"][1]["models"] = Value::Null; // the key itself names no limit
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    let free_real = call(&h, &gw, post(Some("sk-free"), &chat("real", false)));
+    assert_eq!((free_real.status, free_real.code().as_str()), (404, "model_not_found"), "another tenant's model stays out of reach");
+    assert_eq!(call(&h, &gw, post(Some("sk-free"), &chat("mock", false))).status, 200);
+    let models = h.call(
+        &gw,
+        http::Request::get("https://gw/v1/models")
+            .header("authorization", "Bearer sk-free")
+            .body(Bytes::new())
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    let listed: Value = serde_json::from_slice(&models.1).unwrap_or_default();
+    let ids: Vec<&str> = listed["data"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["mock"]);
+    doc["tenants"][1]["models"] = json!(["ghost"]);
+    let errors = edgegate_core::Policy::compile(doc.to_string().as_bytes()).err().unwrap_or_default();
+    assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["tenants[1].models[0]"]);
+}

@@ -21,7 +21,7 @@ usage: edgegate-admin [--target local|cloudflare|gateway] [--json] <command>
 commands:
   validate FILE                 check a policy (JSON, YAML or TOML); print every error with its path
   diff FILE                     what publishing FILE would change, against the active policy
-  publish FILE [--note TEXT] [--canary-tenants a,b] [--canary-percent N]
+  publish FILE [--note TEXT] [--canary-tenants a,b] [--canary-groups g,h] [--canary-percent N]
                                 publish to everyone, or (with a canary option) to a canary
   promote [--note TEXT]         make the running canary active for everyone
   rollback [--to VERSION] [--note TEXT]
@@ -77,6 +77,7 @@ struct Args {
     words: Vec<String>,
     note: String,
     canary_tenants: Option<String>,
+    canary_groups: Option<String>,
     canary_percent: Option<u8>,
     to: Option<String>,
     id: Option<String>,
@@ -96,6 +97,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("json") => args.json = true,
             Long("note") => args.note = parser.value()?.string()?,
             Long("canary-tenants") => args.canary_tenants = Some(parser.value()?.string()?),
+            Long("canary-groups") => args.canary_groups = Some(parser.value()?.string()?),
             Long("canary-percent") => args.canary_percent = Some(parser.value()?.parse()?),
             Long("to") => args.to = Some(parser.value()?.string()?),
             Long("id") => args.id = Some(parser.value()?.string()?),
@@ -168,8 +170,13 @@ fn run(args: Args) -> Result<ExitCode, Fail> {
     let (endpoint, body) = match words.as_slice() {
         ["diff", ..] => (Endpoint::Read, Value::Null),
         ["publish", ..] => {
-            let canary = (args.canary_tenants.is_some() || args.canary_percent.is_some())
-                .then(|| json!({"tenants": list(&args.canary_tenants).unwrap_or_default(), "percent": args.canary_percent.unwrap_or(0)}));
+            let canary = (args.canary_tenants.is_some() || args.canary_groups.is_some() || args.canary_percent.is_some()).then(|| {
+                json!({
+                    "tenants": list(&args.canary_tenants).unwrap_or_default(),
+                    "groups": list(&args.canary_groups).unwrap_or_default(),
+                    "percent": args.canary_percent.unwrap_or(0),
+                })
+            });
             let mut body = json!({"policy": read_policy(&file(1)?)?, "note": args.note});
             if let Some(c) = canary {
                 body["canary"] = c;

@@ -44,6 +44,7 @@ fn policy() -> String {
         "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "mock-1"}]}],
         "jwt_issuers": [
             {"id": "idp", "issuer": ISS, "audiences": ["edgegate"], "algorithms": ["RS256", "ES256", "EdDSA"], "leeway_seconds": 30,
+             "tenants": ["acme"],
              "keys": [
                 {"kid": "rsa-1", "kty": "RSA", "n": b64(&rsa_pub.n), "e": b64(&rsa_pub.e), "use": "sig"},
                 {"kid": "ec-1", "kty": "EC", "crv": "P-256", "x": b64(&ec_point[1..33]), "y": b64(&ec_point[33..])},
@@ -160,6 +161,7 @@ fn attacks_are_refused_with_401_and_recorded() {
     refused(&sign(claims("https://evil.example", json!({}))), "untrusted issuer");
     refused(&ed.sign(claims("https://mixed.example", json!({}))).unwrap_or_default(), "EdDSA to an issuer without EdDSA");
     refused(&sign(claims(ISS, json!({"tenant": "initech"}))), "unknown tenant");
+    refused(&sign(claims(ISS, json!({"tenant": "ops"}))), "a tenant this issuer may not name (cross-tenant)");
     refused(&sign(claims(ISS, json!({"tenant": null}))), "no tenant");
     refused("eyJhbGciOiJSUzI1NiJ9.e30.AAAA", "no iss");
 
