@@ -394,6 +394,8 @@ pub enum Endpoint {
     CreateKey,
     /// `DELETE /admin/keys/{id}`.
     RevokeKey(String),
+    /// `GET /admin/tenants/{id}/usage`: the tenant's ledger (counters and open holds).
+    Usage(String),
 }
 
 impl Endpoint {
@@ -413,6 +415,10 @@ impl Endpoint {
             (p, &M::GET) if p.starts_with("/policy/versions/") => {
                 Some((Endpoint::Version(p["/policy/versions/".len()..].to_owned()), Role::PolicyRead))
             }
+            (p, &M::GET) if p.starts_with("/tenants/") && p.ends_with("/usage") => {
+                let tenant = &p["/tenants/".len()..p.len() - "/usage".len()];
+                (!tenant.is_empty() && !tenant.contains('/')).then(|| (Endpoint::Usage(tenant.to_owned()), Role::AuditRead))
+            }
             (p, &M::DELETE) if p.starts_with("/keys/") => Some((Endpoint::RevokeKey(p["/keys/".len()..].to_owned()), Role::KeysAdmin)),
             _ => None,
         };
@@ -425,6 +431,7 @@ impl Endpoint {
         let path = match self {
             Endpoint::Version(v) => format!("/admin/policy/versions/{v}"),
             Endpoint::RevokeKey(id) => format!("/admin/keys/{id}"),
+            Endpoint::Usage(tenant) => format!("/admin/tenants/{tenant}/usage"),
             _ => template.to_owned(),
         };
         (method.parse().unwrap_or(http::Method::GET), path)
@@ -442,6 +449,7 @@ impl Endpoint {
             Endpoint::Rollback => "POST /admin/policy/rollback",
             Endpoint::CreateKey => "POST /admin/keys",
             Endpoint::RevokeKey(_) => "DELETE /admin/keys/{id}",
+            Endpoint::Usage(_) => "GET /admin/tenants/{id}/usage",
         }
     }
 }
@@ -520,5 +528,6 @@ pub async fn serve<S: PolicyStore>(
             Ok((201, serde_json::json!(create_key(store, spec, random, actor).await?)))
         }
         Endpoint::RevokeKey(id) => ok(serde_json::json!({"revoked": id, "version": revoke_key(store, &id, actor).await?})),
+        Endpoint::Usage(_) => Err(Error::new(ErrorKind::Internal, "usage is read from the ledger, not the policy store")),
     }
 }

@@ -193,6 +193,11 @@ impl ChatRequest {
         (chars as u64).div_ceil(4) + 3 * self.messages.len() as u64
     }
 
+    /// The output cap the caller set (`max_completion_tokens`, else `max_tokens`), if any.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.extra.get("max_completion_tokens").or_else(|| self.extra.get("max_tokens")).and_then(Value::as_u64)
+    }
+
     /// Refuses `n` > 1 for providers that answer with one choice, rather than silently
     /// returning fewer choices than asked for.
     pub fn require_single_choice(&self, provider_kind: &str) -> Result<(), Error> {

@@ -37,6 +37,20 @@ pub struct Embeddings {
 }
 
 impl EmbeddingsRequest {
+    /// An estimate of the input's tokens: about four characters a token for text, the length of
+    /// token arrays as given.
+    pub fn estimate_tokens(&self) -> u64 {
+        fn count(v: &Value) -> u64 {
+            match v {
+                Value::String(s) => (s.chars().count() as u64).div_ceil(4),
+                Value::Array(items) if items.iter().all(Value::is_number) => items.len() as u64,
+                Value::Array(items) => items.iter().map(count).sum(),
+                _ => 0,
+            }
+        }
+        count(&self.input)
+    }
+
     /// Parses and checks a request body.
     pub fn parse(body: &[u8]) -> Result<Self, Error> {
         let req: EmbeddingsRequest = serde_json::from_slice(body).map_err(|e| {

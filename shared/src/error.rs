@@ -55,6 +55,12 @@ pub enum ErrorKind {
         /// Milliseconds until the limit resets.
         retry_after_ms: u64,
     },
+    /// The tenant or key has spent a daily or monthly token budget; it renews after the given
+    /// number of milliseconds.
+    BudgetExceeded {
+        /// Milliseconds until the budget period ends.
+        retry_after_ms: u64,
+    },
     /// The provider could not be reached (connection refused, DNS, TLS, outbound host denied).
     UpstreamUnavailable,
     /// The provider answered with an error status.
@@ -125,7 +131,7 @@ impl Error {
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => 429,
+            ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } | ErrorKind::BudgetExceeded { .. } => 429,
             ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable => 503,
             ErrorKind::UpstreamTimeout => 504,
@@ -150,6 +156,7 @@ impl Error {
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::RateLimited { .. }
+            | ErrorKind::BudgetExceeded { .. }
             | ErrorKind::UpstreamRejected(_) => Side::Downstream,
             ErrorKind::UpstreamUnavailable
             | ErrorKind::UpstreamStatus(_)
@@ -186,6 +193,7 @@ impl Error {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
+            ErrorKind::BudgetExceeded { .. } => "budget_exceeded",
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::UpstreamStatus(_) => "upstream_error",
             ErrorKind::UpstreamRateLimited { .. } => "upstream_rate_limited",
@@ -205,6 +213,7 @@ impl Error {
             ErrorKind::InvalidApiKey | ErrorKind::MissingApiKey | ErrorKind::InvalidToken => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } => "rate_limit_error",
+            ErrorKind::BudgetExceeded { .. } => "insufficient_quota",
             _ => match self.side() {
                 Side::Downstream => "invalid_request_error",
                 Side::Upstream => "upstream_error",
@@ -218,7 +227,9 @@ impl Error {
     /// clients for hours.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self.kind {
-            ErrorKind::RateLimited { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            ErrorKind::RateLimited { retry_after_ms } | ErrorKind::BudgetExceeded { retry_after_ms } => {
+                Some(retry_after_ms.div_ceil(1000).max(1))
+            }
             ErrorKind::UpstreamRateLimited { retry_after_ms } => {
                 Some(retry_after_ms.unwrap_or(1000).div_ceil(1000).clamp(1, MAX_UPSTREAM_RETRY_AFTER_SECS))
             }
@@ -285,6 +296,7 @@ mod tests {
         check(K::NotFound, 404, Downstream, "not_found", "invalid_request_error");
         check(K::MethodNotAllowed, 405, Downstream, "method_not_allowed", "invalid_request_error");
         check(K::RateLimited { retry_after_ms: 1 }, 429, Downstream, "rate_limit_exceeded", "rate_limit_error");
+        check(K::BudgetExceeded { retry_after_ms: 1 }, 429, Downstream, "budget_exceeded", "insufficient_quota");
         check(K::UpstreamUnavailable, 502, Upstream, "upstream_unavailable", "upstream_error");
         check(K::UpstreamStatus(503), 502, Upstream, "upstream_error", "upstream_error");
         check(K::UpstreamRateLimited { retry_after_ms: None }, 429, Upstream, "upstream_rate_limited", "rate_limit_error");
@@ -320,6 +332,7 @@ mod tests {
         assert!(!r(ErrorKind::InvalidApiKey));
         assert!(!r(ErrorKind::UpstreamRejected(400)));
         assert!(!r(ErrorKind::SecretMissing));
+        assert!(!r(ErrorKind::BudgetExceeded { retry_after_ms: 5 }), "a spent budget does not come back in seconds");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::dialect::{self, Dialect, StreamEncoder};
 use crate::embeddings::EmbeddingsRequest;
 use crate::error::{Error, ErrorKind};
 use crate::jwt;
+use crate::ledger::{Amounts, LedgerOp};
 use crate::phases::{self, Candidate, RateState};
 use crate::policy::{Policy, ProviderKind, Role, Roles, hash_key, hex};
 use crate::ports::{ByteStream, Host};
@@ -121,6 +122,7 @@ enum Op<'a> {
 struct Ctx {
     record: RequestRecord,
     rate: Option<RateState>,
+    hold: Option<Hold>,
     dialect: &'static dyn Dialect,
 }
 
@@ -161,6 +163,7 @@ impl Gateway {
                 duration_ms: 0,
             },
             rate: None,
+            hold: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -184,10 +187,16 @@ impl Gateway {
         set_headers(&mut resp, &ctx);
         ctx.record.status = resp.status().as_u16();
         match stream {
-            None => finish(host, ctx.record),
+            None => finish(host, ctx.record, ctx.hold),
             Some((upstream, decoder, encoder, held)) => {
-                let mut relay =
-                    Relay { upstream, decoder, encoder, out: VecDeque::new(), ended: false, finisher: Some((host.clone(), ctx.record)) };
+                let mut relay = Relay {
+                    upstream,
+                    decoder,
+                    encoder,
+                    out: VecDeque::new(),
+                    ended: false,
+                    finisher: Some((host.clone(), ctx.record, ctx.hold)),
+                };
                 relay.emit(held);
                 *resp.body_mut() = Body::Stream(Box::pin(relay));
             }
@@ -226,16 +235,10 @@ impl Gateway {
             return Err(Error::new(ErrorKind::PayloadTooLarge, format!("request body exceeds {MAX_REQUEST_BYTES} bytes")));
         }
 
-        if let Some((counter, limit)) = phases::admission_query(&principal) {
-            let answer = host.admit(&principal.tenant.id, counter, limit).await?;
-            let (state, admitted) = phases::admit(answer, host.now_ms());
-            ctx.rate = Some(state);
-            admitted?;
-        }
-
         if route == Route::Embeddings {
             let embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
+            self.admit(host, ctx, &principal, embed.estimate_tokens()).await?;
             let plan = phases::route(&policy, &principal, &embed.model)?;
             return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
         }
@@ -243,6 +246,7 @@ impl Gateway {
         if route == Route::CountTokens {
             let chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
+            self.admit(host, ctx, &principal, 0).await?;
             let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
                 .into_iter()
                 .filter(|c| providers::adapter(c.provider.kind).counts_tokens())
@@ -261,10 +265,29 @@ impl Gateway {
         let chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
+        let output = chat.max_output_tokens().unwrap_or_else(|| policy.estimated_output_tokens());
+        self.admit(host, ctx, &principal, chat.estimate_prompt_tokens().saturating_add(output)).await?;
 
         let plan = phases::route(&policy, &principal, &chat.model)?;
         // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
+    }
+
+    /// Phase 3, **admit**: reserves one request and `tokens` against every limit of the principal
+    /// in its tenant's ledger, all or nothing. The hold is settled when the request is recorded.
+    async fn admit<H: Host>(&self, host: &H, ctx: &mut Ctx, principal: &phases::Principal, tokens: u64) -> Result<(), Error> {
+        let limits = phases::limits(principal);
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let tenant = principal.tenant.id.clone();
+        let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask: Amounts { tokens } };
+        let answer = host.apply(&tenant, op).await?;
+        let (state, admitted) = phases::admit(answer, host.now_ms());
+        ctx.rate = Some(state);
+        admitted?;
+        ctx.hold = Some(Hold { tenant, tokens });
+        Ok(())
     }
 
     /// Phase 1, **authenticate**, for both kinds of credential: API keys (see
@@ -345,6 +368,15 @@ impl Gateway {
         let mut random = [0u8; 32];
         host.fill(&mut random);
         let actor = admin::Actor { name: actor, now_ms };
+        if let admin::Endpoint::Usage(tenant) = &endpoint {
+            return match host.apply(tenant, LedgerOp::Inspect).await? {
+                crate::ledger::LedgerAnswer::Book { book } => {
+                    let body = serde_json::json!({"tenant": tenant, "ledger": book, "at_ms": now_ms});
+                    Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
+                }
+                _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer an inspection")),
+            };
+        }
         let (status, body) = admin::serve(host, endpoint, req.body(), &actor, &random).await?;
         Ok(Reply::Json(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Bytes::from(body.to_string())))
     }
@@ -522,23 +554,55 @@ fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
     if let Some(v) = ctx.record.policy_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         h.insert("x-edgegate-policy-version", v);
     }
-    if let Some(rate) = ctx.rate {
-        h.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
-        h.insert("x-ratelimit-remaining-requests", HeaderValue::from(rate.remaining));
+    // OpenAI's header names, for the tightest per-minute request and token limits.
+    let families = ctx.rate.map(|r| {
+        [
+            (r.requests, ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"]),
+            (r.tokens, ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]),
+        ]
+    });
+    for (rate, [limit, remaining, reset]) in families.into_iter().flatten() {
+        let Some(rate) = rate else { continue };
+        h.insert(limit, HeaderValue::from(rate.limit));
+        h.insert(remaining, HeaderValue::from(rate.remaining));
         if let Ok(v) = HeaderValue::from_str(&format!("{}s", rate.reset_in_ms.div_ceil(1000))) {
-            h.insert("x-ratelimit-reset-requests", v);
+            h.insert(reset, v);
         }
     }
 }
 
 /// Phase 7, **record**: stamps the duration and exports the record as deferred work.
-fn finish<H: Host>(host: &H, mut record: RequestRecord) {
+fn finish<H: Host>(host: &H, mut record: RequestRecord, hold: Option<Hold>) {
     record.duration_ms = host.now_ms().saturating_sub(record.start_ms);
-    let exporter = host.clone();
+    let settle = hold.map(|h| (h.tenant.clone(), h.settlement(&record)));
+    let worker = host.clone();
     host.defer(Box::pin(async move {
-        // Export failures must never reach a client; the host's exporter reports its own health.
-        let _ = exporter.export(vec![record]).await;
+        // Settlement and export failures never reach a client: an unsettled hold expires on its
+        // own, and the host's exporter reports its own health.
+        if let Some((tenant, op)) = settle {
+            let _ = worker.apply(&tenant, op).await;
+        }
+        let _ = worker.export(vec![record]).await;
     }));
+}
+
+/// A reservation to settle when the request is recorded.
+struct Hold {
+    tenant: String,
+    tokens: u64,
+}
+
+impl Hold {
+    /// Commit the usage the provider reported; without one, commit the estimate if a provider
+    /// answered (it may have billed a stream that was cut or abandoned), else release.
+    fn settlement(&self, record: &RequestRecord) -> LedgerOp {
+        let id = record.request_id.clone();
+        match (&record.usage, record.attempts.iter().any(|a| a.status.is_some_and(|s| (200..300).contains(&s)))) {
+            (Some(u), _) => LedgerOp::Commit { id, used: Amounts { tokens: u.prompt_tokens() + u.completion_tokens() } },
+            (None, true) => LedgerOp::Commit { id, used: Amounts { tokens: self.tokens } },
+            (None, false) => LedgerOp::Release { id },
+        }
+    }
 }
 
 /// Relays a provider's stream to the caller as OpenAI server-sent events.
@@ -552,7 +616,7 @@ struct Relay<H: Host> {
     encoder: Box<dyn StreamEncoder>,
     out: VecDeque<Bytes>,
     ended: bool,
-    finisher: Option<(H, RequestRecord)>,
+    finisher: Option<(H, RequestRecord, Option<Hold>)>,
 }
 
 // No field is structurally pinned: the upstream stream is already boxed.
@@ -560,7 +624,7 @@ impl<H: Host> Unpin for Relay<H> {}
 
 impl<H: Host> Relay<H> {
     fn record(&mut self) -> Option<&mut RequestRecord> {
-        self.finisher.as_mut().map(|(_, r)| r)
+        self.finisher.as_mut().map(|(_, r, _)| r)
     }
 
     fn emit(&mut self, events: Vec<StreamEvent>) {
@@ -592,11 +656,11 @@ impl<H: Host> Relay<H> {
     }
 
     fn complete(&mut self, error: Option<&'static str>) {
-        if let Some((host, mut record)) = self.finisher.take() {
+        if let Some((host, mut record, hold)) = self.finisher.take() {
             if record.error.is_none() {
                 record.error = error;
             }
-            finish(&host, record);
+            finish(&host, record, hold);
         }
     }
 }

@@ -1,65 +1,313 @@
-//! Rate-limit arithmetic. Hosts keep the state and make each step atomic; the core owns the math.
+//! The tenant ledger: limits, reservations and settlement. Hosts keep one [`Book`] per tenant and
+//! run [`Book::apply`] inside one atomic section (a Durable Object's single thread; a SQLite
+//! transaction), so the arithmetic — and its exactness — is the same everywhere.
+//!
+//! A request **reserves** what it may use (one request, its estimated tokens, one concurrency
+//! slot) against every limit that applies, all or nothing. When it ends it **commits** what it
+//! actually used (the difference is returned) or is **released** (tokens and the slot come back;
+//! the request still counts). Holds that are never settled expire after [`HOLD_TTL_MS`], so a
+//! lost settlement cannot leak quota forever.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A limit of `limit` requests per `window_ms` milliseconds.
+/// How long an unsettled hold lives before it is released on its own.
+pub const HOLD_TTL_MS: u64 = 30 * 60_000;
+
+/// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateLimit {
-    /// Requests allowed per window.
-    pub limit: u64,
-    /// Window length in milliseconds.
-    pub window_ms: u64,
+#[serde(rename_all = "snake_case")]
+pub enum Meter {
+    /// Requests.
+    Requests,
+    /// Tokens, input plus output.
+    Tokens,
+    /// Requests in flight at once.
+    Concurrent,
 }
 
-/// The ledger's answer to one request.
+/// When a limit's count starts again. Windows are aligned (UTC), so every host agrees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Admission {
-    /// Counted. `remaining` requests are left until `reset_ms` (epoch milliseconds).
-    Admitted {
-        /// The window's limit.
-        limit: u64,
-        /// Requests left in this window after this one.
-        remaining: u64,
-        /// When the window ends, epoch milliseconds.
-        reset_ms: u64,
-    },
-    /// Not counted: the window is full until `reset_ms`.
-    Refused {
-        /// The window's limit.
-        limit: u64,
-        /// When the window ends, epoch milliseconds.
-        reset_ms: u64,
-    },
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    /// Each minute.
+    Minute,
+    /// Each UTC day.
+    Day,
+    /// Each UTC calendar month.
+    Month,
+    /// Never: a gauge of what is held now (concurrency).
+    Open,
 }
 
-/// A fixed window counter: `count` requests since `start_ms`.
+impl Window {
+    /// The start of the window containing `now_ms`, and the start of the next one.
+    pub fn bounds(self, now_ms: u64) -> (u64, u64) {
+        const DAY: u64 = 86_400_000;
+        match self {
+            Window::Minute => {
+                let start = now_ms - now_ms % 60_000;
+                (start, start + 60_000)
+            }
+            Window::Day => {
+                let start = now_ms - now_ms % DAY;
+                (start, start + DAY)
+            }
+            Window::Month => {
+                let (y, m) = year_month(now_ms / DAY);
+                let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (days_from_civil(y, m) * DAY, days_from_civil(next.0, next.1) * DAY)
+            }
+            Window::Open => (0, u64::MAX),
+        }
+    }
+}
+
+/// The (year, month) of a day count since 1970-01-01 (Howard Hinnant's civil-from-days).
+fn year_month(days: u64) -> (u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(m <= 2), m)
+}
+
+/// Days since 1970-01-01 of the first day of month `m` of year `y`.
+fn days_from_civil(y: u64, m: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One limit: at most `max` of `meter` per `window`, under a stable `id` (its counter's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    /// Counter name, e.g. `tenant/tokens_per_minute` or `key:ci/requests_per_minute`.
+    pub id: String,
+    /// What is counted.
+    pub meter: Meter,
+    /// When the count starts again.
+    pub window: Window,
+    /// The most allowed per window.
+    pub max: u64,
+}
+
+/// Amounts a request asks for or used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FixedWindow {
-    /// Start of the current window, epoch milliseconds, aligned to the window length.
-    pub start_ms: u64,
-    /// Requests admitted in the current window.
-    pub count: u64,
+pub struct Amounts {
+    /// Tokens, input plus output.
+    pub tokens: u64,
 }
 
-impl FixedWindow {
-    /// Admits one request at `now_ms` if the window has room, updating the counter.
-    ///
-    /// Windows are aligned to multiples of `window_ms`, so every host and every replica agrees on
-    /// where a window starts. A zero-length window is treated as one millisecond.
-    pub fn admit(&mut self, now_ms: u64, limit: RateLimit) -> Admission {
-        let window = limit.window_ms.max(1);
-        let start = now_ms - now_ms % window;
-        if start != self.start_ms {
-            *self = FixedWindow { start_ms: start, count: 0 };
+impl Amounts {
+    fn of(self, meter: Meter) -> u64 {
+        match meter {
+            Meter::Requests | Meter::Concurrent => 1,
+            Meter::Tokens => self.tokens,
         }
-        let reset_ms = start.saturating_add(window);
-        if self.count < limit.limit {
-            self.count += 1;
-            Admission::Admitted { limit: limit.limit, remaining: limit.limit - self.count, reset_ms }
-        } else {
-            Admission::Refused { limit: limit.limit, reset_ms }
+    }
+}
+
+/// What the ledger is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LedgerOp {
+    /// Hold `ask` against every limit, all or nothing.
+    Reserve {
+        /// The hold's id (the request id).
+        id: String,
+        /// The limits that apply.
+        limits: Vec<Limit>,
+        /// What to hold.
+        ask: Amounts,
+    },
+    /// Settle a hold with what was actually used.
+    Commit {
+        /// The hold's id.
+        id: String,
+        /// What was used.
+        used: Amounts,
+    },
+    /// Settle a hold that used nothing but its request.
+    Release {
+        /// The hold's id.
+        id: String,
+    },
+    /// Read the book (for the admin usage endpoint).
+    Inspect,
+}
+
+/// Where one limit stands after an admission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitState {
+    /// The limit.
+    pub limit: Limit,
+    /// What is left in this window after the hold.
+    pub remaining: u64,
+    /// When the window ends, epoch milliseconds (`u64::MAX` for gauges).
+    pub reset_ms: u64,
+}
+
+/// The ledger's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum LedgerAnswer {
+    /// Held; where every limit stands.
+    Admitted {
+        /// One state per limit, in the order given.
+        states: Vec<LimitState>,
+    },
+    /// Nothing held: this limit has no room.
+    Refused {
+        /// The limit that refused (the one whose window ends last, if several would).
+        state: LimitState,
+    },
+    /// A commit or release was applied (or its hold was already gone).
+    Settled,
+    /// The book, as asked by [`LedgerOp::Inspect`].
+    Book {
+        /// Counters and open holds.
+        book: Book,
+    },
+}
+
+/// A counter: `used` (settled plus held) in the window `start_ms..end_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Counter {
+    start_ms: u64,
+    end_ms: u64,
+    used: u64,
+}
+
+/// One limit's share of a hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Part {
+    id: String,
+    meter: Meter,
+    amount: u64,
+    start_ms: u64,
+}
+
+/// An unsettled reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Hold {
+    at_ms: u64,
+    parts: Vec<Part>,
+}
+
+/// One tenant's counters and open holds. Serialised whole by hosts (it stays small: one counter
+/// per limit, one hold per request in flight).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    counters: BTreeMap<String, Counter>,
+    holds: BTreeMap<String, Hold>,
+}
+
+impl Book {
+    /// Applies `op` at `now_ms`. Expired holds are released first.
+    pub fn apply(&mut self, now_ms: u64, op: LedgerOp) -> LedgerAnswer {
+        self.expire(now_ms);
+        match op {
+            LedgerOp::Reserve { id, limits, ask } => self.reserve(now_ms, id, &limits, ask),
+            LedgerOp::Commit { id, used } => self.settle(&id, Some(used)),
+            LedgerOp::Release { id } => self.settle(&id, None),
+            LedgerOp::Inspect => LedgerAnswer::Book { book: self.clone() },
         }
+    }
+
+    /// Holds currently open (for tests and leak checks).
+    pub fn open_holds(&self) -> usize {
+        self.holds.len()
+    }
+
+    /// What the counter `id` holds now (0 if it has rolled over or does not exist).
+    pub fn used(&self, id: &str, window: Window, now_ms: u64) -> u64 {
+        let start = window.bounds(now_ms).0;
+        self.counters.get(id).filter(|c| c.start_ms == start).map_or(0, |c| c.used)
+    }
+
+    fn reserve(&mut self, now_ms: u64, id: String, limits: &[Limit], ask: Amounts) -> LedgerAnswer {
+        let mut states = Vec::with_capacity(limits.len());
+        let mut refused: Option<LimitState> = None;
+        for limit in limits {
+            let (start, reset_ms) = limit.window.bounds(now_ms);
+            let used = self.counters.get(&limit.id).filter(|c| c.start_ms == start).map_or(0, |c| c.used);
+            let amount = ask.of(limit.meter);
+            let state = LimitState { limit: limit.clone(), remaining: limit.max.saturating_sub(used + amount), reset_ms };
+            if used + amount > limit.max {
+                let later = refused.as_ref().is_none_or(|r| reset_ms > r.reset_ms);
+                if later {
+                    refused = Some(LimitState { remaining: limit.max.saturating_sub(used), ..state });
+                }
+            } else {
+                states.push(state);
+            }
+        }
+        if let Some(state) = refused {
+            return LedgerAnswer::Refused { state };
+        }
+        let mut parts = Vec::with_capacity(limits.len());
+        for limit in limits {
+            let (start, end) = limit.window.bounds(now_ms);
+            let amount = ask.of(limit.meter);
+            let counter = self.counters.entry(limit.id.clone()).or_default();
+            if counter.start_ms != start || counter.end_ms != end {
+                *counter = Counter { start_ms: start, end_ms: end, used: 0 };
+            }
+            counter.used += amount;
+            parts.push(Part { id: limit.id.clone(), meter: limit.meter, amount, start_ms: start });
+        }
+        // A second reservation under the same id replaces nothing: settle the first one first.
+        if let Some(old) = self.holds.insert(id, Hold { at_ms: now_ms, parts }) {
+            self.undo(&old, None);
+        }
+        LedgerAnswer::Admitted { states }
+    }
+
+    fn settle(&mut self, id: &str, used: Option<Amounts>) -> LedgerAnswer {
+        if let Some(hold) = self.holds.remove(id) {
+            self.undo(&hold, used);
+        }
+        LedgerAnswer::Settled
+    }
+
+    /// Replaces a hold's amounts by what was used (`None`: released — only the request counts).
+    fn undo(&mut self, hold: &Hold, used: Option<Amounts>) {
+        for part in &hold.parts {
+            let keep = match (part.meter, used) {
+                (Meter::Concurrent, _) => 0,
+                (Meter::Requests, _) => part.amount,
+                (meter, Some(u)) => u.of(meter),
+                (_, None) => 0,
+            };
+            if let Some(counter) = self.counters.get_mut(&part.id)
+                && counter.start_ms == part.start_ms
+            {
+                counter.used = counter.used.saturating_sub(part.amount).saturating_add(keep);
+            }
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let stale: Vec<String> =
+            self.holds.iter().filter(|(_, h)| now_ms.saturating_sub(h.at_ms) > HOLD_TTL_MS).map(|(k, _)| k.clone()).collect();
+        for id in stale {
+            if let Some(hold) = self.holds.remove(&id) {
+                // Charge what was held: the request may well have used it.
+                let held = hold.parts.iter().find(|p| p.meter == Meter::Tokens).map_or(0, |p| p.amount);
+                self.undo(&hold, Some(Amounts { tokens: held }));
+            }
+        }
+        // Windows that have ended need no counter (a late settlement of theirs changes nothing).
+        self.counters.retain(|_, c| c.end_ms > now_ms);
     }
 }
 
@@ -67,42 +315,119 @@ impl FixedWindow {
 mod tests {
     use super::*;
 
-    const PER_MIN: fn(u64) -> RateLimit = |limit| RateLimit { limit, window_ms: 60_000 };
+    const T0: u64 = 1_800_000_040_000; // 40 s into a minute
 
-    #[test]
-    fn admits_up_to_the_limit_then_refuses_until_the_window_ends() {
-        let mut w = FixedWindow::default();
-        let t0 = 1_800_000_040_000; // 40 s into a minute
-        assert_eq!(w.admit(t0, PER_MIN(2)), Admission::Admitted { limit: 2, remaining: 1, reset_ms: 1_800_000_060_000 });
-        assert_eq!(w.admit(t0 + 1, PER_MIN(2)), Admission::Admitted { limit: 2, remaining: 0, reset_ms: 1_800_000_060_000 });
-        assert_eq!(w.admit(t0 + 19_999, PER_MIN(2)), Admission::Refused { limit: 2, reset_ms: 1_800_000_060_000 });
-        // The next window starts fresh.
-        assert_eq!(w.admit(t0 + 20_000, PER_MIN(2)), Admission::Admitted { limit: 2, remaining: 1, reset_ms: 1_800_000_120_000 });
+    fn limit(id: &str, meter: Meter, window: Window, max: u64) -> Limit {
+        Limit { id: id.into(), meter, window, max }
+    }
+
+    fn reserve(book: &mut Book, now: u64, id: &str, limits: &[Limit], tokens: u64) -> Result<Vec<u64>, (String, u64)> {
+        match book.apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens } }) {
+            LedgerAnswer::Admitted { states } => Ok(states.iter().map(|s| s.remaining).collect()),
+            LedgerAnswer::Refused { state } => Err((state.limit.id, state.reset_ms)),
+            LedgerAnswer::Settled | LedgerAnswer::Book { .. } => unreachable!(),
+        }
     }
 
     #[test]
-    fn zero_limit_refuses_everything_and_zero_window_does_not_divide_by_zero() {
-        let mut w = FixedWindow::default();
-        assert!(matches!(w.admit(5, PER_MIN(0)), Admission::Refused { .. }));
-        assert!(matches!(w.admit(5, RateLimit { limit: 1, window_ms: 0 }), Admission::Admitted { .. }));
-        assert!(matches!(w.admit(5, RateLimit { limit: 1, window_ms: 0 }), Admission::Refused { .. }));
-        assert!(matches!(w.admit(6, RateLimit { limit: 1, window_ms: 0 }), Admission::Admitted { .. }));
+    fn requests_per_minute_admit_up_to_the_limit_then_refuse_until_the_window_ends() {
+        let rpm = [limit("rpm", Meter::Requests, Window::Minute, 2)];
+        let mut b = Book::default();
+        assert_eq!(reserve(&mut b, T0, "a", &rpm, 0), Ok(vec![1]));
+        assert_eq!(reserve(&mut b, T0 + 1, "b", &rpm, 0), Ok(vec![0]));
+        assert_eq!(reserve(&mut b, T0 + 19_999, "c", &rpm, 0), Err(("rpm".into(), 1_800_000_060_000)));
+        b.apply(T0, LedgerOp::Release { id: "a".into() });
+        assert_eq!(reserve(&mut b, T0 + 19_999, "c", &rpm, 0), Err(("rpm".into(), 1_800_000_060_000)), "a released request still counted");
+        assert_eq!(reserve(&mut b, T0 + 20_000, "d", &rpm, 0), Ok(vec![1]), "the next minute starts fresh");
     }
 
     #[test]
-    fn never_admits_more_than_the_limit_in_any_window() {
-        // A deterministic sweep standing in for a property test: many arrival patterns, one invariant.
-        for limit in 0..5u64 {
+    fn tokens_are_held_then_trued_up_on_commit_and_returned_on_release() {
+        let tpm = [limit("tpm", Meter::Tokens, Window::Minute, 1_000)];
+        let mut b = Book::default();
+        assert_eq!(reserve(&mut b, T0, "a", &tpm, 600), Ok(vec![400]));
+        assert_eq!(reserve(&mut b, T0, "b", &tpm, 600), Err(("tpm".into(), 1_800_000_060_000)), "all or nothing");
+        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 150 } });
+        assert_eq!(b.used("tpm", Window::Minute, T0), 150);
+        assert_eq!(reserve(&mut b, T0, "b", &tpm, 600), Ok(vec![250]));
+        b.apply(T0, LedgerOp::Release { id: "b".into() });
+        assert_eq!(b.used("tpm", Window::Minute, T0), 150);
+        b.apply(T0, LedgerOp::Commit { id: "b".into(), used: Amounts { tokens: 999 } });
+        assert_eq!(b.used("tpm", Window::Minute, T0), 150, "settling twice changes nothing");
+        assert_eq!(b.open_holds(), 0);
+    }
+
+    #[test]
+    fn concurrency_is_a_gauge_and_a_refusal_holds_nothing() {
+        let limits = [limit("inflight", Meter::Concurrent, Window::Open, 2), limit("tpm", Meter::Tokens, Window::Minute, 100)];
+        let mut b = Book::default();
+        assert!(reserve(&mut b, T0, "a", &limits, 10).is_ok());
+        assert!(reserve(&mut b, T0, "b", &limits, 10).is_ok());
+        assert_eq!(reserve(&mut b, T0, "c", &limits, 10).map_err(|e| e.0), Err("inflight".into()));
+        assert_eq!(b.used("tpm", Window::Minute, T0), 20, "the refused request held no tokens");
+        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 10 } });
+        assert!(reserve(&mut b, T0, "c", &limits, 10).is_ok(), "a settled request frees its slot");
+    }
+
+    #[test]
+    fn a_hold_from_an_ended_window_does_not_touch_the_new_one_and_lost_holds_expire() {
+        let limits = [limit("tpm", Meter::Tokens, Window::Minute, 100), limit("inflight", Meter::Concurrent, Window::Open, 1)];
+        let mut b = Book::default();
+        assert!(reserve(&mut b, T0, "a", &limits, 90).is_ok());
+        assert!(reserve(&mut b, T0 + 30_000, "b", &limits, 90).is_err(), "the slot is still held");
+        b.apply(T0 + 30_000, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 5 } });
+        assert_eq!(b.used("tpm", Window::Minute, T0 + 30_000), 0, "the old minute's commit is not charged to the new one");
+        assert!(reserve(&mut b, T0 + 30_000, "b", &limits, 90).is_ok());
+        assert!(reserve(&mut b, T0 + 31_000, "c", &limits, 1).is_err());
+        assert!(reserve(&mut b, T0 + 30_000 + HOLD_TTL_MS + 1, "c", &limits, 1).is_ok(), "a hold nobody settled expires");
+        assert_eq!(b.open_holds(), 1);
+    }
+
+    #[test]
+    fn the_refusal_names_the_limit_that_frees_last() {
+        let limits = [limit("rpm", Meter::Requests, Window::Minute, 0), limit("daily", Meter::Tokens, Window::Day, 0)];
+        let mut b = Book::default();
+        let (id, reset) = reserve(&mut b, T0, "a", &limits, 1).err().unwrap_or_default();
+        assert_eq!((id.as_str(), reset), ("daily", 1_800_000_040_000 - 1_800_000_040_000 % 86_400_000 + 86_400_000));
+    }
+
+    #[test]
+    fn calendar_windows_follow_utc_months_and_days() {
+        // 2026-11-28T23:30:00Z and 2024-02-29T12:00:00Z
+        let (start, end) = Window::Month.bounds(1_795_908_600_000);
+        assert_eq!((start, end), (1_793_491_200_000, 1_796_083_200_000)); // 2026-11-01 .. 2026-12-01
+        let (start, end) = Window::Month.bounds(1_709_208_000_000);
+        assert_eq!((start, end), (1_706_745_600_000, 1_709_251_200_000)); // 2024-02-01 .. 2024-03-01
+        let (start, end) = Window::Month.bounds(1_796_083_200_000 + 31 * 86_400_000 - 1);
+        assert_eq!(end, 1_798_761_600_000); // 2026-12 ends 2027-01-01
+        assert_eq!(start, 1_796_083_200_000);
+        assert_eq!(Window::Day.bounds(1_795_908_600_000), (1_795_824_000_000, 1_795_910_400_000));
+    }
+
+    #[test]
+    fn never_more_than_the_limit_in_any_window_under_any_settlement() {
+        // A deterministic sweep standing in for a property test: arrival patterns × settlements.
+        for max in [0u64, 1, 3, 50] {
             for step in [1u64, 7, 333, 1_000, 59_999] {
-                let mut w = FixedWindow::default();
-                let mut per_window = std::collections::BTreeMap::<u64, u64>::new();
-                for i in 0..500u64 {
-                    let now = 1_000_000 + i * step;
-                    if let Admission::Admitted { .. } = w.admit(now, PER_MIN(limit)) {
-                        *per_window.entry(now / 60_000).or_default() += 1;
+                for settle in 0..3 {
+                    let limits = [limit("tpm", Meter::Tokens, Window::Minute, max), limit("rpm", Meter::Requests, Window::Minute, max)];
+                    let mut b = Book::default();
+                    let mut admitted = BTreeMap::<u64, u64>::new();
+                    for i in 0..300u64 {
+                        let now = 1_000_000 + i * step;
+                        if reserve(&mut b, now, &format!("r{i}"), &limits, 1).is_ok() {
+                            *admitted.entry(now / 60_000).or_default() += 1;
+                            let op = match settle {
+                                0 => LedgerOp::Commit { id: format!("r{i}"), used: Amounts { tokens: 1 } },
+                                1 => LedgerOp::Release { id: format!("r{i}") },
+                                _ => continue,
+                            };
+                            b.apply(now, op);
+                        }
+                        assert!(b.used("tpm", Window::Minute, now) <= max);
                     }
+                    assert!(admitted.values().all(|&n| n <= max), "max {max} step {step} settle {settle}: {admitted:?}");
                 }
-                assert!(per_window.values().all(|&n| n <= limit), "limit {limit} step {step}: {per_window:?}");
             }
         }
     }

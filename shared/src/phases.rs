@@ -13,7 +13,7 @@ use crate::chat::ChatRequest;
 use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::jwt::JwtIssuer;
-use crate::ledger::{Admission, RateLimit};
+use crate::ledger::{LedgerAnswer, Limit, LimitState, Meter, Window};
 use crate::policy::{ApiKey, Policy, Provider, Role, Target, Tenant, hash_key};
 use crate::snapshot::Snapshot;
 
@@ -93,48 +93,87 @@ pub fn token_principal(
         models: None,
         roles,
         expires_at: claims.get("exp").and_then(serde_json::Value::as_u64),
+        // Token subjects have no limits of their own; their tenant's apply.
+        limits: Vec::new(),
     };
     Ok(Principal { key, tenant: tenant.clone() })
 }
 
-/// What the admit phase must ask the tenant's ledger, if anything: a counter name and its limit.
-pub fn admission_query(principal: &Principal) -> Option<(&'static str, RateLimit)> {
-    let limit = principal.tenant.requests_per_minute?;
-    Some(("requests_per_minute", limit))
+/// The limits that apply to `principal`: its tenant's and its key's.
+pub fn limits(principal: &Principal) -> Vec<Limit> {
+    principal.tenant.limits.iter().chain(&principal.key.limits).cloned().collect()
 }
 
-/// Rate-limit state for the `x-ratelimit-*-requests` headers.
+/// One `x-ratelimit-*` family: the tightest per-minute limit of its meter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateState {
+pub struct RateHeader {
     /// The limit.
     pub limit: u64,
-    /// Requests left in the window.
+    /// What is left in the window.
     pub remaining: u64,
     /// Milliseconds until the window resets.
     pub reset_in_ms: u64,
 }
 
-/// Phase 2, **admit**: runs after authentication with the ledger's answer. Admitted requests
-/// continue with their rate state; refused ones become `rate_limit_exceeded` (429) carrying the
-/// wait until the window resets.
-pub fn admit(answer: Admission, now_ms: u64) -> (RateState, Result<(), Error>) {
-    match answer {
-        Admission::Admitted { limit, remaining, reset_ms } => {
-            (RateState { limit, remaining, reset_in_ms: reset_ms.saturating_sub(now_ms) }, Ok(()))
-        }
-        Admission::Refused { limit, reset_ms } => {
-            let wait = reset_ms.saturating_sub(now_ms);
-            let state = RateState { limit, remaining: 0, reset_in_ms: wait };
-            let err = Error::new(
-                ErrorKind::RateLimited { retry_after_ms: wait },
-                format!("rate limit of {limit} requests per minute reached for this tenant; retry after {}s", wait.div_ceil(1000).max(1)),
-            );
-            (state, Err(err))
-        }
+/// Rate-limit state for the `x-ratelimit-*-requests` and `-tokens` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Requests per minute.
+    pub requests: Option<RateHeader>,
+    /// Tokens per minute.
+    pub tokens: Option<RateHeader>,
+}
+
+impl RateState {
+    fn from_states(states: &[LimitState], now_ms: u64) -> Self {
+        let tightest = |meter: Meter| {
+            states
+                .iter()
+                .filter(|s| s.limit.meter == meter && s.limit.window == Window::Minute)
+                .min_by_key(|s| s.remaining)
+                .map(|s| RateHeader { limit: s.limit.max, remaining: s.remaining, reset_in_ms: s.reset_ms.saturating_sub(now_ms) })
+        };
+        RateState { requests: tightest(Meter::Requests), tokens: tightest(Meter::Tokens) }
     }
 }
 
-/// Phase 3, **validate**: parses the body in the caller's dialect into the canonical request and
+/// Phase 3, **admit**: runs after the body is parsed, with the ledger's answer to a reservation.
+/// Admitted requests continue with their rate state. A refusal by a per-minute limit is
+/// `rate_limit_exceeded` (429, with the wait until the window resets); by the concurrency limit,
+/// the same with a one-second wait; by a daily or monthly budget, `budget_exceeded` (429, with the
+/// wait until the period ends).
+pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>) {
+    let state = match answer {
+        LedgerAnswer::Admitted { states } => return (RateState::from_states(&states, now_ms), Ok(())),
+        LedgerAnswer::Settled | LedgerAnswer::Book { .. } => {
+            return (RateState::default(), Err(Error::new(ErrorKind::Internal, "the ledger did not answer a reservation")));
+        }
+        LedgerAnswer::Refused { state } => state,
+    };
+    let rate = RateState::from_states(std::slice::from_ref(&state), now_ms);
+    let wait = state.reset_ms.saturating_sub(now_ms);
+    let secs = wait.div_ceil(1000).max(1);
+    let (scope, name) = state.limit.id.split_once('/').unwrap_or(("tenant", &state.limit.id));
+    let who = if scope == "tenant" { "this tenant".to_owned() } else { format!("this {}", scope.replace(':', " ")) };
+    let max = state.limit.max;
+    let err = match (state.limit.meter, state.limit.window) {
+        (Meter::Concurrent, _) => Error::new(
+            ErrorKind::RateLimited { retry_after_ms: 1000 },
+            format!("{max} concurrent requests are in flight for {who}; retry when one finishes"),
+        ),
+        (_, Window::Minute | Window::Open) => Error::new(
+            ErrorKind::RateLimited { retry_after_ms: wait },
+            format!("rate limit {name} of {max} reached for {who}; retry after {secs}s"),
+        ),
+        (_, Window::Day | Window::Month) => Error::new(
+            ErrorKind::BudgetExceeded { retry_after_ms: wait },
+            format!("budget {name} of {max} is spent for {who}; it renews in {secs}s"),
+        ),
+    };
+    (rate, Err(err))
+}
+
+/// Phase 2, **validate**: parses the body in the caller's dialect into the canonical request and
 /// checks it (prompt rules join here later).
 pub fn validate(dialect: &dyn Dialect, body: &[u8]) -> Result<ChatRequest, Error> {
     let chat = dialect.parse_chat(body)?;
@@ -280,17 +319,47 @@ mod tests {
         assert_eq!(plan, ["b1", "b2"]);
         assert_eq!(route(p, &two, "big").map_err(|e| e.metric_label()), Err("model_not_found"));
         assert_eq!(route(p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
-        assert_eq!(admission_query(&one).map(|(s, l)| (s, l.limit)), Some(("requests_per_minute", 5)));
-        assert_eq!(admission_query(&two), None);
+        assert_eq!(limits(&one).iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(), [("tenant/requests_per_minute", 5)]);
+        assert!(limits(&two).is_empty());
     }
 
     #[test]
-    fn refused_admission_becomes_a_429_with_the_wait() {
-        let (state, res) = admit(Admission::Refused { limit: 5, reset_ms: 10_500 }, 9_000);
-        assert_eq!(state, RateState { limit: 5, remaining: 0, reset_in_ms: 1_500 });
-        let err = res.err().unwrap_or_else(|| unreachable!());
-        assert_eq!((err.status(), err.retry_after_secs()), (429, Some(2)));
-        let (state, res) = admit(Admission::Admitted { limit: 5, remaining: 4, reset_ms: 60_000 }, 1_000);
-        assert_eq!((state.remaining, state.reset_in_ms, res.is_ok()), (4, 59_000, true));
+    fn refusals_become_429s_that_say_which_limit_and_when() {
+        let refused = |id: &str, meter, window, reset_ms| {
+            let state = LimitState { limit: Limit { id: id.into(), meter, window, max: 5 }, remaining: 0, reset_ms };
+            let err = admit(LedgerAnswer::Refused { state }, 9_000).1.err().unwrap_or_else(|| unreachable!());
+            (err.status(), err.metric_label(), err.retry_after_secs(), err.message)
+        };
+        assert_eq!(
+            refused("tenant/requests_per_minute", Meter::Requests, Window::Minute, 10_500),
+            (429, "rate_limit_exceeded", Some(2), "rate limit requests_per_minute of 5 reached for this tenant; retry after 2s".into())
+        );
+        assert_eq!(
+            refused("key:ci/tokens_per_day", Meter::Tokens, Window::Day, 86_400_000),
+            (429, "budget_exceeded", Some(86_391), "budget tokens_per_day of 5 is spent for this key ci; it renews in 86391s".into())
+        );
+        assert_eq!(refused("tenant/concurrent_requests", Meter::Concurrent, Window::Open, u64::MAX).2, Some(1));
+
+        let states = vec![
+            LimitState {
+                limit: Limit { id: "tenant/requests_per_minute".into(), meter: Meter::Requests, window: Window::Minute, max: 50 },
+                remaining: 40,
+                reset_ms: 60_000,
+            },
+            LimitState {
+                limit: Limit { id: "key:k/requests_per_minute".into(), meter: Meter::Requests, window: Window::Minute, max: 10 },
+                remaining: 3,
+                reset_ms: 60_000,
+            },
+            LimitState {
+                limit: Limit { id: "tenant/tokens_per_day".into(), meter: Meter::Tokens, window: Window::Day, max: 10 },
+                remaining: 1,
+                reset_ms: 86_400_000,
+            },
+        ];
+        let (rate, ok) = admit(LedgerAnswer::Admitted { states }, 1_000);
+        assert!(ok.is_ok());
+        assert_eq!(rate.requests, Some(RateHeader { limit: 10, remaining: 3, reset_in_ms: 59_000 }), "the tightest per-minute limit");
+        assert_eq!(rate.tokens, None, "budgets are not per-minute rate headers");
     }
 }

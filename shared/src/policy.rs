@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::jwt::{JwtIssuer, RawJwtIssuer};
-use crate::ledger::RateLimit;
+use crate::ledger::{Limit, Meter, Window};
 
 /// An edgegate policy document: tenants, their API keys, providers and model aliases.
 #[derive(Debug, Deserialize)]
@@ -45,6 +45,8 @@ struct RawPolicy {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// Output tokens a request without `max_tokens` is assumed to use until it settles (default 256).
+    estimated_output_tokens: Option<u64>,
     /// How often each isolate re-reads the `policy/active` and `policy/canary` pointers, in
     /// seconds (default 10; 0 re-reads on every request). Workers KV may add up to 60 s of its
     /// own propagation on top.
@@ -67,13 +69,40 @@ struct RawTenant {
     canary_group: Option<String>,
 }
 
-/// Limits of a tenant.
+/// Limits of a tenant or key; each absent one is unlimited. Minute windows are aligned to the
+/// minute, days and months to UTC.
 #[derive(Debug, Default, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    /// Requests admitted per minute (fixed windows aligned to the minute); absent: unlimited.
+    /// Requests admitted per minute.
     requests_per_minute: Option<u64>,
+    /// Tokens (input plus output) per minute. A request holds its prompt estimate plus its
+    /// `max_tokens` (or `settings.estimated_output_tokens`) until it ends and settles its usage.
+    tokens_per_minute: Option<u64>,
+    /// Requests in flight at once.
+    concurrent_requests: Option<u64>,
+    /// Token budget per UTC day; spent, it answers 429 `budget_exceeded` until the day ends.
+    tokens_per_day: Option<u64>,
+    /// Token budget per UTC calendar month.
+    tokens_per_month: Option<u64>,
+}
+
+impl RawLimits {
+    /// The ledger limits, each named `{scope}/{field}`.
+    fn compile(&self, scope: &str) -> Vec<Limit> {
+        let entries = [
+            ("requests_per_minute", Meter::Requests, Window::Minute, self.requests_per_minute),
+            ("tokens_per_minute", Meter::Tokens, Window::Minute, self.tokens_per_minute),
+            ("concurrent_requests", Meter::Concurrent, Window::Open, self.concurrent_requests),
+            ("tokens_per_day", Meter::Tokens, Window::Day, self.tokens_per_day),
+            ("tokens_per_month", Meter::Tokens, Window::Month, self.tokens_per_month),
+        ];
+        entries
+            .into_iter()
+            .filter_map(|(name, meter, window, max)| max.map(|max| Limit { id: format!("{scope}/{name}"), meter, window, max }))
+            .collect()
+    }
 }
 
 /// An API key.
@@ -94,6 +123,9 @@ struct RawKey {
     roles: Option<Vec<Role>>,
     /// When the key stops working, in seconds since the Unix epoch; absent: never.
     expires_at: Option<u64>,
+    /// Limits of this key alone, inside its tenant's.
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 /// What a credential may do. Roles are separate by design: a key that can invoke models cannot
@@ -273,8 +305,8 @@ pub struct PolicyError {
 pub struct Tenant {
     /// Tenant id.
     pub id: String,
-    /// Request rate limit, if any.
-    pub requests_per_minute: Option<RateLimit>,
+    /// The tenant's limits (counters `tenant/...`).
+    pub limits: Vec<Limit>,
     /// Aliases the tenant may use; `None` means all.
     pub models: Option<Vec<String>>,
     /// Canary group.
@@ -305,6 +337,8 @@ pub struct ApiKey {
     pub roles: Roles,
     /// Expiry, in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// The key's own limits (counters `key:{id}/...`).
+    pub limits: Vec<Limit>,
 }
 
 impl ApiKey {
@@ -353,6 +387,7 @@ pub struct Policy {
     models: BTreeMap<String, Vec<Target>>,
     issuers: HashMap<String, JwtIssuer>,
     refresh_ms: u64,
+    estimated_output_tokens: u64,
 }
 
 impl Policy {
@@ -379,12 +414,8 @@ impl Policy {
             if t.id.is_empty() {
                 err(format!("tenants[{i}].id"), "must not be empty".into());
             }
-            let tenant = Tenant {
-                id: t.id.clone(),
-                requests_per_minute: t.limits.requests_per_minute.map(|limit| RateLimit { limit, window_ms: 60_000 }),
-                models: t.models.clone(),
-                canary_group: t.canary_group,
-            };
+            let tenant =
+                Tenant { id: t.id.clone(), limits: t.limits.compile("tenant"), models: t.models.clone(), canary_group: t.canary_group };
             tenant_aliases.push((i, t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
                 err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
@@ -474,7 +505,8 @@ impl Policy {
                 err(format!("keys[{i}].id"), format!("duplicate key id {:?}", k.id));
             }
             let roles = k.roles.map_or(Roles(Role::Invoke.bit()), |r| r.into_iter().collect());
-            let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models, roles, expires_at: k.expires_at };
+            let limits = k.limits.compile(&format!("key:{}", k.id));
+            let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models, roles, expires_at: k.expires_at, limits };
             if keys.insert(hash, key).is_some() {
                 err(format!("keys[{i}].hash"), "duplicate key hash".into());
             }
@@ -501,7 +533,8 @@ impl Policy {
             return Err(errors);
         }
         let refresh_ms = u64::from(doc.settings.policy_refresh_seconds.unwrap_or(10)) * 1000;
-        Ok(Policy { version, tenants, keys, providers, models, issuers, refresh_ms })
+        let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
+        Ok(Policy { version, tenants, keys, providers, models, issuers, refresh_ms, estimated_output_tokens })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
@@ -537,6 +570,11 @@ impl Policy {
     /// How long an isolate may serve this snapshot before re-reading the store's pointers.
     pub fn refresh_ms(&self) -> u64 {
         self.refresh_ms
+    }
+
+    /// Output tokens assumed for a request that sets no `max_tokens`.
+    pub fn estimated_output_tokens(&self) -> u64 {
+        self.estimated_output_tokens
     }
 
     /// Every model alias, in order.

@@ -12,7 +12,7 @@ use futures::Stream;
 
 use crate::error::Error;
 use crate::jwt::JwtIssuer;
-use crate::ledger::{Admission, RateLimit};
+use crate::ledger::{LedgerAnswer, LedgerOp};
 use crate::telemetry::RequestRecord;
 
 /// A body that arrives in pieces. Errors end it.
@@ -48,15 +48,16 @@ pub trait PolicyStore {
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>>;
 }
 
-/// Per-tenant counters that admit or refuse work atomically.
+/// Per-tenant ledgers that hold, settle and refuse work atomically.
 ///
 /// Consistency: Workers uses one Durable Object per tenant, whose single-threaded execution makes
-/// each `admit` atomic and exact. Spin uses one SQLite transaction per `admit`, exact for all
-/// instances sharing the database. Implementations run [`crate::ledger::FixedWindow::admit`]
-/// inside that atomic section, so the arithmetic is the same everywhere.
+/// each `apply` atomic and exact. Spin uses one SQLite transaction per `apply`, exact for all
+/// instances sharing the database. Implementations load the tenant's [`crate::ledger::Book`], run
+/// [`crate::ledger::Book::apply`] and store it inside that atomic section, so the arithmetic is
+/// the same everywhere.
 pub trait Ledger {
-    /// Counts one request against the counter `counter` of `tenant` if `limit` allows it.
-    fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> impl Future<Output = Result<Admission, Error>>;
+    /// Applies `op` to the book of `tenant`.
+    fn apply(&self, tenant: &str, op: LedgerOp) -> impl Future<Output = Result<LedgerAnswer, Error>>;
 }
 
 /// Provider credentials, looked up by the name policy gives them (never stored in policy).

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use crate::error::{Error, ErrorKind};
 use crate::gateway::{Body, Gateway};
 use crate::jwt::JwtIssuer;
-use crate::ledger::{Admission, FixedWindow, RateLimit};
+use crate::ledger::{Book, LedgerAnswer, LedgerOp};
 use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
 use crate::telemetry::RequestRecord;
 
@@ -55,7 +55,7 @@ struct Inner {
     seed: Cell<u64>,
     kv: RefCell<BTreeMap<String, Bytes>>,
     store_fault: RefCell<Option<Error>>,
-    ledger: RefCell<HashMap<String, FixedWindow>>,
+    ledger: RefCell<HashMap<String, Book>>,
     secrets: RefCell<HashMap<String, String>>,
     script: RefCell<VecDeque<Scripted>>,
     sent: RefCell<Vec<http::Request<Bytes>>>,
@@ -97,6 +97,11 @@ impl TestHost {
     /// Makes every policy store operation fail with `fault` (or work again with `None`).
     pub fn fail_store(&self, fault: Option<Error>) {
         *self.0.store_fault.borrow_mut() = fault;
+    }
+
+    /// Open ledger holds of `tenant` (requests not yet settled).
+    pub fn open_holds(&self, tenant: &str) -> usize {
+        self.0.ledger.borrow().get(tenant).map_or(0, Book::open_holds)
     }
 
     /// The policy store's value under `key`.
@@ -203,9 +208,9 @@ impl PolicyStore for TestHost {
 }
 
 impl Ledger for TestHost {
-    async fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> Result<Admission, Error> {
+    async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
         let now = self.now_ms();
-        Ok(self.0.ledger.borrow_mut().entry(format!("{tenant}/{counter}")).or_default().admit(now, limit))
+        Ok(self.0.ledger.borrow_mut().entry(tenant.to_owned()).or_default().apply(now, op))
     }
 }
 

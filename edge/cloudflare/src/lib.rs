@@ -7,7 +7,7 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use edgegate_core::ledger::{Admission, FixedWindow, RateLimit};
+use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{
     Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream,
 };
@@ -98,25 +98,19 @@ impl PolicyStore for CfHost {
     }
 }
 
-/// The ledger protocol between the worker and its Durable Object.
-#[derive(Serialize, Deserialize)]
-struct AdmitCall {
-    counter: String,
-    limit: RateLimit,
-}
-
 impl LedgerPort for CfHost {
-    async fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> Result<Admission, Error> {
+    /// One call to the tenant's Durable Object, which applies `op` to its book (the request body
+    /// is the `LedgerOp`, the answer the `LedgerAnswer`).
+    async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
         let call = async {
             let stub = self.0.env.durable_object("LEDGER")?.id_from_name(tenant)?.get_stub()?;
-            let body = serde_json::to_string(&AdmitCall { counter: counter.to_owned(), limit })?;
             let mut init = RequestInit::new();
-            init.with_method(Method::Post).with_body(Some(body.into()));
-            let mut resp = stub.fetch_with_request(Request::new_with_init("https://ledger/admit", &init)?).await?;
+            init.with_method(Method::Post).with_body(Some(serde_json::to_string(&op)?.into()));
+            let mut resp = stub.fetch_with_request(Request::new_with_init("https://ledger/apply", &init)?).await?;
             if resp.status_code() != 200 {
                 return Err(worker::Error::RustError(format!("ledger answered {}", resp.status_code())));
             }
-            resp.json::<Admission>().await
+            resp.json::<LedgerAnswer>().await
         };
         call.await.map_err(|e| store_error("tenant ledger", e))
     }
@@ -234,26 +228,24 @@ impl Deferred for CfHost {
     }
 }
 
-/// One per tenant: the tenant's counters, in the object's SQLite storage.
+/// One per tenant: the tenant's ledger book, in the object's SQLite storage.
 ///
-/// A Durable Object runs one event at a time, and every read-decide-write below is synchronous
-/// SQL with no `await` in between, so each admission is atomic and the count is exact.
+/// A Durable Object runs one event at a time, and every read-apply-write below is synchronous
+/// SQL with no `await` in between, so each operation is atomic and the counts are exact.
 #[durable_object]
 pub struct Ledger {
     sql: worker::SqlStorage,
 }
 
 #[derive(Deserialize)]
-struct CounterRow {
-    start_ms: i64,
-    count: i64,
+struct BookRow {
+    json: String,
 }
 
 impl worker::DurableObject for Ledger {
     fn new(state: worker::State, _env: Env) -> Self {
         let sql = state.storage().sql();
-        let created = sql
-            .exec("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, count INTEGER NOT NULL)", None);
+        let created = sql.exec("CREATE TABLE IF NOT EXISTS book (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL)", None);
         if let Err(e) = created {
             console_log!("ledger: creating table failed: {e}");
         }
@@ -261,18 +253,13 @@ impl worker::DurableObject for Ledger {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let call: AdmitCall = req.json().await?;
+        let op: LedgerOp = req.json().await?;
         let now = worker::Date::now().as_millis();
-        let rows: Vec<CounterRow> =
-            self.sql.exec("SELECT start_ms, count FROM counters WHERE name = ?", vec![call.counter.as_str().into()])?.to_array()?;
-        let mut window =
-            rows.first().map(|r| FixedWindow { start_ms: r.start_ms.max(0) as u64, count: r.count.max(0) as u64 }).unwrap_or_default();
-        let answer = window.admit(now, call.limit);
-        self.sql.exec(
-            "INSERT INTO counters (name, start_ms, count) VALUES (?, ?, ?) \
-             ON CONFLICT(name) DO UPDATE SET start_ms = excluded.start_ms, count = excluded.count",
-            vec![call.counter.as_str().into(), (window.start_ms as i64).into(), (window.count as i64).into()],
-        )?;
+        let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
+        let mut book: Book = rows.first().and_then(|r| serde_json::from_str(&r.json).ok()).unwrap_or_default();
+        let answer = book.apply(now, op);
+        let json = serde_json::to_string(&book)?;
+        self.sql.exec("INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json", vec![json.into()])?;
         Response::from_json(&answer)
     }
 }

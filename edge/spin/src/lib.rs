@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use edgegate_core::ledger::{Admission, FixedWindow, RateLimit};
+use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
@@ -138,32 +138,21 @@ impl PolicyStore for SpinHost {
 }
 
 impl Ledger for SpinHost {
-    /// One `BEGIN IMMEDIATE` transaction per admission: SQLite takes the write lock first, so
-    /// concurrent instances sharing the database serialise and the count is exact.
-    async fn admit(&self, tenant: &str, counter: &str, limit: RateLimit) -> Result<Admission, Error> {
+    /// One `BEGIN IMMEDIATE` transaction per operation: SQLite takes the write lock first, so
+    /// concurrent instances sharing the database serialise and the counts are exact.
+    async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
         let db = Connection::open_default().map_err(|e| store_error("sqlite database `default`", e))?;
-        let name = format!("{tenant}/{counter}");
         let now = self.now_ms();
-        let run = || -> Result<Admission, spin_sdk::sqlite::Error> {
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS edgegate_counters (name TEXT PRIMARY KEY, start_ms INTEGER NOT NULL, count INTEGER NOT NULL)",
-                &[],
-            )?;
+        let run = || -> Result<LedgerAnswer, spin_sdk::sqlite::Error> {
+            db.execute("CREATE TABLE IF NOT EXISTS edgegate_books (tenant TEXT PRIMARY KEY, json TEXT NOT NULL)", &[])?;
             db.execute("BEGIN IMMEDIATE", &[])?;
-            let rows = db.execute("SELECT start_ms, count FROM edgegate_counters WHERE name = ?", &[Value::Text(name.clone())])?;
-            let mut window = rows
-                .rows
-                .first()
-                .map(|r| FixedWindow {
-                    start_ms: r.get::<i64>(0).unwrap_or(0).max(0) as u64,
-                    count: r.get::<i64>(1).unwrap_or(0).max(0) as u64,
-                })
-                .unwrap_or_default();
-            let answer = window.admit(now, limit);
+            let rows = db.execute("SELECT json FROM edgegate_books WHERE tenant = ?", &[Value::Text(tenant.to_owned())])?;
+            let stored = rows.rows.first().and_then(|r| r.get::<&str>(0).map(str::to_owned));
+            let mut book: Book = stored.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+            let answer = book.apply(now, op);
             db.execute(
-                "INSERT INTO edgegate_counters (name, start_ms, count) VALUES (?, ?, ?) \
-                 ON CONFLICT(name) DO UPDATE SET start_ms = excluded.start_ms, count = excluded.count",
-                &[Value::Text(name.clone()), Value::Integer(window.start_ms as i64), Value::Integer(window.count as i64)],
+                "INSERT INTO edgegate_books (tenant, json) VALUES (?, ?) ON CONFLICT(tenant) DO UPDATE SET json = excluded.json",
+                &[Value::Text(tenant.to_owned()), Value::Text(serde_json::to_string(&book).unwrap_or_default())],
             )?;
             db.execute("COMMIT", &[])?;
             Ok(answer)

@@ -1,0 +1,140 @@
+//! Limits through the whole gateway on the deterministic test host: token holds trued up by the
+//! provider's usage, streams and abandoned streams settled, failures released, concurrency slots,
+//! budgets, key limits inside tenant limits, and the `x-ratelimit-*` headers.
+
+use bytes::Bytes;
+use edgegate_core::Gateway;
+use edgegate_core::policy::key_hash_string;
+use edgegate_core::testkit::{Scripted, TestHost};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const T0: u64 = 1_800_000_000_000; // on a minute boundary
+
+fn host(limits: Value, key_limits: Value) -> TestHost {
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": limits}],
+        "keys": [
+            {"id": "k1", "tenant": "acme", "hash": key_hash_string("sk-1"), "limits": key_limits},
+            {"id": "k2", "tenant": "acme", "hash": key_hash_string("sk-2")}
+        ],
+        "providers": [{"id": "builtin", "kind": "mock"}, {"id": "up", "kind": "openai_compatible", "base_url": "http://127.0.0.1:9/v1"}],
+        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}, {"alias": "up", "targets": [{"provider": "up", "model": "u"}]}],
+        "settings": {"estimated_output_tokens": 100}
+    });
+    TestHost::new(T0, &doc.to_string())
+}
+
+fn chat(key: &str, model: &str, extra: Value) -> http::Request<Bytes> {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    http::Request::post("https://gw/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Bytes::from(body.to_string()))
+        .unwrap_or_else(|_| unreachable!())
+}
+
+fn usage(h: &TestHost, gw: &Gateway) -> Value {
+    let _ = h.records(); // run deferred settlements
+    let req = http::Request::get("https://gw/admin/tenants/acme/usage")
+        .header("authorization", "Bearer sk-admin")
+        .body(Bytes::new())
+        .unwrap_or_else(|_| unreachable!());
+    let (_, body) = h.call(gw, req);
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+fn used(h: &TestHost, gw: &Gateway, counter: &str) -> u64 {
+    usage(h, gw)["ledger"]["counters"][counter]["used"].as_u64().unwrap_or(0)
+}
+
+fn admin_host(limits: Value, key_limits: Value) -> TestHost {
+    let h = host(limits, key_limits);
+    h.set_secret("EDGEGATE_ADMIN_KEY", "sk-admin");
+    h
+}
+
+#[test]
+fn tokens_are_held_by_estimate_and_settled_by_usage() {
+    let (h, gw) = (admin_host(json!({"tokens_per_minute": 1_000}), json!({})), Gateway::new());
+    let (parts, _) = h.call(&gw, chat("sk-1", "mock", json!({"max_tokens": 50})));
+    assert_eq!(parts.status, 200);
+    // The hold is the prompt estimate + 50, until the mock's usage replaces it.
+    assert_eq!(parts.headers["x-ratelimit-limit-tokens"], "1000");
+    let remaining: u64 = parts.headers["x-ratelimit-remaining-tokens"].to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(remaining < 1_000 - 50, "the hold counts the output cap: {remaining}");
+    let reported = h.records().iter().find_map(|r| r.usage).map(|u| u.prompt_tokens() + u.completion_tokens());
+    assert_eq!(Some(used(&h, &gw, "tenant/tokens_per_minute")), reported, "settled to the provider's usage");
+    assert_eq!(h.open_holds("acme"), 0);
+}
+
+#[test]
+fn a_request_that_cannot_fit_is_refused_before_any_provider_is_called() {
+    let (h, gw) = (admin_host(json!({"tokens_per_minute": 120}), json!({})), Gateway::new());
+    let (parts, body) = h.call(&gw, chat("sk-1", "mock", json!({"max_tokens": 500})));
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!((parts.status.as_u16(), body["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")));
+    assert_eq!(parts.headers["retry-after"], "60");
+    assert_eq!(parts.headers["x-ratelimit-remaining-tokens"], "120");
+    assert!(h.sent().is_empty());
+    assert_eq!(h.call(&gw, chat("sk-1", "mock", json!({}))).0.status, 200, "the default output estimate (100) fits");
+}
+
+#[test]
+fn failed_requests_release_their_tokens_but_still_count_as_requests() {
+    let (h, gw) = (admin_host(json!({"tokens_per_minute": 1_000, "requests_per_minute": 10}), json!({})), Gateway::new());
+    h.script(Scripted::Unreachable);
+    assert_eq!(h.call(&gw, chat("sk-1", "up", json!({}))).0.status, 502);
+    assert_eq!(used(&h, &gw, "tenant/tokens_per_minute"), 0);
+    assert_eq!(used(&h, &gw, "tenant/requests_per_minute"), 1);
+}
+
+#[test]
+fn streams_hold_a_concurrency_slot_until_they_end_or_are_abandoned() {
+    let (h, gw) = (admin_host(json!({"concurrent_requests": 1, "tokens_per_minute": 10_000}), json!({})), Gateway::new());
+    let stream = futures::executor::block_on(gw.handle(&h, chat("sk-1", "mock", json!({"stream": true, "max_tokens": 40}))));
+    assert_eq!(stream.status(), 200);
+    let second = h.call(&gw, chat("sk-2", "mock", json!({})));
+    assert_eq!(second.0.status, 429, "the open stream holds the only slot");
+    assert_eq!(second.0.headers["retry-after"], "1");
+    let edgegate_core::Body::Stream(mut body) = stream.into_body() else { unreachable!("a stream") };
+    assert!(futures::executor::block_on(body.next()).is_some());
+    drop(body); // the client goes away mid-stream
+    let _ = h.records();
+    assert_eq!(h.open_holds("acme"), 0, "an abandoned stream is settled");
+    assert!(used(&h, &gw, "tenant/tokens_per_minute") > 0, "and charged its estimate, since the provider answered");
+    assert_eq!(h.call(&gw, chat("sk-2", "mock", json!({}))).0.status, 200, "the slot is free again");
+}
+
+#[test]
+fn budgets_are_a_distinct_429_until_the_period_ends() {
+    let (h, gw) = (admin_host(json!({"tokens_per_day": 200}), json!({})), Gateway::new());
+    assert_eq!(h.call(&gw, chat("sk-1", "mock", json!({"max_tokens": 50}))).0.status, 200);
+    let (parts, body) = h.call(&gw, chat("sk-1", "mock", json!({"max_tokens": 190})));
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(
+        (parts.status.as_u16(), body["error"]["code"].as_str(), body["error"]["type"].as_str()),
+        (429, Some("budget_exceeded"), Some("insufficient_quota"))
+    );
+    assert_eq!(parts.headers["x-should-retry"], "false");
+    let wait: u64 = parts.headers["retry-after"].to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert_eq!(wait, 86_400 - (T0 / 1000) % 86_400, "until the UTC day ends");
+    h.advance(wait * 1000);
+    assert_eq!(h.call(&gw, chat("sk-1", "mock", json!({"max_tokens": 190}))).0.status, 200, "a new day, a new budget");
+}
+
+#[test]
+fn key_limits_apply_inside_tenant_limits() {
+    let (h, gw) = (admin_host(json!({"requests_per_minute": 5}), json!({"requests_per_minute": 2})), Gateway::new());
+    let status = |key: &str| h.call(&gw, chat(key, "mock", json!({}))).0.status.as_u16();
+    assert_eq!([status("sk-1"), status("sk-1"), status("sk-1")], [200, 200, 429], "the key's own limit");
+    assert_eq!(
+        [status("sk-2"), status("sk-2"), status("sk-2"), status("sk-2")],
+        [200, 200, 200, 429],
+        "the tenant's limit counts both keys"
+    );
+    let (parts, _) = h.call(&gw, chat("sk-2", "mock", json!({})));
+    assert_eq!(parts.headers["x-ratelimit-limit-requests"], "5");
+}
