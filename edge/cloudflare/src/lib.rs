@@ -14,7 +14,7 @@ use edgegate_core::ports::{
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use worker::{Context, Env, Fetch, Headers, HttpRequest, Method, Request, RequestInit, Response, console_log, durable_object, event};
 
 thread_local! {
