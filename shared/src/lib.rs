@@ -4,7 +4,7 @@
 //! (one thin crate per edge runtime) implements the small traits in [`ports`] and hands each
 //! request to [`Gateway::handle`], which runs the phases of [`phases`] in order:
 //!
-//! authenticate → admit → validate → route → call upstream → guard → record.
+//! authenticate → validate → admit → route → call upstream → guard → record.
 //!
 //! Errors are one type, [`Error`], mapped to HTTP in one place. Providers live one per file in
 //! [`providers`] and are sans-IO as well: they build requests, read responses and decode streams

@@ -1,4 +1,4 @@
-//! The request phases, in order: authenticate → admit → validate → route → call upstream →
+//! The request phases, in order: authenticate → validate → admit → route → call upstream →
 //! guard → record. Each phase here is a pure function over data; [`crate::gateway`] is the one
 //! orchestrator that runs them and talks to ports between them.
 //!
