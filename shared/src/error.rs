@@ -28,6 +28,8 @@ pub enum ErrorKind {
     InvalidJson,
     /// The body is JSON but not a valid request for this endpoint.
     InvalidRequest,
+    /// The prompt is longer than policy allows.
+    PromptTooLong,
     /// The body exceeds the gateway's size limit.
     PayloadTooLarge,
     /// No API key was presented.
@@ -123,7 +125,7 @@ impl Error {
     /// The HTTP status this error is answered with. The only status mapping in the gateway.
     pub fn status(&self) -> u16 {
         match self.kind {
-            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::UpstreamRejected(_) => 400,
+            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::PromptTooLong | ErrorKind::UpstreamRejected(_) => 400,
             ErrorKind::MissingApiKey | ErrorKind::InvalidApiKey | ErrorKind::InvalidToken => 401,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::Conflict => 409,
@@ -144,6 +146,7 @@ impl Error {
         match self.kind {
             ErrorKind::InvalidJson
             | ErrorKind::InvalidRequest
+            | ErrorKind::PromptTooLong
             | ErrorKind::PayloadTooLarge
             | ErrorKind::MissingApiKey
             | ErrorKind::InvalidApiKey
@@ -181,6 +184,7 @@ impl Error {
         match self.kind {
             ErrorKind::InvalidJson => "invalid_json",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::PromptTooLong => "context_length_exceeded",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::MissingApiKey => "missing_api_key",
             ErrorKind::InvalidApiKey => "invalid_api_key",
@@ -284,6 +288,7 @@ mod tests {
         use Side::*;
         check(K::InvalidJson, 400, Downstream, "invalid_json", "invalid_request_error");
         check(K::InvalidRequest, 400, Downstream, "invalid_request", "invalid_request_error");
+        check(K::PromptTooLong, 400, Downstream, "context_length_exceeded", "invalid_request_error");
         check(K::PayloadTooLarge, 413, Downstream, "payload_too_large", "invalid_request_error");
         check(K::MissingApiKey, 401, Downstream, "missing_api_key", "authentication_error");
         check(K::InvalidApiKey, 401, Downstream, "invalid_api_key", "authentication_error");

@@ -238,7 +238,8 @@ impl Gateway {
         if route == Route::Embeddings {
             let embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
-            self.admit(host, ctx, &principal, embed.estimate_tokens()).await?;
+            let limits = phases::limits(&policy, &principal, &embed.model);
+            self.admit(host, ctx, &principal.tenant.id, limits, embed.estimate_tokens()).await?;
             let plan = phases::route(&policy, &principal, &embed.model)?;
             return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
         }
@@ -246,7 +247,8 @@ impl Gateway {
         if route == Route::CountTokens {
             let chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
-            self.admit(host, ctx, &principal, 0).await?;
+            let limits = phases::limits(&policy, &principal, &chat.model);
+            self.admit(host, ctx, &principal.tenant.id, limits, 0).await?;
             let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
                 .into_iter()
                 .filter(|c| providers::adapter(c.provider.kind).counts_tokens())
@@ -262,25 +264,33 @@ impl Gateway {
             return Ok(Reply::Json(StatusCode::OK, Bytes::from(estimate.to_string())));
         }
 
-        let chat = phases::validate(ctx.dialect, req.body())?;
+        let mut chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
-        let output = chat.max_output_tokens().unwrap_or_else(|| policy.estimated_output_tokens());
-        self.admit(host, ctx, &principal, chat.estimate_prompt_tokens().saturating_add(output)).await?;
+        let prompt = chat.estimate_prompt_tokens();
+        let output = phases::cap(&policy, &principal, &mut chat, prompt)?;
+        let limits = phases::limits(&policy, &principal, &chat.model);
+        self.admit(host, ctx, &principal.tenant.id, limits, prompt.saturating_add(output)).await?;
 
         let plan = phases::route(&policy, &principal, &chat.model)?;
         // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
     }
 
-    /// Phase 3, **admit**: reserves one request and `tokens` against every limit of the principal
-    /// in its tenant's ledger, all or nothing. The hold is settled when the request is recorded.
-    async fn admit<H: Host>(&self, host: &H, ctx: &mut Ctx, principal: &phases::Principal, tokens: u64) -> Result<(), Error> {
-        let limits = phases::limits(principal);
+    /// Phase 3, **admit**: reserves one request and `tokens` against every one of `limits` in the
+    /// tenant's ledger, all or nothing. The hold is settled when the request is recorded.
+    async fn admit<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        tenant: &str,
+        limits: Vec<crate::ledger::Limit>,
+        tokens: u64,
+    ) -> Result<(), Error> {
         if limits.is_empty() {
             return Ok(());
         }
-        let tenant = principal.tenant.id.clone();
+        let tenant = tenant.to_owned();
         let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask: Amounts { tokens } };
         let answer = host.apply(&tenant, op).await?;
         let (state, admitted) = phases::admit(answer, host.now_ms());

@@ -14,7 +14,7 @@ use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::jwt::JwtIssuer;
 use crate::ledger::{LedgerAnswer, Limit, LimitState, Meter, Window};
-use crate::policy::{ApiKey, Policy, Provider, Role, Target, Tenant, hash_key};
+use crate::policy::{ApiKey, Limits, Policy, Provider, Role, Target, Tenant, hash_key};
 use crate::snapshot::Snapshot;
 
 /// Who is calling, once authenticated.
@@ -94,14 +94,45 @@ pub fn token_principal(
         roles,
         expires_at: claims.get("exp").and_then(serde_json::Value::as_u64),
         // Token subjects have no limits of their own; their tenant's apply.
-        limits: Vec::new(),
+        limits: Limits::default(),
     };
     Ok(Principal { key, tenant: tenant.clone() })
 }
 
-/// The limits that apply to `principal`: its tenant's and its key's.
-pub fn limits(principal: &Principal) -> Vec<Limit> {
-    principal.tenant.limits.iter().chain(&principal.key.limits).cloned().collect()
+/// Every [`Limits`] that applies to `principal` asking for `alias`: its tenant's, its key's and
+/// the alias's.
+fn scopes<'a>(policy: &'a Policy, principal: &'a Principal, alias: &str) -> impl Iterator<Item = &'a Limits> {
+    [Some(&principal.tenant.limits), Some(&principal.key.limits), policy.model_limits(alias)].into_iter().flatten()
+}
+
+/// The ledger counters that apply to `principal` asking for `alias`.
+pub fn limits(policy: &Policy, principal: &Principal, alias: &str) -> Vec<Limit> {
+    scopes(policy, principal, alias).flat_map(|l| l.counters.iter().cloned()).collect()
+}
+
+/// Applies the token caps of every scope (the smallest wins): a prompt over `max_prompt_tokens`
+/// is refused (400 `context_length_exceeded`); an output cap over `max_output_tokens`, or none,
+/// is set to it. Returns the output tokens to reserve.
+pub fn cap(policy: &Policy, principal: &Principal, chat: &mut ChatRequest, prompt_tokens: u64) -> Result<u64, Error> {
+    let min = |f: fn(&Limits) -> Option<u64>| scopes(policy, principal, &chat.model).filter_map(f).min();
+    if let Some(max) = min(|l| l.max_prompt_tokens)
+        && prompt_tokens > max
+    {
+        return Err(Error::new(
+            ErrorKind::PromptTooLong,
+            format!("the prompt is about {prompt_tokens} tokens; at most {max} are allowed here"),
+        )
+        .with_param("messages"));
+    }
+    let asked = chat.max_output_tokens();
+    match min(|l| l.max_output_tokens) {
+        Some(cap) if asked.is_none_or(|a| a > cap) => {
+            let field = if chat.extra.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
+            chat.extra.insert(field.into(), cap.into());
+            Ok(cap)
+        }
+        _ => Ok(asked.unwrap_or_else(|| policy.estimated_output_tokens())),
+    }
 }
 
 /// One `x-ratelimit-*` family: the tightest per-minute limit of its meter.
@@ -319,8 +350,8 @@ mod tests {
         assert_eq!(plan, ["b1", "b2"]);
         assert_eq!(route(p, &two, "big").map_err(|e| e.metric_label()), Err("model_not_found"));
         assert_eq!(route(p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
-        assert_eq!(limits(&one).iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(), [("tenant/requests_per_minute", 5)]);
-        assert!(limits(&two).is_empty());
+        assert_eq!(limits(p, &one, "big").iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(), [("tenant/requests_per_minute", 5)]);
+        assert!(limits(p, &two, "small").is_empty());
     }
 
     #[test]

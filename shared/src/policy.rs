@@ -86,11 +86,32 @@ struct RawLimits {
     tokens_per_day: Option<u64>,
     /// Token budget per UTC calendar month.
     tokens_per_month: Option<u64>,
+    /// Longest prompt accepted, in estimated tokens; longer ones are refused with 400
+    /// `context_length_exceeded` before anything is reserved or sent.
+    max_prompt_tokens: Option<u64>,
+    /// Largest output a request may ask for: a larger (or absent) `max_tokens` is set to this,
+    /// so the reservation covers everything the provider can return.
+    max_output_tokens: Option<u64>,
+}
+
+/// Compiled limits of a tenant, key or model alias.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Ledger counters.
+    pub counters: Vec<Limit>,
+    /// Prompt cap, estimated tokens.
+    pub max_prompt_tokens: Option<u64>,
+    /// Output cap, tokens.
+    pub max_output_tokens: Option<u64>,
 }
 
 impl RawLimits {
-    /// The ledger limits, each named `{scope}/{field}`.
-    fn compile(&self, scope: &str) -> Vec<Limit> {
+    /// The limits, each counter named `{scope}/{field}`.
+    fn compile(&self, scope: &str) -> Limits {
+        Limits { counters: self.counters(scope), max_prompt_tokens: self.max_prompt_tokens, max_output_tokens: self.max_output_tokens }
+    }
+
+    fn counters(&self, scope: &str) -> Vec<Limit> {
         let entries = [
             ("requests_per_minute", Meter::Requests, Window::Minute, self.requests_per_minute),
             ("tokens_per_minute", Meter::Tokens, Window::Minute, self.tokens_per_minute),
@@ -254,6 +275,9 @@ struct RawModel {
     alias: String,
     /// Where the alias is served, tried in order.
     targets: Vec<RawTarget>,
+    /// Limits of this alias, counted per tenant (counters `model:{alias}/...`).
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 /// One place an alias is served.
@@ -306,7 +330,7 @@ pub struct Tenant {
     /// Tenant id.
     pub id: String,
     /// The tenant's limits (counters `tenant/...`).
-    pub limits: Vec<Limit>,
+    pub limits: Limits,
     /// Aliases the tenant may use; `None` means all.
     pub models: Option<Vec<String>>,
     /// Canary group.
@@ -338,7 +362,7 @@ pub struct ApiKey {
     /// Expiry, in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
     /// The key's own limits (counters `key:{id}/...`).
-    pub limits: Vec<Limit>,
+    pub limits: Limits,
 }
 
 impl ApiKey {
@@ -384,7 +408,7 @@ pub struct Policy {
     tenants: HashMap<String, Tenant>,
     keys: HashMap<[u8; 32], ApiKey>,
     providers: HashMap<String, Provider>,
-    models: BTreeMap<String, Vec<Target>>,
+    models: BTreeMap<String, (Vec<Target>, Limits)>,
     issuers: HashMap<String, JwtIssuer>,
     refresh_ms: u64,
     estimated_output_tokens: u64,
@@ -473,7 +497,8 @@ impl Policy {
                 }
             }
             let targets = m.targets.into_iter().map(|t| Target { provider: t.provider, model: t.model }).collect();
-            if models.insert(m.alias.clone(), targets).is_some() {
+            let limits = m.limits.compile(&format!("model:{}", m.alias));
+            if models.insert(m.alias.clone(), (targets, limits)).is_some() {
                 err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));
             }
         }
@@ -564,7 +589,12 @@ impl Policy {
 
     /// The ordered targets of a model alias.
     pub fn targets(&self, alias: &str) -> Option<&[Target]> {
-        self.models.get(alias).map(Vec::as_slice)
+        self.models.get(alias).map(|(t, _)| t.as_slice())
+    }
+
+    /// The limits of a model alias.
+    pub fn model_limits(&self, alias: &str) -> Option<&Limits> {
+        self.models.get(alias).map(|(_, l)| l)
     }
 
     /// How long an isolate may serve this snapshot before re-reading the store's pointers.

@@ -138,3 +138,59 @@ fn key_limits_apply_inside_tenant_limits() {
     let (parts, _) = h.call(&gw, chat("sk-2", "mock", json!({})));
     assert_eq!(parts.headers["x-ratelimit-limit-requests"], "5");
 }
+
+#[test]
+fn token_caps_refuse_long_prompts_and_clamp_output_to_the_smallest_cap() {
+    let h = admin_host(
+        json!({"max_prompt_tokens": 50, "max_output_tokens": 300, "tokens_per_minute": 10_000}),
+        json!({"max_output_tokens": 200}),
+    );
+    let gw = Gateway::new();
+    let long = "word ".repeat(100);
+    let (parts, body) = h.call(
+        &gw,
+        http::Request::post("https://gw/v1/chat/completions")
+            .header("authorization", "Bearer sk-1")
+            .body(Bytes::from(json!({"model": "up", "messages": [{"role": "user", "content": long}]}).to_string()))
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(
+        (parts.status.as_u16(), body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+        (400, Some("context_length_exceeded"), Some("messages"))
+    );
+    assert!(h.sent().is_empty() && h.open_holds("acme") == 0, "nothing sent, nothing held");
+
+    let sent_cap = |extra: Value| {
+        h.script(Scripted::json(200, r#"{"id":"c","object":"chat.completion","created":1,"model":"u","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#));
+        assert_eq!(h.call(&gw, chat("sk-1", "up", extra)).0.status, 200);
+        let sent: Value = h.sent().last().map(|r| serde_json::from_slice(r.body()).unwrap_or_default()).unwrap_or_default();
+        (sent["max_tokens"].as_u64(), sent["max_completion_tokens"].as_u64())
+    };
+    assert_eq!(sent_cap(json!({})), (Some(200), None), "no cap asked: the key's (smaller) cap is set");
+    assert_eq!(sent_cap(json!({"max_tokens": 5_000})), (Some(200), None), "clamped");
+    assert_eq!(sent_cap(json!({"max_tokens": 20})), (Some(20), None), "a smaller ask is kept");
+    assert_eq!(sent_cap(json!({"max_completion_tokens": 900})), (None, Some(200)), "the caller's field is kept");
+    h.script(Scripted::json(200, r#"{"id":"c","object":"chat.completion","created":1,"model":"u","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#));
+    assert_eq!(h.call(&gw, chat("sk-2", "up", json!({"max_tokens": 5_000}))).0.status, 200);
+    let sent: Value = h.sent().last().map(|r| serde_json::from_slice(r.body()).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(sent["max_tokens"], 300, "a key without caps gets its tenant's");
+}
+
+#[test]
+fn model_limits_count_per_tenant_per_alias() {
+    let doc = json!({
+        "tenants": [{"id": "acme"}, {"id": "globex"}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}, {"id": "g", "tenant": "globex", "hash": key_hash_string("sk-g")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [
+            {"alias": "premium", "targets": [{"provider": "builtin", "model": "p"}], "limits": {"requests_per_minute": 1}},
+            {"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}
+        ]
+    });
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    let status = |key: &str, model: &str| h.call(&gw, chat(key, model, json!({}))).0.status.as_u16();
+    assert_eq!([status("sk-a", "premium"), status("sk-a", "premium"), status("sk-a", "mock")], [200, 429, 200]);
+    assert_eq!(status("sk-g", "premium"), 200, "each tenant has its own count for the alias");
+}
