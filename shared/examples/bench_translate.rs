@@ -65,7 +65,7 @@ fn main() {
         region: None,
         quirks: Default::default(),
     };
-    let target = Target { provider: "p".into(), model: "claude".into() };
+    let target = Target { provider: "p".into(), model: "claude".into(), price: None };
     let openai_req = ChatRequest::parse(OPENAI_REQUEST.as_bytes()).unwrap();
     let stream = anthropic_stream();
 

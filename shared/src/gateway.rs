@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind};
 use crate::jwt;
 use crate::ledger::{Amounts, LedgerOp};
 use crate::phases::{self, Candidate, RateState};
-use crate::policy::{Policy, ProviderKind, Role, Roles, hash_key, hex};
+use crate::policy::{Policy, Price, ProviderKind, Role, Roles, hash_key, hex};
 use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
 use crate::snapshot::{Snapshot, SnapshotCache};
@@ -122,7 +122,7 @@ enum Op<'a> {
 struct Ctx {
     record: RequestRecord,
     rate: Option<RateState>,
-    hold: Option<Hold>,
+    account: Account,
     dialect: &'static dyn Dialect,
 }
 
@@ -160,10 +160,11 @@ impl Gateway {
                 error: None,
                 attempts: Vec::new(),
                 usage: None,
+                cost_micro_usd: None,
                 duration_ms: 0,
             },
             rate: None,
-            hold: None,
+            account: Account::default(),
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -187,7 +188,7 @@ impl Gateway {
         set_headers(&mut resp, &ctx);
         ctx.record.status = resp.status().as_u16();
         match stream {
-            None => finish(host, ctx.record, ctx.hold),
+            None => finish(host, ctx.record, ctx.account),
             Some((upstream, decoder, encoder, held)) => {
                 let mut relay = Relay {
                     upstream,
@@ -195,7 +196,7 @@ impl Gateway {
                     encoder,
                     out: VecDeque::new(),
                     ended: false,
-                    finisher: Some((host.clone(), ctx.record, ctx.hold)),
+                    finisher: Some((host.clone(), ctx.record, ctx.account)),
                 };
                 relay.emit(held);
                 *resp.body_mut() = Body::Stream(Box::pin(relay));
@@ -238,9 +239,9 @@ impl Gateway {
         if route == Route::Embeddings {
             let embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
-            let limits = phases::limits(&policy, &principal, &embed.model);
-            self.admit(host, ctx, &principal.tenant.id, limits, embed.estimate_tokens()).await?;
             let plan = phases::route(&policy, &principal, &embed.model)?;
+            let limits = phases::limits(&policy, &principal, &embed.model);
+            self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, embed.estimate_tokens(), 0)).await?;
             return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
         }
 
@@ -248,7 +249,7 @@ impl Gateway {
             let chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
             let limits = phases::limits(&policy, &principal, &chat.model);
-            self.admit(host, ctx, &principal.tenant.id, limits, 0).await?;
+            self.admit(host, ctx, &principal.tenant.id, limits, &[], Amounts::default()).await?;
             let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
                 .into_iter()
                 .filter(|c| providers::adapter(c.provider.kind).counts_tokens())
@@ -269,34 +270,38 @@ impl Gateway {
         ctx.record.stream = chat.is_stream();
         let prompt = chat.estimate_prompt_tokens();
         let output = phases::cap(&policy, &principal, &mut chat, prompt)?;
-        let limits = phases::limits(&policy, &principal, &chat.model);
-        self.admit(host, ctx, &principal.tenant.id, limits, prompt.saturating_add(output)).await?;
-
         let plan = phases::route(&policy, &principal, &chat.model)?;
+        let limits = phases::limits(&policy, &principal, &chat.model);
+        self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, prompt, output)).await?;
+
         // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
     }
 
-    /// Phase 3, **admit**: reserves one request and `tokens` against every one of `limits` in the
-    /// tenant's ledger, all or nothing. The hold is settled when the request is recorded.
+    /// Phase 3, **admit**: reserves one request and `ask` against every one of `limits` in the
+    /// tenant's ledger, all or nothing. The hold is settled when the request is recorded, at the
+    /// price of the `plan` candidate that served it.
     async fn admit<H: Host>(
         &self,
         host: &H,
         ctx: &mut Ctx,
         tenant: &str,
         limits: Vec<crate::ledger::Limit>,
-        tokens: u64,
+        plan: &[Candidate],
+        ask: Amounts,
     ) -> Result<(), Error> {
+        ctx.account.prices =
+            plan.iter().filter_map(|c| c.target.price.map(|p| (c.provider.id.clone(), c.target.model.clone(), p))).collect();
         if limits.is_empty() {
             return Ok(());
         }
         let tenant = tenant.to_owned();
-        let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask: Amounts { tokens } };
+        let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask };
         let answer = host.apply(&tenant, op).await?;
         let (state, admitted) = phases::admit(answer, host.now_ms());
         ctx.rate = Some(state);
         admitted?;
-        ctx.hold = Some(Hold { tenant, tokens });
+        ctx.account.hold = Some((tenant, ask));
         Ok(())
     }
 
@@ -582,9 +587,9 @@ fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
 }
 
 /// Phase 7, **record**: stamps the duration and exports the record as deferred work.
-fn finish<H: Host>(host: &H, mut record: RequestRecord, hold: Option<Hold>) {
+fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account) {
     record.duration_ms = host.now_ms().saturating_sub(record.start_ms);
-    let settle = hold.map(|h| (h.tenant.clone(), h.settlement(&record)));
+    let settle = account.settle(&mut record);
     let worker = host.clone();
     host.defer(Box::pin(async move {
         // Settlement and export failures never reach a client: an unsettled hold expires on its
@@ -596,22 +601,35 @@ fn finish<H: Host>(host: &H, mut record: RequestRecord, hold: Option<Hold>) {
     }));
 }
 
-/// A reservation to settle when the request is recorded.
-struct Hold {
-    tenant: String,
-    tokens: u64,
+/// What a request costs and holds, settled when it is recorded.
+#[derive(Default)]
+struct Account {
+    /// The plan's priced candidates: provider id, model, price.
+    prices: Vec<(String, String, Price)>,
+    /// The tenant and what was reserved there, if anything.
+    hold: Option<(String, Amounts)>,
 }
 
-impl Hold {
-    /// Commit the usage the provider reported; without one, commit the estimate if a provider
-    /// answered (it may have billed a stream that was cut or abandoned), else release.
-    fn settlement(&self, record: &RequestRecord) -> LedgerOp {
+impl Account {
+    /// Stamps the record's cost (usage at the price of the candidate that answered) and returns
+    /// the settlement: commit the usage; without usage but with a provider's answer (a stream cut
+    /// or abandoned), commit the reservation, since the provider may have billed it; with no
+    /// answer at all, release.
+    fn settle(self, record: &mut RequestRecord) -> Option<(String, LedgerOp)> {
+        let served = record.attempts.iter().rev().find(|a| a.status.is_some_and(|s| (200..300).contains(&s)));
+        let price = served.and_then(|a| self.prices.iter().find(|(p, m, _)| *p == a.provider && *m == a.model)).map(|(_, _, p)| *p);
+        record.cost_micro_usd = record.usage.zip(price).map(|(u, p)| p.cost(u.prompt_tokens(), u.completion_tokens()));
+        let (tenant, held) = self.hold?;
         let id = record.request_id.clone();
-        match (&record.usage, record.attempts.iter().any(|a| a.status.is_some_and(|s| (200..300).contains(&s)))) {
-            (Some(u), _) => LedgerOp::Commit { id, used: Amounts { tokens: u.prompt_tokens() + u.completion_tokens() } },
-            (None, true) => LedgerOp::Commit { id, used: Amounts { tokens: self.tokens } },
+        let op = match (&record.usage, served.is_some()) {
+            (Some(u), _) => LedgerOp::Commit {
+                id,
+                used: Amounts { tokens: u.prompt_tokens() + u.completion_tokens(), micro_usd: record.cost_micro_usd.unwrap_or(0) },
+            },
+            (None, true) => LedgerOp::Commit { id, used: held },
             (None, false) => LedgerOp::Release { id },
-        }
+        };
+        Some((tenant, op))
     }
 }
 
@@ -626,7 +644,7 @@ struct Relay<H: Host> {
     encoder: Box<dyn StreamEncoder>,
     out: VecDeque<Bytes>,
     ended: bool,
-    finisher: Option<(H, RequestRecord, Option<Hold>)>,
+    finisher: Option<(H, RequestRecord, Account)>,
 }
 
 // No field is structurally pinned: the upstream stream is already boxed.
@@ -666,11 +684,11 @@ impl<H: Host> Relay<H> {
     }
 
     fn complete(&mut self, error: Option<&'static str>) {
-        if let Some((host, mut record, hold)) = self.finisher.take() {
+        if let Some((host, mut record, account)) = self.finisher.take() {
             if record.error.is_none() {
                 record.error = error;
             }
-            finish(&host, record, hold);
+            finish(&host, record, account);
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum Meter {
     Tokens,
     /// Requests in flight at once.
     Concurrent,
+    /// Money, in micro-dollars (integers only, never floats).
+    Spend,
 }
 
 /// When a limit's count starts again. Windows are aligned (UTC), so every host agrees.
@@ -105,6 +107,9 @@ pub struct Limit {
 pub struct Amounts {
     /// Tokens, input plus output.
     pub tokens: u64,
+    /// Money, micro-dollars.
+    #[serde(default)]
+    pub micro_usd: u64,
 }
 
 impl Amounts {
@@ -112,6 +117,7 @@ impl Amounts {
         match meter {
             Meter::Requests | Meter::Concurrent => 1,
             Meter::Tokens => self.tokens,
+            Meter::Spend => self.micro_usd,
         }
     }
 }
@@ -302,8 +308,9 @@ impl Book {
         for id in stale {
             if let Some(hold) = self.holds.remove(&id) {
                 // Charge what was held: the request may well have used it.
-                let held = hold.parts.iter().find(|p| p.meter == Meter::Tokens).map_or(0, |p| p.amount);
-                self.undo(&hold, Some(Amounts { tokens: held }));
+                let held = |meter| hold.parts.iter().find(|p| p.meter == meter).map_or(0, |p| p.amount);
+                let used = Amounts { tokens: held(Meter::Tokens), micro_usd: held(Meter::Spend) };
+                self.undo(&hold, Some(used));
             }
         }
         // Windows that have ended need no counter (a late settlement of theirs changes nothing).
@@ -322,7 +329,7 @@ mod tests {
     }
 
     fn reserve(book: &mut Book, now: u64, id: &str, limits: &[Limit], tokens: u64) -> Result<Vec<u64>, (String, u64)> {
-        match book.apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens } }) {
+        match book.apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens, micro_usd: 0 } }) {
             LedgerAnswer::Admitted { states } => Ok(states.iter().map(|s| s.remaining).collect()),
             LedgerAnswer::Refused { state } => Err((state.limit.id, state.reset_ms)),
             LedgerAnswer::Settled | LedgerAnswer::Book { .. } => unreachable!(),
@@ -347,12 +354,12 @@ mod tests {
         let mut b = Book::default();
         assert_eq!(reserve(&mut b, T0, "a", &tpm, 600), Ok(vec![400]));
         assert_eq!(reserve(&mut b, T0, "b", &tpm, 600), Err(("tpm".into(), 1_800_000_060_000)), "all or nothing");
-        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 150 } });
+        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 150, micro_usd: 0 } });
         assert_eq!(b.used("tpm", Window::Minute, T0), 150);
         assert_eq!(reserve(&mut b, T0, "b", &tpm, 600), Ok(vec![250]));
         b.apply(T0, LedgerOp::Release { id: "b".into() });
         assert_eq!(b.used("tpm", Window::Minute, T0), 150);
-        b.apply(T0, LedgerOp::Commit { id: "b".into(), used: Amounts { tokens: 999 } });
+        b.apply(T0, LedgerOp::Commit { id: "b".into(), used: Amounts { tokens: 999, micro_usd: 0 } });
         assert_eq!(b.used("tpm", Window::Minute, T0), 150, "settling twice changes nothing");
         assert_eq!(b.open_holds(), 0);
     }
@@ -365,7 +372,7 @@ mod tests {
         assert!(reserve(&mut b, T0, "b", &limits, 10).is_ok());
         assert_eq!(reserve(&mut b, T0, "c", &limits, 10).map_err(|e| e.0), Err("inflight".into()));
         assert_eq!(b.used("tpm", Window::Minute, T0), 20, "the refused request held no tokens");
-        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 10 } });
+        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 10, micro_usd: 0 } });
         assert!(reserve(&mut b, T0, "c", &limits, 10).is_ok(), "a settled request frees its slot");
     }
 
@@ -375,7 +382,7 @@ mod tests {
         let mut b = Book::default();
         assert!(reserve(&mut b, T0, "a", &limits, 90).is_ok());
         assert!(reserve(&mut b, T0 + 30_000, "b", &limits, 90).is_err(), "the slot is still held");
-        b.apply(T0 + 30_000, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 5 } });
+        b.apply(T0 + 30_000, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 5, micro_usd: 0 } });
         assert_eq!(b.used("tpm", Window::Minute, T0 + 30_000), 0, "the old minute's commit is not charged to the new one");
         assert!(reserve(&mut b, T0 + 30_000, "b", &limits, 90).is_ok());
         assert!(reserve(&mut b, T0 + 31_000, "c", &limits, 1).is_err());
@@ -389,6 +396,20 @@ mod tests {
         let mut b = Book::default();
         let (id, reset) = reserve(&mut b, T0, "a", &limits, 1).err().unwrap_or_default();
         assert_eq!((id.as_str(), reset), ("daily", 1_800_000_040_000 - 1_800_000_040_000 % 86_400_000 + 86_400_000));
+    }
+
+    #[test]
+    fn spend_is_held_in_micro_dollars_and_trued_up() {
+        let budget = [limit("usd", Meter::Spend, Window::Month, 1_000_000)]; // $1
+        let mut b = Book::default();
+        let ask = |b: &mut Book, id: &str, micro_usd| {
+            b.apply(T0, LedgerOp::Reserve { id: id.into(), limits: budget.to_vec(), ask: Amounts { tokens: 0, micro_usd } })
+        };
+        assert!(matches!(ask(&mut b, "a", 700_000), LedgerAnswer::Admitted { .. }));
+        assert!(matches!(ask(&mut b, "b", 400_000), LedgerAnswer::Refused { .. }), "would pass $1");
+        b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 0, micro_usd: 123_456 } });
+        assert!(matches!(ask(&mut b, "b", 400_000), LedgerAnswer::Admitted { .. }));
+        assert_eq!(b.used("usd", Window::Month, T0), 523_456);
     }
 
     #[test]
@@ -418,7 +439,7 @@ mod tests {
                         if reserve(&mut b, now, &format!("r{i}"), &limits, 1).is_ok() {
                             *admitted.entry(now / 60_000).or_default() += 1;
                             let op = match settle {
-                                0 => LedgerOp::Commit { id: format!("r{i}"), used: Amounts { tokens: 1 } },
+                                0 => LedgerOp::Commit { id: format!("r{i}"), used: Amounts { tokens: 1, micro_usd: 0 } },
                                 1 => LedgerOp::Release { id: format!("r{i}") },
                                 _ => continue,
                             };

@@ -13,7 +13,7 @@ use crate::chat::ChatRequest;
 use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::jwt::JwtIssuer;
-use crate::ledger::{LedgerAnswer, Limit, LimitState, Meter, Window};
+use crate::ledger::{Amounts, LedgerAnswer, Limit, LimitState, Meter, Window};
 use crate::policy::{ApiKey, Limits, Policy, Provider, Role, Target, Tenant, hash_key};
 use crate::snapshot::Snapshot;
 
@@ -196,6 +196,10 @@ pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>
             ErrorKind::RateLimited { retry_after_ms: wait },
             format!("rate limit {name} of {max} reached for {who}; retry after {secs}s"),
         ),
+        (Meter::Spend, _) => Error::new(
+            ErrorKind::BudgetExceeded { retry_after_ms: wait },
+            format!("budget {name} of ${}.{:06} is spent for {who}; it renews in {secs}s", max / 1_000_000, max % 1_000_000),
+        ),
         (_, Window::Day | Window::Month) => Error::new(
             ErrorKind::BudgetExceeded { retry_after_ms: wait },
             format!("budget {name} of {max} is spent for {who}; it renews in {secs}s"),
@@ -210,6 +214,14 @@ pub fn validate(dialect: &dyn Dialect, body: &[u8]) -> Result<ChatRequest, Error
     let chat = dialect.parse_chat(body)?;
     chat.check_limits()?;
     Ok(chat)
+}
+
+/// What to reserve for a request of `prompt` tokens and up to `output` more, served by one of
+/// `plan`: the tokens, and the cost on the dearest priced candidate (unpriced ones cost nothing),
+/// so failover can never spend beyond the hold.
+pub fn ask(plan: &[Candidate], prompt: u64, output: u64) -> Amounts {
+    let micro_usd = plan.iter().filter_map(|c| c.target.price).map(|p| p.cost(prompt, output)).max().unwrap_or(0);
+    Amounts { tokens: prompt.saturating_add(output), micro_usd }
 }
 
 /// One step of a routing plan.
@@ -352,6 +364,25 @@ mod tests {
         assert_eq!(route(p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
         assert_eq!(limits(p, &one, "big").iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(), [("tenant/requests_per_minute", 5)]);
         assert!(limits(p, &two, "small").is_empty());
+    }
+
+    #[test]
+    fn the_ask_holds_the_dearest_priced_candidate() {
+        let p = policy();
+        let candidate = |model: &str, price: Option<(u64, u64)>| Candidate {
+            provider: p.provider("m").cloned().unwrap_or_else(|| unreachable!()),
+            target: Target {
+                provider: "m".into(),
+                model: model.into(),
+                price: price.map(|(i, o)| crate::policy::Price { input_micro_usd_per_mtok: i, output_micro_usd_per_mtok: o }),
+            },
+        };
+        let plan =
+            [candidate("cheap", Some((150_000, 600_000))), candidate("free", None), candidate("dear", Some((2_500_000, 10_000_000)))];
+        // 1,000 prompt tokens and 500 output: $0.0025 + $0.005 on the dear one.
+        assert_eq!(ask(&plan, 1_000, 500), Amounts { tokens: 1_500, micro_usd: 7_500 });
+        assert_eq!(ask(&plan[..2], 1, 1), Amounts { tokens: 2, micro_usd: 1 }, "a fraction of a micro-dollar rounds up");
+        assert_eq!(ask(&plan[1..2], 1_000, 500).micro_usd, 0);
     }
 
     #[test]

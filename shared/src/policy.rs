@@ -92,6 +92,17 @@ struct RawLimits {
     /// Largest output a request may ask for: a larger (or absent) `max_tokens` is set to this,
     /// so the reservation covers everything the provider can return.
     max_output_tokens: Option<u64>,
+    /// Spend per UTC day, in US dollars (kept as integer micro-dollars). Counts targets with a `price`.
+    usd_per_day: Option<f64>,
+    /// Spend per UTC calendar month, in US dollars.
+    usd_per_month: Option<f64>,
+}
+
+/// US dollars as integer micro-dollars; `None` for a negative or non-finite amount.
+fn micro_usd(usd: f64) -> Option<u64> {
+    // Amounts are at most a few million dollars, far inside f64's exact integer range.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (usd.is_finite() && usd >= 0.0).then(|| (usd * 1e6).round() as u64)
 }
 
 /// Compiled limits of a tenant, key or model alias.
@@ -106,18 +117,34 @@ pub struct Limits {
 }
 
 impl RawLimits {
-    /// The limits, each counter named `{scope}/{field}`.
-    fn compile(&self, scope: &str) -> Limits {
-        Limits { counters: self.counters(scope), max_prompt_tokens: self.max_prompt_tokens, max_output_tokens: self.max_output_tokens }
+    /// The limits, each counter named `{scope}/{field}`; problems are reported under `path`.
+    fn compile(&self, scope: &str, path: &str, errors: &mut Vec<PolicyError>) -> Limits {
+        Limits {
+            counters: self.counters(scope, path, errors),
+            max_prompt_tokens: self.max_prompt_tokens,
+            max_output_tokens: self.max_output_tokens,
+        }
     }
 
-    fn counters(&self, scope: &str) -> Vec<Limit> {
+    fn counters(&self, scope: &str, path: &str, errors: &mut Vec<PolicyError>) -> Vec<Limit> {
+        let mut usd = |name: &str, v: Option<f64>| {
+            v.and_then(|v| {
+                let m = micro_usd(v);
+                if m.is_none() {
+                    errors.push(PolicyError { path: format!("{path}.{name}"), message: "must be a non-negative amount".into() });
+                }
+                m
+            })
+        };
+        let (per_day, per_month) = (usd("usd_per_day", self.usd_per_day), usd("usd_per_month", self.usd_per_month));
         let entries = [
             ("requests_per_minute", Meter::Requests, Window::Minute, self.requests_per_minute),
             ("tokens_per_minute", Meter::Tokens, Window::Minute, self.tokens_per_minute),
             ("concurrent_requests", Meter::Concurrent, Window::Open, self.concurrent_requests),
             ("tokens_per_day", Meter::Tokens, Window::Day, self.tokens_per_day),
             ("tokens_per_month", Meter::Tokens, Window::Month, self.tokens_per_month),
+            ("usd_per_day", Meter::Spend, Window::Day, per_day),
+            ("usd_per_month", Meter::Spend, Window::Month, per_month),
         ];
         entries
             .into_iter()
@@ -289,6 +316,37 @@ struct RawTarget {
     provider: String,
     /// The model name sent to that provider (a deployment name for Azure).
     model: String,
+    /// What this target costs, for spend budgets and cost records.
+    price: Option<RawPrice>,
+}
+
+/// A model's price, in US dollars per million tokens.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    /// Input (prompt) tokens, USD per million.
+    input_usd_per_mtok: f64,
+    /// Output tokens, USD per million.
+    output_usd_per_mtok: f64,
+}
+
+/// A price, in integer micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    /// Input tokens.
+    pub input_micro_usd_per_mtok: u64,
+    /// Output tokens.
+    pub output_micro_usd_per_mtok: u64,
+}
+
+impl Price {
+    /// The cost of `input` and `output` tokens in micro-dollars, rounded up.
+    pub fn cost(&self, input: u64, output: u64) -> u64 {
+        let total =
+            u128::from(input) * u128::from(self.input_micro_usd_per_mtok) + u128::from(output) * u128::from(self.output_micro_usd_per_mtok);
+        u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
 }
 
 /// Which wire format and transport a provider uses.
@@ -398,6 +456,8 @@ pub struct Target {
     pub provider: String,
     /// Model name sent to that provider.
     pub model: String,
+    /// Its price, if policy gives one.
+    pub price: Option<Price>,
 }
 
 /// A compiled, validated policy snapshot.
@@ -434,12 +494,17 @@ impl Policy {
 
         let mut tenants = HashMap::new();
         let mut tenant_aliases = Vec::new();
+        let mut limit_errors = Vec::new();
         for (i, t) in doc.tenants.into_iter().enumerate() {
             if t.id.is_empty() {
                 err(format!("tenants[{i}].id"), "must not be empty".into());
             }
-            let tenant =
-                Tenant { id: t.id.clone(), limits: t.limits.compile("tenant"), models: t.models.clone(), canary_group: t.canary_group };
+            let tenant = Tenant {
+                id: t.id.clone(),
+                limits: t.limits.compile("tenant", &format!("tenants[{i}].limits"), &mut limit_errors),
+                models: t.models.clone(),
+                canary_group: t.canary_group,
+            };
             tenant_aliases.push((i, t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
                 err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
@@ -496,8 +561,18 @@ impl Policy {
                     err(format!("models[{i}].targets[{j}].provider"), format!("unknown provider {:?}", t.provider));
                 }
             }
-            let targets = m.targets.into_iter().map(|t| Target { provider: t.provider, model: t.model }).collect();
-            let limits = m.limits.compile(&format!("model:{}", m.alias));
+            let mut targets = Vec::with_capacity(m.targets.len());
+            for (j, t) in m.targets.into_iter().enumerate() {
+                let price = t.price.and_then(|p| match (micro_usd(p.input_usd_per_mtok), micro_usd(p.output_usd_per_mtok)) {
+                    (Some(input), Some(output)) => Some(Price { input_micro_usd_per_mtok: input, output_micro_usd_per_mtok: output }),
+                    _ => {
+                        err(format!("models[{i}].targets[{j}].price"), "prices must be non-negative amounts".into());
+                        None
+                    }
+                });
+                targets.push(Target { provider: t.provider, model: t.model, price });
+            }
+            let limits = m.limits.compile(&format!("model:{}", m.alias), &format!("models[{i}].limits"), &mut limit_errors);
             if models.insert(m.alias.clone(), (targets, limits)).is_some() {
                 err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));
             }
@@ -530,13 +605,14 @@ impl Policy {
                 err(format!("keys[{i}].id"), format!("duplicate key id {:?}", k.id));
             }
             let roles = k.roles.map_or(Roles(Role::Invoke.bit()), |r| r.into_iter().collect());
-            let limits = k.limits.compile(&format!("key:{}", k.id));
+            let limits = k.limits.compile(&format!("key:{}", k.id), &format!("keys[{i}].limits"), &mut limit_errors);
             let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models, roles, expires_at: k.expires_at, limits };
             if keys.insert(hash, key).is_some() {
                 err(format!("keys[{i}].hash"), "duplicate key hash".into());
             }
         }
 
+        errors.extend(limit_errors);
         let mut issuers = HashMap::new();
         for (i, raw) in doc.jwt_issuers.into_iter().enumerate() {
             let issuer = raw.compile(&format!("jwt_issuers[{i}]"), &mut errors);

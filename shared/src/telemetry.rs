@@ -55,6 +55,9 @@ pub struct RequestRecord {
     pub attempts: Vec<AttemptRecord>,
     /// Token usage reported by the provider.
     pub usage: Option<Usage>,
+    /// What the answer cost, in micro-dollars: usage at the price policy gives the target that
+    /// answered (absent when either is unknown).
+    pub cost_micro_usd: Option<u64>,
     /// Milliseconds from start to the end of the response (end of stream for streams).
     pub duration_ms: u64,
 }

@@ -194,3 +194,36 @@ fn model_limits_count_per_tenant_per_alias() {
     assert_eq!([status("sk-a", "premium"), status("sk-a", "premium"), status("sk-a", "mock")], [200, 429, 200]);
     assert_eq!(status("sk-g", "premium"), 200, "each tenant has its own count for the alias");
 }
+
+#[test]
+fn spend_budgets_hold_the_dearest_candidate_and_settle_at_the_served_price() {
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": {"usd_per_day": 0.04}}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m", "price": {"input_usd_per_mtok": 1000, "output_usd_per_mtok": 2000}}]}]
+    });
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 10}))).0.status, 200);
+    let record = h.drain_records().pop().unwrap_or_else(|| unreachable!());
+    let usage = record.usage.unwrap_or_default();
+    let expected = usage.prompt_tokens() * 1_000 + usage.completion_tokens() * 2_000;
+    assert_eq!(record.cost_micro_usd, Some(expected), "cost is usage at the target's price, in micro-dollars");
+    let (parts, body) = h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 10})));
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!((parts.status.as_u16(), body["error"]["code"].as_str()), (429, Some("budget_exceeded")));
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("usd_per_day of $0.040000"), "{body}");
+}
+
+#[test]
+fn negative_money_is_refused_with_its_path() {
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": {"usd_per_month": -1}}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m", "price": {"input_usd_per_mtok": -1, "output_usd_per_mtok": 1}}]}]
+    });
+    let errors = edgegate_core::Policy::compile(doc.to_string().as_bytes()).err().unwrap_or_default();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["models[0].targets[0].price", "tenants[0].limits.usd_per_month"]);
+}

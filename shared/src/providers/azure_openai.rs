@@ -93,7 +93,7 @@ mod tests {
             region: None,
             quirks: Default::default(),
         };
-        let target = Target { provider: "az".into(), model: "gpt4o-eu".into() };
+        let target = Target { provider: "az".into(), model: "gpt4o-eu".into(), price: None };
         let req =
             ChatRequest::parse(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}]}"#).unwrap_or_else(|e| unreachable!("{e}"));
         let up = AzureOpenAi.chat_request(&provider, &target, &req, Some("az-key")).unwrap_or_else(|e| unreachable!("{e}"));

@@ -233,7 +233,7 @@ mod tests {
             region: None,
             quirks: Default::default(),
         };
-        let target = Target { provider: "w".into(), model: "@cf/meta/llama-3.1-8b-instruct".into() };
+        let target = Target { provider: "w".into(), model: "@cf/meta/llama-3.1-8b-instruct".into(), price: None };
         let req = ChatRequest::parse(br#"{"model":"a","max_tokens":9,"stream":true,"messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":"hi"}]}"#)
             .unwrap_or_else(|e| unreachable!("{e}"));
         let up = WorkersAi.chat_request(&provider, &target, &req, None).unwrap_or_else(|e| unreachable!("{e}"));
