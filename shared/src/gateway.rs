@@ -161,6 +161,7 @@ impl Gateway {
                 attempts: Vec::new(),
                 usage: None,
                 cost_micro_usd: None,
+                budget_alerts: Vec::new(),
                 duration_ms: 0,
             },
             rate: None,
@@ -594,8 +595,11 @@ fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account) {
     host.defer(Box::pin(async move {
         // Settlement and export failures never reach a client: an unsettled hold expires on its
         // own, and the host's exporter reports its own health.
-        if let Some((tenant, op)) = settle {
-            let _ = worker.apply(&tenant, op).await;
+        let mut record = record;
+        if let Some((tenant, op)) = settle
+            && let Ok(crate::ledger::LedgerAnswer::Settled { alerts }) = worker.apply(&tenant, op).await
+        {
+            record.budget_alerts = alerts;
         }
         let _ = worker.export(vec![record]).await;
     }));

@@ -100,6 +100,26 @@ pub struct Limit {
     pub window: Window,
     /// The most allowed per window.
     pub max: u64,
+    /// Usage percentages at which to raise a [`BudgetAlert`], once each per window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<u8>,
+}
+
+/// A budget crossed one of its alert thresholds (raised once per threshold per window).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetAlert {
+    /// The counter, e.g. `tenant/usd_per_month`.
+    pub counter: String,
+    /// The threshold crossed, percent.
+    pub percent: u8,
+    /// Usage now (settled plus held).
+    pub used: u64,
+    /// The budget.
+    pub max: u64,
+    /// When the window ends, epoch milliseconds.
+    pub window_end_ms: u64,
+    /// At this window's rate so far, when the budget runs out — if before the window ends.
+    pub projected_exhaustion_ms: Option<u64>,
 }
 
 /// Amounts a request asks for or used.
@@ -176,8 +196,12 @@ pub enum LedgerAnswer {
         /// The limit that refused (the one whose window ends last, if several would).
         state: LimitState,
     },
-    /// A commit or release was applied (or its hold was already gone).
-    Settled,
+    /// A commit or release was applied (or its hold was already gone); with the alerts it raised.
+    Settled {
+        /// Thresholds crossed by this settlement.
+        #[serde(default)]
+        alerts: Vec<BudgetAlert>,
+    },
     /// The book, as asked by [`LedgerOp::Inspect`].
     Book {
         /// Counters and open holds.
@@ -200,6 +224,12 @@ struct Part {
     meter: Meter,
     amount: u64,
     start_ms: u64,
+    #[serde(default)]
+    end_ms: u64,
+    #[serde(default)]
+    max: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    alerts: Vec<u8>,
 }
 
 /// An unsettled reservation.
@@ -215,6 +245,9 @@ struct Hold {
 pub struct Book {
     counters: BTreeMap<String, Counter>,
     holds: BTreeMap<String, Hold>,
+    /// Per counter: the window start and the highest alert threshold already raised in it.
+    #[serde(default)]
+    alerted: BTreeMap<String, (u64, u8)>,
 }
 
 impl Book {
@@ -223,8 +256,8 @@ impl Book {
         self.expire(now_ms);
         match op {
             LedgerOp::Reserve { id, limits, ask } => self.reserve(now_ms, id, &limits, ask),
-            LedgerOp::Commit { id, used } => self.settle(&id, Some(used)),
-            LedgerOp::Release { id } => self.settle(&id, None),
+            LedgerOp::Commit { id, used } => self.settle(now_ms, &id, Some(used)),
+            LedgerOp::Release { id } => self.settle(now_ms, &id, None),
             LedgerOp::Inspect => LedgerAnswer::Book { book: self.clone() },
         }
     }
@@ -269,7 +302,15 @@ impl Book {
                 *counter = Counter { start_ms: start, end_ms: end, used: 0 };
             }
             counter.used += amount;
-            parts.push(Part { id: limit.id.clone(), meter: limit.meter, amount, start_ms: start });
+            parts.push(Part {
+                id: limit.id.clone(),
+                meter: limit.meter,
+                amount,
+                start_ms: start,
+                end_ms: end,
+                max: limit.max,
+                alerts: limit.alerts.clone(),
+            });
         }
         // A second reservation under the same id replaces nothing: settle the first one first.
         if let Some(old) = self.holds.insert(id, Hold { at_ms: now_ms, parts }) {
@@ -278,11 +319,40 @@ impl Book {
         LedgerAnswer::Admitted { states }
     }
 
-    fn settle(&mut self, id: &str, used: Option<Amounts>) -> LedgerAnswer {
+    fn settle(&mut self, now_ms: u64, id: &str, used: Option<Amounts>) -> LedgerAnswer {
+        let mut alerts = Vec::new();
         if let Some(hold) = self.holds.remove(id) {
             self.undo(&hold, used);
+            for part in hold.parts.iter().filter(|p| !p.alerts.is_empty()) {
+                alerts.extend(self.crossed(now_ms, part));
+            }
         }
-        LedgerAnswer::Settled
+        LedgerAnswer::Settled { alerts }
+    }
+
+    /// The thresholds of `part`'s budget crossed since the last alert in this window.
+    fn crossed(&mut self, now_ms: u64, part: &Part) -> Vec<BudgetAlert> {
+        let Some(counter) = self.counters.get(&part.id).filter(|c| c.start_ms == part.start_ms) else { return vec![] };
+        let used = counter.used;
+        let percent_used = u128::from(used) * 100 / u128::from(part.max.max(1));
+        let last = self.alerted.get(&part.id).filter(|(start, _)| *start == part.start_ms).map_or(0, |(_, p)| *p);
+        let crossed: Vec<u8> = part.alerts.iter().copied().filter(|p| *p > last && u128::from(*p) <= percent_used).collect();
+        let Some(&top) = crossed.iter().max() else { return vec![] };
+        self.alerted.insert(part.id.clone(), (part.start_ms, top));
+        let elapsed = u128::from(now_ms.saturating_sub(part.start_ms).max(1));
+        let exhaustion = (used > 0).then(|| u128::from(part.start_ms) + elapsed * u128::from(part.max) / u128::from(used));
+        let projected_exhaustion_ms = exhaustion.and_then(|t| u64::try_from(t).ok()).filter(|t| *t < part.end_ms);
+        crossed
+            .into_iter()
+            .map(|percent| BudgetAlert {
+                counter: part.id.clone(),
+                percent,
+                used,
+                max: part.max,
+                window_end_ms: part.end_ms,
+                projected_exhaustion_ms,
+            })
+            .collect()
     }
 
     /// Replaces a hold's amounts by what was used (`None`: released — only the request counts).
@@ -315,6 +385,8 @@ impl Book {
         }
         // Windows that have ended need no counter (a late settlement of theirs changes nothing).
         self.counters.retain(|_, c| c.end_ms > now_ms);
+        let counters = &self.counters;
+        self.alerted.retain(|id, _| counters.contains_key(id));
     }
 }
 
@@ -325,14 +397,14 @@ mod tests {
     const T0: u64 = 1_800_000_040_000; // 40 s into a minute
 
     fn limit(id: &str, meter: Meter, window: Window, max: u64) -> Limit {
-        Limit { id: id.into(), meter, window, max }
+        Limit { id: id.into(), meter, window, max, alerts: vec![] }
     }
 
     fn reserve(book: &mut Book, now: u64, id: &str, limits: &[Limit], tokens: u64) -> Result<Vec<u64>, (String, u64)> {
         match book.apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens, micro_usd: 0 } }) {
             LedgerAnswer::Admitted { states } => Ok(states.iter().map(|s| s.remaining).collect()),
             LedgerAnswer::Refused { state } => Err((state.limit.id, state.reset_ms)),
-            LedgerAnswer::Settled | LedgerAnswer::Book { .. } => unreachable!(),
+            LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } => unreachable!(),
         }
     }
 
@@ -410,6 +482,37 @@ mod tests {
         b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 0, micro_usd: 123_456 } });
         assert!(matches!(ask(&mut b, "b", 400_000), LedgerAnswer::Admitted { .. }));
         assert_eq!(b.used("usd", Window::Month, T0), 523_456);
+    }
+
+    #[test]
+    fn budget_alerts_fire_once_per_threshold_per_window_with_a_projection() {
+        let day_start = T0 - T0 % 86_400_000;
+        let budget = Limit { alerts: vec![50, 80, 100], ..limit("daily", Meter::Tokens, Window::Day, 1_000) };
+        let mut b = Book::default();
+        let mut spend = |b: &mut Book, at: u64, id: &str, tokens: u64| {
+            b.apply(at, LedgerOp::Reserve { id: id.into(), limits: vec![budget.clone()], ask: Amounts { tokens, micro_usd: 0 } });
+            match b.apply(at, LedgerOp::Commit { id: id.into(), used: Amounts { tokens, micro_usd: 0 } }) {
+                LedgerAnswer::Settled { alerts } => {
+                    alerts.into_iter().map(|a| (a.percent, a.used, a.projected_exhaustion_ms)).collect::<Vec<_>>()
+                }
+                other => unreachable!("{other:?}"),
+            }
+        };
+        let six_hours = 6 * 3_600_000;
+        assert_eq!(spend(&mut b, day_start + six_hours, "a", 400), vec![]);
+        // 850 of 1000 after 6 h: 50 % and 80 % at once; at this rate the budget ends after ~7.06 h.
+        let fired = spend(&mut b, day_start + six_hours, "b", 450);
+        assert_eq!(fired.iter().map(|f| f.0).collect::<Vec<_>>(), [50, 80]);
+        assert_eq!(fired[0].2, Some(day_start + six_hours * 1_000 / 850));
+        assert_eq!(spend(&mut b, day_start + six_hours + 1, "c", 10), vec![], "no threshold twice");
+        assert_eq!(spend(&mut b, day_start + six_hours + 2, "d", 140).iter().map(|f| f.0).collect::<Vec<_>>(), [100]);
+        let next_day = day_start + 86_400_000 + 3 * six_hours;
+        let fired = spend(&mut b, next_day, "e", 600);
+        assert_eq!(
+            fired.iter().map(|f| (f.0, f.2)).collect::<Vec<_>>(),
+            [(50, None)],
+            "a new window alerts again; 600 in 18 h will not run out today"
+        );
     }
 
     #[test]

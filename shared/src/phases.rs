@@ -176,7 +176,7 @@ impl RateState {
 pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>) {
     let state = match answer {
         LedgerAnswer::Admitted { states } => return (RateState::from_states(&states, now_ms), Ok(())),
-        LedgerAnswer::Settled | LedgerAnswer::Book { .. } => {
+        LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } => {
             return (RateState::default(), Err(Error::new(ErrorKind::Internal, "the ledger did not answer a reservation")));
         }
         LedgerAnswer::Refused { state } => state,
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn refusals_become_429s_that_say_which_limit_and_when() {
         let refused = |id: &str, meter, window, reset_ms| {
-            let state = LimitState { limit: Limit { id: id.into(), meter, window, max: 5 }, remaining: 0, reset_ms };
+            let state = LimitState { limit: Limit { id: id.into(), meter, window, max: 5, alerts: vec![] }, remaining: 0, reset_ms };
             let err = admit(LedgerAnswer::Refused { state }, 9_000).1.err().unwrap_or_else(|| unreachable!());
             (err.status(), err.metric_label(), err.retry_after_secs(), err.message)
         };
@@ -404,17 +404,29 @@ mod tests {
 
         let states = vec![
             LimitState {
-                limit: Limit { id: "tenant/requests_per_minute".into(), meter: Meter::Requests, window: Window::Minute, max: 50 },
+                limit: Limit {
+                    id: "tenant/requests_per_minute".into(),
+                    meter: Meter::Requests,
+                    window: Window::Minute,
+                    max: 50,
+                    alerts: vec![],
+                },
                 remaining: 40,
                 reset_ms: 60_000,
             },
             LimitState {
-                limit: Limit { id: "key:k/requests_per_minute".into(), meter: Meter::Requests, window: Window::Minute, max: 10 },
+                limit: Limit {
+                    id: "key:k/requests_per_minute".into(),
+                    meter: Meter::Requests,
+                    window: Window::Minute,
+                    max: 10,
+                    alerts: vec![],
+                },
                 remaining: 3,
                 reset_ms: 60_000,
             },
             LimitState {
-                limit: Limit { id: "tenant/tokens_per_day".into(), meter: Meter::Tokens, window: Window::Day, max: 10 },
+                limit: Limit { id: "tenant/tokens_per_day".into(), meter: Meter::Tokens, window: Window::Day, max: 10, alerts: vec![] },
                 remaining: 1,
                 reset_ms: 86_400_000,
             },

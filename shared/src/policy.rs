@@ -47,6 +47,9 @@ struct RawPolicy {
 struct RawSettings {
     /// Output tokens a request without `max_tokens` is assumed to use until it settles (default 256).
     estimated_output_tokens: Option<u64>,
+    /// Usage percentages of daily and monthly budgets at which an alert is recorded, once each
+    /// per period (default 50, 80, 100).
+    budget_alert_percents: Option<Vec<u8>>,
     /// How often each isolate re-reads the `policy/active` and `policy/canary` pointers, in
     /// seconds (default 10; 0 re-reads on every request). Workers KV may add up to 60 s of its
     /// own propagation on top.
@@ -148,7 +151,9 @@ impl RawLimits {
         ];
         entries
             .into_iter()
-            .filter_map(|(name, meter, window, max)| max.map(|max| Limit { id: format!("{scope}/{name}"), meter, window, max }))
+            .filter_map(|(name, meter, window, max)| {
+                max.map(|max| Limit { id: format!("{scope}/{name}"), meter, window, max, alerts: vec![] })
+            })
             .collect()
     }
 }
@@ -613,6 +618,18 @@ impl Policy {
         }
 
         errors.extend(limit_errors);
+        let percents = doc.settings.budget_alert_percents.clone().unwrap_or_else(|| vec![50, 80, 100]);
+        if percents.iter().any(|p| !(1..=100).contains(p)) {
+            errors.push(PolicyError { path: "settings.budget_alert_percents".into(), message: "percentages must be 1-100".into() });
+        }
+        let with_alerts = |limits: &mut Limits| {
+            for l in limits.counters.iter_mut().filter(|l| matches!(l.window, Window::Day | Window::Month)) {
+                l.alerts.clone_from(&percents);
+            }
+        };
+        tenants.values_mut().for_each(|t| with_alerts(&mut t.limits));
+        keys.values_mut().for_each(|k| with_alerts(&mut k.limits));
+        models.values_mut().for_each(|(_, l)| with_alerts(l));
         let mut issuers = HashMap::new();
         for (i, raw) in doc.jwt_issuers.into_iter().enumerate() {
             let issuer = raw.compile(&format!("jwt_issuers[{i}]"), &mut errors);

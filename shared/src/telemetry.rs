@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::chat::Usage;
+use crate::ledger::BudgetAlert;
 
 /// Version of the record schema; bumped on any incompatible change.
 pub const RECORD_SCHEMA: u32 = 1;
@@ -58,6 +59,8 @@ pub struct RequestRecord {
     /// What the answer cost, in micro-dollars: usage at the price policy gives the target that
     /// answered (absent when either is unknown).
     pub cost_micro_usd: Option<u64>,
+    /// Budget thresholds this request's settlement crossed (each is raised once per period).
+    pub budget_alerts: Vec<BudgetAlert>,
     /// Milliseconds from start to the end of the response (end of stream for streams).
     pub duration_ms: u64,
 }

@@ -227,3 +227,29 @@ fn negative_money_is_refused_with_its_path() {
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["models[0].targets[0].price", "tenants[0].limits.usd_per_month"]);
 }
+
+#[test]
+fn crossing_a_budget_threshold_is_recorded_once() {
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": {"tokens_per_day": 40}}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}],
+        "settings": {"budget_alert_percents": [25, 50]}
+    });
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    let alerts = |h: &TestHost| {
+        assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 5}))).0.status, 200);
+        h.drain_records()
+            .pop()
+            .map(|r| r.budget_alerts.iter().map(|a| (a.counter.clone(), a.percent)).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // The mock answers "hello there" with about 15 tokens: 37 % of 40, then 75 %.
+    assert_eq!(alerts(&h), [("tenant/tokens_per_day".to_owned(), 25)]);
+    assert_eq!(alerts(&h), [("tenant/tokens_per_day".to_owned(), 50)]);
+    let bad = json!({"tenants": [], "settings": {"budget_alert_percents": [0, 101]}});
+    let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
+    assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["settings.budget_alert_percents"]);
+}
