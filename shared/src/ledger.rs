@@ -489,7 +489,7 @@ mod tests {
         let day_start = T0 - T0 % 86_400_000;
         let budget = Limit { alerts: vec![50, 80, 100], ..limit("daily", Meter::Tokens, Window::Day, 1_000) };
         let mut b = Book::default();
-        let mut spend = |b: &mut Book, at: u64, id: &str, tokens: u64| {
+        let spend = |b: &mut Book, at: u64, id: &str, tokens: u64| {
             b.apply(at, LedgerOp::Reserve { id: id.into(), limits: vec![budget.clone()], ask: Amounts { tokens, micro_usd: 0 } });
             match b.apply(at, LedgerOp::Commit { id: id.into(), used: Amounts { tokens, micro_usd: 0 } }) {
                 LedgerAnswer::Settled { alerts } => {
