@@ -155,6 +155,8 @@ impl Gateway {
                 tenant: None,
                 key_id: None,
                 model: None,
+                feature: None,
+                overflow: None,
                 stream: false,
                 status: 0,
                 error: None,
@@ -241,7 +243,9 @@ impl Gateway {
             let embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
             let plan = phases::route(&policy, &principal, &embed.model)?;
-            let limits = phases::limits(&policy, &principal, &embed.model);
+            let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
+            ctx.record.feature = feature.map(str::to_owned);
+            let limits = phases::limits(&policy, &principal, phases::Scope { alias: &embed.model, feature });
             self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, embed.estimate_tokens(), 0)).await?;
             return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
         }
@@ -249,7 +253,8 @@ impl Gateway {
         if route == Route::CountTokens {
             let chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
-            let limits = phases::limits(&policy, &principal, &chat.model);
+            let feature = phases::feature(&principal.tenant, req.headers(), None);
+            let limits = phases::limits(&policy, &principal, phases::Scope { alias: &chat.model, feature });
             self.admit(host, ctx, &principal.tenant.id, limits, &[], Amounts::default()).await?;
             let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
                 .into_iter()
@@ -270,10 +275,30 @@ impl Gateway {
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
         let prompt = chat.estimate_prompt_tokens();
-        let output = phases::cap(&policy, &principal, &mut chat, prompt)?;
+        let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
+        ctx.record.feature = feature.map(str::to_owned);
+        let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
         let plan = phases::route(&policy, &principal, &chat.model)?;
-        let limits = phases::limits(&policy, &principal, &chat.model);
-        self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, prompt, output)).await?;
+        let limits = phases::limits(&policy, &principal, phases::Scope { alias: &chat.model, feature });
+        let plan = match self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, prompt, output)).await {
+            // A refused request goes to the alias's overflow route, if it has one the caller may use.
+            Err(refused) if matches!(refused.kind, ErrorKind::RateLimited { .. } | ErrorKind::BudgetExceeded { .. }) => {
+                match policy.overflow(&chat.model) {
+                    Some(over) => {
+                        let plan = phases::route(&policy, &principal, over).map_err(|_| refused)?;
+                        let limits = phases::limits(&policy, &principal, phases::Scope { alias: over, feature });
+                        self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, prompt, output)).await?;
+                        ctx.record.overflow = Some(over.to_owned());
+                        plan
+                    }
+                    None => return Err(refused),
+                }
+            }
+            admitted => {
+                admitted?;
+                plan
+            }
+        };
 
         // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await

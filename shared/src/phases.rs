@@ -99,22 +99,48 @@ pub fn token_principal(
     Ok(Principal { key, tenant: tenant.clone() })
 }
 
-/// Every [`Limits`] that applies to `principal` asking for `alias`: its tenant's, its key's and
-/// the alias's.
-fn scopes<'a>(policy: &'a Policy, principal: &'a Principal, alias: &str) -> impl Iterator<Item = &'a Limits> {
-    [Some(&principal.tenant.limits), Some(&principal.key.limits), policy.model_limits(alias)].into_iter().flatten()
+/// What a request asks for, as far as limits go: the model alias, and the product feature it
+/// names (only features the tenant declares count).
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The model alias.
+    pub alias: &'a str,
+    /// A feature the tenant declares.
+    pub feature: Option<&'a str>,
 }
 
-/// The ledger counters that apply to `principal` asking for `alias`.
-pub fn limits(policy: &Policy, principal: &Principal, alias: &str) -> Vec<Limit> {
-    scopes(policy, principal, alias).flat_map(|l| l.counters.iter().cloned()).collect()
+/// The feature a request names: the `x-edgegate-feature` header, else `metadata.feature` in the
+/// body — if `tenant` declares it.
+pub fn feature<'a>(tenant: &'a Tenant, headers: &HeaderMap, metadata: Option<&serde_json::Value>) -> Option<&'a str> {
+    let named = headers.get("x-edgegate-feature").and_then(|v| v.to_str().ok()).or_else(|| metadata.and_then(|m| m["feature"].as_str()))?;
+    tenant.features.get_key_value(named).map(|(k, _)| k.as_str())
+}
+
+/// Every [`Limits`] that applies to `principal` asking within `scope`: its tenant's, its key's,
+/// the alias's and the feature's.
+fn scopes<'a>(policy: &'a Policy, principal: &'a Principal, scope: Scope<'_>) -> impl Iterator<Item = &'a Limits> {
+    let feature = scope.feature.and_then(|f| principal.tenant.features.get(f));
+    [Some(&principal.tenant.limits), Some(&principal.key.limits), policy.model_limits(scope.alias), feature].into_iter().flatten()
+}
+
+/// The ledger counters that apply to `principal` asking within `scope`.
+pub fn limits(policy: &Policy, principal: &Principal, scope: Scope<'_>) -> Vec<Limit> {
+    scopes(policy, principal, scope).flat_map(|l| l.counters.iter().cloned()).collect()
 }
 
 /// Applies the token caps of every scope (the smallest wins): a prompt over `max_prompt_tokens`
 /// is refused (400 `context_length_exceeded`); an output cap over `max_output_tokens`, or none,
 /// is set to it. Returns the output tokens to reserve.
-pub fn cap(policy: &Policy, principal: &Principal, chat: &mut ChatRequest, prompt_tokens: u64) -> Result<u64, Error> {
-    let min = |f: fn(&Limits) -> Option<u64>| scopes(policy, principal, &chat.model).filter_map(f).min();
+pub fn cap(
+    policy: &Policy,
+    principal: &Principal,
+    feature: Option<&str>,
+    chat: &mut ChatRequest,
+    prompt_tokens: u64,
+) -> Result<u64, Error> {
+    let alias = chat.model.clone();
+    let scope = Scope { alias: &alias, feature };
+    let min = |f: fn(&Limits) -> Option<u64>| scopes(policy, principal, scope).filter_map(f).min();
     if let Some(max) = min(|l| l.max_prompt_tokens)
         && prompt_tokens > max
     {
@@ -362,8 +388,12 @@ mod tests {
         assert_eq!(plan, ["b1", "b2"]);
         assert_eq!(route(p, &two, "big").map_err(|e| e.metric_label()), Err("model_not_found"));
         assert_eq!(route(p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
-        assert_eq!(limits(p, &one, "big").iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(), [("tenant/requests_per_minute", 5)]);
-        assert!(limits(p, &two, "small").is_empty());
+        let scope = |alias| Scope { alias, feature: None };
+        assert_eq!(
+            limits(p, &one, scope("big")).iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(),
+            [("tenant/requests_per_minute", 5)]
+        );
+        assert!(limits(p, &two, scope("small")).is_empty());
     }
 
     #[test]

@@ -70,6 +70,10 @@ struct RawTenant {
     models: Option<Vec<String>>,
     /// The tenant's canary group: a canary published for this group reaches it.
     canary_group: Option<String>,
+    /// Limits per feature of the tenant's product, for requests that name the feature in the
+    /// `x-edgegate-feature` header or `metadata.feature` (counters `feature:{name}/...`).
+    #[serde(default)]
+    features: BTreeMap<String, RawLimits>,
 }
 
 /// Limits of a tenant or key; each absent one is unlimited. Minute windows are aligned to the
@@ -310,6 +314,8 @@ struct RawModel {
     /// Limits of this alias, counted per tenant (counters `model:{alias}/...`).
     #[serde(default)]
     limits: RawLimits,
+    /// Another alias to serve the request when a limit refuses it here (instead of a 429).
+    overflow: Option<String>,
 }
 
 /// One place an alias is served.
@@ -398,6 +404,8 @@ pub struct Tenant {
     pub models: Option<Vec<String>>,
     /// Canary group.
     pub canary_group: Option<String>,
+    /// Limits per declared feature.
+    pub features: BTreeMap<String, Limits>,
 }
 
 impl Tenant {
@@ -474,6 +482,7 @@ pub struct Policy {
     keys: HashMap<[u8; 32], ApiKey>,
     providers: HashMap<String, Provider>,
     models: BTreeMap<String, (Vec<Target>, Limits)>,
+    overflow: HashMap<String, String>,
     issuers: HashMap<String, JwtIssuer>,
     refresh_ms: u64,
     estimated_output_tokens: u64,
@@ -504,11 +513,19 @@ impl Policy {
             if t.id.is_empty() {
                 err(format!("tenants[{i}].id"), "must not be empty".into());
             }
+            let features = t
+                .features
+                .iter()
+                .map(|(name, l)| {
+                    (name.clone(), l.compile(&format!("feature:{name}"), &format!("tenants[{i}].features.{name}"), &mut limit_errors))
+                })
+                .collect();
             let tenant = Tenant {
                 id: t.id.clone(),
                 limits: t.limits.compile("tenant", &format!("tenants[{i}].limits"), &mut limit_errors),
                 models: t.models.clone(),
                 canary_group: t.canary_group,
+                features,
             };
             tenant_aliases.push((i, t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
@@ -557,6 +574,7 @@ impl Policy {
         }
 
         let mut models = BTreeMap::new();
+        let mut overflow_checks = Vec::new();
         for (i, m) in doc.models.into_iter().enumerate() {
             if m.targets.is_empty() {
                 err(format!("models[{i}].targets"), "must name at least one target".into());
@@ -578,9 +596,20 @@ impl Policy {
                 targets.push(Target { provider: t.provider, model: t.model, price });
             }
             let limits = m.limits.compile(&format!("model:{}", m.alias), &format!("models[{i}].limits"), &mut limit_errors);
+            if let Some(to) = m.overflow {
+                overflow_checks.push((i, m.alias.clone(), to));
+            }
             if models.insert(m.alias.clone(), (targets, limits)).is_some() {
                 err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));
             }
+        }
+
+        let mut overflow = HashMap::new();
+        for (i, from, to) in overflow_checks {
+            if to == from || !models.contains_key(&to) {
+                err(format!("models[{i}].overflow"), format!("must name another model alias, not {to:?}"));
+            }
+            overflow.insert(from, to);
         }
 
         for (i, aliases) in tenant_aliases {
@@ -627,7 +656,10 @@ impl Policy {
                 l.alerts.clone_from(&percents);
             }
         };
-        tenants.values_mut().for_each(|t| with_alerts(&mut t.limits));
+        tenants.values_mut().for_each(|t| {
+            with_alerts(&mut t.limits);
+            t.features.values_mut().for_each(with_alerts);
+        });
         keys.values_mut().for_each(|k| with_alerts(&mut k.limits));
         models.values_mut().for_each(|(_, l)| with_alerts(l));
         let mut issuers = HashMap::new();
@@ -652,7 +684,7 @@ impl Policy {
         }
         let refresh_ms = u64::from(doc.settings.policy_refresh_seconds.unwrap_or(10)) * 1000;
         let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
-        Ok(Policy { version, tenants, keys, providers, models, issuers, refresh_ms, estimated_output_tokens })
+        Ok(Policy { version, tenants, keys, providers, models, overflow, issuers, refresh_ms, estimated_output_tokens })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
@@ -683,6 +715,11 @@ impl Policy {
     /// The ordered targets of a model alias.
     pub fn targets(&self, alias: &str) -> Option<&[Target]> {
         self.models.get(alias).map(|(t, _)| t.as_slice())
+    }
+
+    /// The alias that serves requests a limit refuses on `alias`, if policy names one.
+    pub fn overflow(&self, alias: &str) -> Option<&str> {
+        self.overflow.get(alias).map(String::as_str)
     }
 
     /// The limits of a model alias.

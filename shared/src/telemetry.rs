@@ -46,6 +46,10 @@ pub struct RequestRecord {
     pub key_id: Option<String>,
     /// Model alias the caller asked for.
     pub model: Option<String>,
+    /// The product feature the request named, if the tenant declares it.
+    pub feature: Option<String>,
+    /// The overflow alias that served the request after a limit refused the one asked for.
+    pub overflow: Option<String>,
     /// Whether the caller asked for a stream.
     pub stream: bool,
     /// Status sent to the client.

@@ -253,3 +253,59 @@ fn crossing_a_budget_threshold_is_recorded_once() {
     let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
     assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["settings.budget_alert_percents"]);
 }
+
+#[test]
+fn declared_features_have_their_own_budgets() {
+    let doc = json!({
+        "tenants": [{"id": "acme", "features": {"summarize": {"requests_per_minute": 1}}}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}]
+    });
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    let with_header = |feature: &str| {
+        let mut req = chat("sk-a", "mock", json!({}));
+        req.headers_mut().insert("x-edgegate-feature", feature.parse().unwrap_or_else(|_| unreachable!()));
+        h.call(&gw, req).0.status.as_u16()
+    };
+    assert_eq!(with_header("summarize"), 200);
+    assert_eq!(with_header("summarize"), 429, "the feature's own limit");
+    assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({"metadata": {"feature": "summarize"}}))).0.status, 429, "named in metadata too");
+    assert_eq!(with_header("translate"), 200, "an undeclared feature has no limits");
+    assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({}))).0.status, 200, "nor does a request naming none");
+    let features: Vec<Option<String>> = h.drain_records().into_iter().map(|r| r.feature).collect();
+    assert_eq!(
+        features,
+        [Some("summarize".into()), Some("summarize".into()), Some("summarize".into()), None, None],
+        "only declared features are recorded"
+    );
+}
+
+#[test]
+fn a_refused_alias_overflows_to_its_overflow_route() {
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": {"requests_per_minute": 3}}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [
+            {"alias": "premium", "targets": [{"provider": "builtin", "model": "big"}], "limits": {"requests_per_minute": 1}, "overflow": "standard"},
+            {"alias": "standard", "targets": [{"provider": "builtin", "model": "small"}]}
+        ]
+    });
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    let served = |h: &TestHost| {
+        let (parts, body) = h.call(&gw, chat("sk-a", "premium", json!({})));
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let overflow = h.drain_records().pop().and_then(|r| r.overflow);
+        (parts.status.as_u16(), body["model"].as_str().unwrap_or("").to_owned(), overflow)
+    };
+    assert_eq!(served(&h), (200, "big".into(), None));
+    assert_eq!(served(&h), (200, "small".into(), Some("standard".into())), "premium's limit is spent: standard serves");
+    assert_eq!(served(&h), (200, "small".into(), Some("standard".into())));
+    assert_eq!(served(&h).0, 429, "the tenant's own limit still holds");
+    let bad = json!({"models": [{"alias": "a", "targets": [{"provider": "p", "model": "m"}], "overflow": "a"}], "providers": [{"id": "p", "kind": "mock"}]});
+    let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
+    assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["models[0].overflow"]);
+}
