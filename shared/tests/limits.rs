@@ -50,6 +50,18 @@ fn used(h: &TestHost, gw: &Gateway, counter: &str) -> u64 {
     usage(h, gw)["ledger"]["counters"][counter]["used"].as_u64().unwrap_or(0)
 }
 
+/// Tenant `tenant` (id `acme`) with one key `sk-a`, the built-in mock, these aliases and settings.
+fn one_key(tenant: Value, models: Value, settings: Value) -> TestHost {
+    let doc = json!({
+        "tenants": [tenant],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": models,
+        "settings": settings
+    });
+    TestHost::new(T0, &doc.to_string())
+}
+
 fn admin_host(limits: Value, key_limits: Value) -> TestHost {
     let h = host(limits, key_limits);
     h.set_secret("EDGEGATE_ADMIN_KEY", "sk-admin");
@@ -197,13 +209,11 @@ fn model_limits_count_per_tenant_per_alias() {
 
 #[test]
 fn spend_budgets_hold_the_dearest_candidate_and_settle_at_the_served_price() {
-    let doc = json!({
-        "tenants": [{"id": "acme", "limits": {"usd_per_day": 0.04}}],
-        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
-        "providers": [{"id": "builtin", "kind": "mock"}],
-        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m", "price": {"input_usd_per_mtok": 1000, "output_usd_per_mtok": 2000}}]}]
-    });
-    let h = TestHost::new(T0, &doc.to_string());
+    let h = one_key(
+        json!({"id": "acme", "limits": {"usd_per_day": 0.04}}),
+        json!([{"alias": "mock", "targets": [{"provider": "builtin", "model": "m", "price": {"input_usd_per_mtok": 1000, "output_usd_per_mtok": 2000}}]}]),
+        json!({}),
+    );
     let gw = Gateway::new();
     assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 10}))).0.status, 200);
     let record = h.drain_records().pop().unwrap_or_else(|| unreachable!());
@@ -230,14 +240,11 @@ fn negative_money_is_refused_with_its_path() {
 
 #[test]
 fn crossing_a_budget_threshold_is_recorded_once() {
-    let doc = json!({
-        "tenants": [{"id": "acme", "limits": {"tokens_per_day": 40}}],
-        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
-        "providers": [{"id": "builtin", "kind": "mock"}],
-        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}],
-        "settings": {"budget_alert_percents": [25, 50]}
-    });
-    let h = TestHost::new(T0, &doc.to_string());
+    let h = one_key(
+        json!({"id": "acme", "limits": {"tokens_per_day": 40}}),
+        json!([{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}]),
+        json!({"budget_alert_percents": [25, 50]}),
+    );
     let gw = Gateway::new();
     let alerts = |h: &TestHost| {
         assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 5}))).0.status, 200);
@@ -256,13 +263,11 @@ fn crossing_a_budget_threshold_is_recorded_once() {
 
 #[test]
 fn declared_features_have_their_own_budgets() {
-    let doc = json!({
-        "tenants": [{"id": "acme", "features": {"summarize": {"requests_per_minute": 1}}}],
-        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
-        "providers": [{"id": "builtin", "kind": "mock"}],
-        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}]
-    });
-    let h = TestHost::new(T0, &doc.to_string());
+    let h = one_key(
+        json!({"id": "acme", "features": {"summarize": {"requests_per_minute": 1}}}),
+        json!([{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}]),
+        json!({}),
+    );
     let gw = Gateway::new();
     let with_header = |feature: &str| {
         let mut req = chat("sk-a", "mock", json!({}));
@@ -284,16 +289,14 @@ fn declared_features_have_their_own_budgets() {
 
 #[test]
 fn a_refused_alias_overflows_to_its_overflow_route() {
-    let doc = json!({
-        "tenants": [{"id": "acme", "limits": {"requests_per_minute": 3}}],
-        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
-        "providers": [{"id": "builtin", "kind": "mock"}],
-        "models": [
+    let h = one_key(
+        json!({"id": "acme", "limits": {"requests_per_minute": 3}}),
+        json!([
             {"alias": "premium", "targets": [{"provider": "builtin", "model": "big"}], "limits": {"requests_per_minute": 1}, "overflow": "standard"},
             {"alias": "standard", "targets": [{"provider": "builtin", "model": "small"}]}
-        ]
-    });
-    let h = TestHost::new(T0, &doc.to_string());
+        ]),
+        json!({}),
+    );
     let gw = Gateway::new();
     let served = |h: &TestHost| {
         let (parts, body) = h.call(&gw, chat("sk-a", "premium", json!({})));
