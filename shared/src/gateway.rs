@@ -245,17 +245,16 @@ impl Gateway {
             let plan = phases::route(&policy, &principal, &embed.model)?;
             let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
             ctx.record.feature = feature.map(str::to_owned);
-            let limits = phases::limits(&policy, &principal, phases::Scope { alias: &embed.model, feature });
-            self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, embed.estimate_tokens(), 0)).await?;
+            let scope = phases::Scope { alias: &embed.model, feature };
+            self.admit(host, ctx, &policy, &principal, scope, &plan, phases::ask(&plan, embed.estimate_tokens(), 0)).await?;
             return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
         }
 
         if route == Route::CountTokens {
             let chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
-            let feature = phases::feature(&principal.tenant, req.headers(), None);
-            let limits = phases::limits(&policy, &principal, phases::Scope { alias: &chat.model, feature });
-            self.admit(host, ctx, &principal.tenant.id, limits, &[], Amounts::default()).await?;
+            let scope = phases::Scope { alias: &chat.model, feature: phases::feature(&principal.tenant, req.headers(), None) };
+            self.admit(host, ctx, &policy, &principal, scope, &[], Amounts::default()).await?;
             let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
                 .into_iter()
                 .filter(|c| providers::adapter(c.provider.kind).counts_tokens())
@@ -279,15 +278,15 @@ impl Gateway {
         ctx.record.feature = feature.map(str::to_owned);
         let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
         let plan = phases::route(&policy, &principal, &chat.model)?;
-        let limits = phases::limits(&policy, &principal, phases::Scope { alias: &chat.model, feature });
-        let plan = match self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, prompt, output)).await {
+        let scope = phases::Scope { alias: &chat.model, feature };
+        let plan = match self.admit(host, ctx, &policy, &principal, scope, &plan, phases::ask(&plan, prompt, output)).await {
             // A refused request goes to the alias's overflow route, if it has one the caller may use.
             Err(refused) if matches!(refused.kind, ErrorKind::RateLimited { .. } | ErrorKind::BudgetExceeded { .. }) => {
                 match policy.overflow(&chat.model) {
                     Some(over) => {
                         let plan = phases::route(&policy, &principal, over).map_err(|_| refused)?;
-                        let limits = phases::limits(&policy, &principal, phases::Scope { alias: over, feature });
-                        self.admit(host, ctx, &principal.tenant.id, limits, &plan, phases::ask(&plan, prompt, output)).await?;
+                        let scope = phases::Scope { alias: over, feature };
+                        self.admit(host, ctx, &policy, &principal, scope, &plan, phases::ask(&plan, prompt, output)).await?;
                         ctx.record.overflow = Some(over.to_owned());
                         plan
                     }
@@ -304,24 +303,27 @@ impl Gateway {
         self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
     }
 
-    /// Phase 3, **admit**: reserves one request and `ask` against every one of `limits` in the
-    /// tenant's ledger, all or nothing. The hold is settled when the request is recorded, at the
-    /// price of the `plan` candidate that served it.
+    /// Phase 3, **admit**: reserves one request and `ask` against every limit that applies to the
+    /// principal in `scope`, in its tenant's ledger, all or nothing. The hold is settled when the
+    /// request is recorded, at the price of the `plan` candidate that served it.
+    #[allow(clippy::too_many_arguments)]
     async fn admit<H: Host>(
         &self,
         host: &H,
         ctx: &mut Ctx,
-        tenant: &str,
-        limits: Vec<crate::ledger::Limit>,
+        policy: &Policy,
+        principal: &phases::Principal,
+        scope: phases::Scope<'_>,
         plan: &[Candidate],
         ask: Amounts,
     ) -> Result<(), Error> {
         ctx.account.prices =
             plan.iter().filter_map(|c| c.target.price.map(|p| (c.provider.id.clone(), c.target.model.clone(), p))).collect();
+        let limits = phases::limits(policy, principal, scope);
         if limits.is_empty() {
             return Ok(());
         }
-        let tenant = tenant.to_owned();
+        let tenant = principal.tenant.id.clone();
         let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask };
         let answer = host.apply(&tenant, op).await?;
         let (state, admitted) = phases::admit(answer, host.now_ms());
