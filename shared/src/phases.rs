@@ -116,11 +116,12 @@ pub fn feature<'a>(tenant: &'a Tenant, headers: &HeaderMap, metadata: Option<&se
     tenant.features.get_key_value(named).map(|(k, _)| k.as_str())
 }
 
-/// Every [`Limits`] that applies to `principal` asking within `scope`: its tenant's, its key's,
-/// the alias's and the feature's.
+/// Every [`Limits`] that applies to `principal` asking within `scope`: its tenant's plan's, its
+/// tenant's, its key's, the alias's and the feature's.
 fn scopes<'a>(policy: &'a Policy, principal: &'a Principal, scope: Scope<'_>) -> impl Iterator<Item = &'a Limits> {
     let feature = scope.feature.and_then(|f| principal.tenant.features.get(f));
-    [Some(&principal.tenant.limits), Some(&principal.key.limits), policy.model_limits(scope.alias), feature].into_iter().flatten()
+    let plan = principal.tenant.plan.as_ref().map(|(_, limits, _)| limits);
+    [plan, Some(&principal.tenant.limits), Some(&principal.key.limits), policy.model_limits(scope.alias), feature].into_iter().flatten()
 }
 
 /// The ledger counters that apply to `principal` asking within `scope`.

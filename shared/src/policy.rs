@@ -20,6 +20,9 @@ struct RawPolicy {
     #[serde(rename = "$schema", default)]
     #[allow(dead_code)]
     schema: Option<String>,
+    /// Plans: limits and models shared by the tenants on them.
+    #[serde(default)]
+    plans: Vec<RawPlan>,
     /// The tenants that may use the gateway.
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -56,6 +59,21 @@ struct RawSettings {
     policy_refresh_seconds: Option<u32>,
 }
 
+/// A plan (tier): limits and models every tenant on it has, on top of its own.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    /// Unique plan id.
+    id: String,
+    /// Limits each tenant on the plan gets, counted per tenant (counters `plan/...`); a tenant's
+    /// own limits apply inside them.
+    #[serde(default)]
+    limits: RawLimits,
+    /// Model aliases tenants on the plan may use (`*` for all); absent: every alias.
+    models: Option<Vec<String>>,
+}
+
 /// A tenant.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -63,6 +81,8 @@ struct RawSettings {
 struct RawTenant {
     /// Unique tenant id.
     id: String,
+    /// The tenant's plan.
+    plan: Option<String>,
     /// The tenant's limits.
     #[serde(default)]
     limits: RawLimits,
@@ -402,6 +422,8 @@ pub struct Tenant {
     pub limits: Limits,
     /// Aliases the tenant may use; `None` means all.
     pub models: Option<Vec<String>>,
+    /// Its plan's limits (counters `plan/...`) and models.
+    pub plan: Option<(String, Limits, Option<Vec<String>>)>,
     /// Canary group.
     pub canary_group: Option<String>,
     /// Limits per declared feature.
@@ -409,9 +431,9 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    /// Whether the tenant may use the model alias `alias`.
+    /// Whether the tenant (and its plan) may use the model alias `alias`.
     pub fn may_use(&self, alias: &str) -> bool {
-        allows(self.models.as_deref(), alias)
+        allows(self.models.as_deref(), alias) && self.plan.as_ref().is_none_or(|(_, _, models)| allows(models.as_deref(), alias))
     }
 }
 
@@ -509,6 +531,14 @@ impl Policy {
         let mut tenants = HashMap::new();
         let mut tenant_aliases = Vec::new();
         let mut limit_errors = Vec::new();
+        let mut plans = HashMap::new();
+        for (i, p) in doc.plans.into_iter().enumerate() {
+            let limits = p.limits.compile("plan", &format!("plans[{i}].limits"), &mut limit_errors);
+            tenant_aliases.push((format!("plans[{i}]"), p.models.clone().unwrap_or_default()));
+            if plans.insert(p.id.clone(), (p.id.clone(), limits, p.models)).is_some() {
+                err(format!("plans[{i}].id"), format!("duplicate plan id {:?}", p.id));
+            }
+        }
         for (i, t) in doc.tenants.into_iter().enumerate() {
             if t.id.is_empty() {
                 err(format!("tenants[{i}].id"), "must not be empty".into());
@@ -520,14 +550,25 @@ impl Policy {
                     (name.clone(), l.compile(&format!("feature:{name}"), &format!("tenants[{i}].features.{name}"), &mut limit_errors))
                 })
                 .collect();
+            let plan = match t.plan {
+                Some(id) => {
+                    let found = plans.get(&id).cloned();
+                    if found.is_none() {
+                        err(format!("tenants[{i}].plan"), format!("unknown plan {id:?}"));
+                    }
+                    found
+                }
+                None => None,
+            };
             let tenant = Tenant {
                 id: t.id.clone(),
                 limits: t.limits.compile("tenant", &format!("tenants[{i}].limits"), &mut limit_errors),
                 models: t.models.clone(),
                 canary_group: t.canary_group,
                 features,
+                plan,
             };
-            tenant_aliases.push((i, t.models.unwrap_or_default()));
+            tenant_aliases.push((format!("tenants[{i}]"), t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
                 err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
             }
@@ -612,10 +653,10 @@ impl Policy {
             overflow.insert(from, to);
         }
 
-        for (i, aliases) in tenant_aliases {
+        for (at, aliases) in tenant_aliases {
             for (j, alias) in aliases.iter().enumerate() {
                 if alias != "*" && !models.contains_key(alias) {
-                    err(format!("tenants[{i}].models[{j}]"), format!("unknown model alias {alias:?}"));
+                    err(format!("{at}.models[{j}]"), format!("unknown model alias {alias:?}"));
                 }
             }
         }
@@ -658,6 +699,9 @@ impl Policy {
         };
         tenants.values_mut().for_each(|t| {
             with_alerts(&mut t.limits);
+            if let Some((_, plan, _)) = t.plan.as_mut() {
+                with_alerts(plan);
+            }
             t.features.values_mut().for_each(with_alerts);
         });
         keys.values_mut().for_each(|k| with_alerts(&mut k.limits));

@@ -312,3 +312,23 @@ fn a_refused_alias_overflows_to_its_overflow_route() {
     let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
     assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["models[0].overflow"]);
 }
+
+#[test]
+fn plans_give_their_tenants_limits_and_models() {
+    let doc = json!({
+        "plans": [{"id": "free", "limits": {"requests_per_minute": 2}, "models": ["mock"]}],
+        "tenants": [{"id": "acme", "plan": "free"}, {"id": "globex", "plan": "free", "limits": {"requests_per_minute": 1}}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}, {"id": "g", "tenant": "globex", "hash": key_hash_string("sk-g")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}, {"alias": "premium", "targets": [{"provider": "builtin", "model": "p"}]}]
+    });
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    let status = |key: &str, model: &str| h.call(&gw, chat(key, model, json!({}))).0.status.as_u16();
+    assert_eq!(status("sk-a", "premium"), 404, "the plan's models bound its tenants");
+    assert_eq!([status("sk-a", "mock"), status("sk-a", "mock"), status("sk-a", "mock")], [200, 200, 429], "the plan's limit, per tenant");
+    assert_eq!([status("sk-g", "mock"), status("sk-g", "mock")], [200, 429], "a tenant's own limit applies inside its plan's");
+    let bad = json!({"tenants": [{"id": "t", "plan": "gold"}], "plans": [{"id": "p", "models": ["ghost"]}]});
+    let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
+    assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["tenants[0].plan", "plans[0].models[0]"]);
+}
