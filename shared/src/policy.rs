@@ -144,16 +144,17 @@ pub struct Limits {
 }
 
 impl RawLimits {
-    /// The limits, each counter named `{scope}/{field}`; problems are reported under `path`.
-    fn compile(&self, scope: &str, path: &str, errors: &mut Vec<PolicyError>) -> Limits {
+    /// The limits, each counter named `{scope}/{field}`, daily and monthly budgets alerting at
+    /// `alerts` percent; problems are reported under `path`.
+    fn compile(&self, scope: &str, path: &str, alerts: &[u8], errors: &mut Vec<PolicyError>) -> Limits {
         Limits {
-            counters: self.counters(scope, path, errors),
+            counters: self.counters(scope, path, alerts, errors),
             max_prompt_tokens: self.max_prompt_tokens,
             max_output_tokens: self.max_output_tokens,
         }
     }
 
-    fn counters(&self, scope: &str, path: &str, errors: &mut Vec<PolicyError>) -> Vec<Limit> {
+    fn counters(&self, scope: &str, path: &str, alerts: &[u8], errors: &mut Vec<PolicyError>) -> Vec<Limit> {
         let mut usd = |name: &str, v: Option<f64>| {
             v.and_then(|v| {
                 let m = micro_usd(v);
@@ -176,7 +177,10 @@ impl RawLimits {
         entries
             .into_iter()
             .filter_map(|(name, meter, window, max)| {
-                max.map(|max| Limit { id: format!("{scope}/{name}"), meter, window, max, alerts: vec![] })
+                max.map(|max| {
+                    let alerts = if matches!(window, Window::Day | Window::Month) { alerts.to_vec() } else { vec![] };
+                    Limit { id: format!("{scope}/{name}"), meter, window, max, alerts }
+                })
             })
             .collect()
     }
@@ -531,9 +535,13 @@ impl Policy {
         let mut tenants = HashMap::new();
         let mut tenant_aliases = Vec::new();
         let mut limit_errors = Vec::new();
+        let percents = doc.settings.budget_alert_percents.clone().unwrap_or_else(|| vec![50, 80, 100]);
+        if percents.iter().any(|p| !(1..=100).contains(p)) {
+            err("settings.budget_alert_percents".into(), "percentages must be 1-100".into());
+        }
         let mut plans = HashMap::new();
         for (i, p) in doc.plans.into_iter().enumerate() {
-            let limits = p.limits.compile("plan", &format!("plans[{i}].limits"), &mut limit_errors);
+            let limits = p.limits.compile("plan", &format!("plans[{i}].limits"), &percents, &mut limit_errors);
             tenant_aliases.push((format!("plans[{i}]"), p.models.clone().unwrap_or_default()));
             if plans.insert(p.id.clone(), (p.id.clone(), limits, p.models)).is_some() {
                 err(format!("plans[{i}].id"), format!("duplicate plan id {:?}", p.id));
@@ -547,7 +555,10 @@ impl Policy {
                 .features
                 .iter()
                 .map(|(name, l)| {
-                    (name.clone(), l.compile(&format!("feature:{name}"), &format!("tenants[{i}].features.{name}"), &mut limit_errors))
+                    (
+                        name.clone(),
+                        l.compile(&format!("feature:{name}"), &format!("tenants[{i}].features.{name}"), &percents, &mut limit_errors),
+                    )
                 })
                 .collect();
             let plan = match t.plan {
@@ -562,7 +573,7 @@ impl Policy {
             };
             let tenant = Tenant {
                 id: t.id.clone(),
-                limits: t.limits.compile("tenant", &format!("tenants[{i}].limits"), &mut limit_errors),
+                limits: t.limits.compile("tenant", &format!("tenants[{i}].limits"), &percents, &mut limit_errors),
                 models: t.models.clone(),
                 canary_group: t.canary_group,
                 features,
@@ -636,7 +647,7 @@ impl Policy {
                 });
                 targets.push(Target { provider: t.provider, model: t.model, price });
             }
-            let limits = m.limits.compile(&format!("model:{}", m.alias), &format!("models[{i}].limits"), &mut limit_errors);
+            let limits = m.limits.compile(&format!("model:{}", m.alias), &format!("models[{i}].limits"), &percents, &mut limit_errors);
             if let Some(to) = m.overflow {
                 overflow_checks.push((i, m.alias.clone(), to));
             }
@@ -680,7 +691,7 @@ impl Policy {
                 err(format!("keys[{i}].id"), format!("duplicate key id {:?}", k.id));
             }
             let roles = k.roles.map_or(Roles(Role::Invoke.bit()), |r| r.into_iter().collect());
-            let limits = k.limits.compile(&format!("key:{}", k.id), &format!("keys[{i}].limits"), &mut limit_errors);
+            let limits = k.limits.compile(&format!("key:{}", k.id), &format!("keys[{i}].limits"), &percents, &mut limit_errors);
             let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models, roles, expires_at: k.expires_at, limits };
             if keys.insert(hash, key).is_some() {
                 err(format!("keys[{i}].hash"), "duplicate key hash".into());
@@ -688,24 +699,6 @@ impl Policy {
         }
 
         errors.extend(limit_errors);
-        let percents = doc.settings.budget_alert_percents.clone().unwrap_or_else(|| vec![50, 80, 100]);
-        if percents.iter().any(|p| !(1..=100).contains(p)) {
-            errors.push(PolicyError { path: "settings.budget_alert_percents".into(), message: "percentages must be 1-100".into() });
-        }
-        let with_alerts = |limits: &mut Limits| {
-            for l in limits.counters.iter_mut().filter(|l| matches!(l.window, Window::Day | Window::Month)) {
-                l.alerts.clone_from(&percents);
-            }
-        };
-        tenants.values_mut().for_each(|t| {
-            with_alerts(&mut t.limits);
-            if let Some((_, plan, _)) = t.plan.as_mut() {
-                with_alerts(plan);
-            }
-            t.features.values_mut().for_each(with_alerts);
-        });
-        keys.values_mut().for_each(|k| with_alerts(&mut k.limits));
-        models.values_mut().for_each(|(_, l)| with_alerts(l));
         let mut issuers = HashMap::new();
         for (i, raw) in doc.jwt_issuers.into_iter().enumerate() {
             let issuer = raw.compile(&format!("jwt_issuers[{i}]"), &mut errors);
