@@ -194,17 +194,16 @@ pub struct Published {
     pub active_before: Option<String>,
 }
 
-/// Publishes a document: stores it under its version, then points `active` (or, with `canary`,
-/// `canary`) at it. A document that does not compile is refused with every error and changes
-/// nothing.
+/// Publishes a document [`validate`] has compiled: stores it under its version, then points
+/// `active` (or, with `canary`, `canary`) at it. (A document that does not compile never gets
+/// here: `validate` returns every error and nothing changes.)
 pub async fn publish<S: PolicyStore>(
     store: &S,
-    value: serde_json::Value,
+    v: Validated,
     canary: Option<CanaryTarget>,
     actor: &Actor,
     note: &str,
 ) -> Result<Published, Error> {
-    let v = validate(value).map_err(|errors| invalid_policy(&errors))?;
     store.put(&version_key(&v.version), Bytes::from(v.canonical)).await?;
     // An unreadable active pointer (corrupt, or a document from before pointers) must not stop
     // an admin from publishing over it.
@@ -260,7 +259,7 @@ pub async fn rollback<S: PolicyStore>(store: &S, to: Option<&str>, actor: &Actor
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Conflict, "there is no earlier version to roll back to"))?,
     };
-    snapshot::fetch_version(store, &target, None).await.map_err(|e| match store_missing(&e) {
+    snapshot::fetch_version(store, &target, None).await.map_err(|e| match e.kind == ErrorKind::PolicyUnavailable {
         true => Error::new(ErrorKind::NotFound, format!("no usable policy version {target}: {}", e.message)),
         false => e,
     })?;
@@ -271,10 +270,6 @@ pub async fn rollback<S: PolicyStore>(store: &S, to: Option<&str>, actor: &Actor
         None => std::iter::once(active.version.clone()).chain(active.previous).collect(),
     };
     point_active(store, &target, previous, Some(&active.version), "rollback", actor, note).await
-}
-
-fn store_missing(e: &Error) -> bool {
-    e.kind == ErrorKind::PolicyUnavailable
 }
 
 /// A key to create.
@@ -506,14 +501,14 @@ pub async fn serve<S: PolicyStore>(
         Endpoint::Validate | Endpoint::Publish => {
             let req: Request = parse_body(body)?;
             let policy = req.policy.ok_or_else(|| Error::new(ErrorKind::InvalidRequest, "`policy` is required").with_param("policy"))?;
-            let v = match validate(policy.clone()) {
+            let v = match validate(policy) {
                 Ok(v) => v,
                 Err(errors) => return Ok(invalid_answer(&errors)),
             };
             if endpoint == Endpoint::Validate {
                 return ok(serde_json::json!({"valid": true, "version": v.version}));
             }
-            ok(serde_json::json!(publish(store, policy, req.canary, actor, &req.note).await?))
+            ok(serde_json::json!(publish(store, v, req.canary, actor, &req.note).await?))
         }
         Endpoint::Promote => {
             let req: Request = parse_body(body)?;
