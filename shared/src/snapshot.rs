@@ -180,10 +180,12 @@ pub async fn read_json<S: PolicyStore, T: serde::de::DeserializeOwned>(store: &S
 
 /// Loads a whole snapshot, reusing policies `previous` already compiled.
 async fn load<S: PolicyStore>(store: &S, previous: Option<&Snapshot>) -> Result<(Snapshot, Option<Error>), Error> {
-    let active: ActivePointer = read_json(store, ACTIVE).await?.ok_or_else(|| unavailable("no policy has been published"))?;
+    // Both pointers at once: one round trip to the store, not two.
+    let (active, canary) = futures::join!(read_json::<S, ActivePointer>(store, ACTIVE), read_json::<S, CanaryPointer>(store, CANARY));
+    let active = active?.ok_or_else(|| unavailable("no policy has been published"))?;
     let active = fetch_version(store, &active.version, previous).await?;
     let canary = async {
-        let Some(pointer) = read_json::<S, CanaryPointer>(store, CANARY).await? else { return Ok(None) };
+        let Some(pointer) = canary? else { return Ok(None) };
         if pointer.version == active.version {
             return Ok(None);
         }
