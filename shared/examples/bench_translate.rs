@@ -64,8 +64,9 @@ fn main() {
         api_version: None,
         region: None,
         quirks: Default::default(),
+        location: Default::default(),
     };
-    let target = Target { provider: "p".into(), model: "claude".into(), price: None };
+    let target = Target { provider: "p".into(), model: "claude".into(), ..Target::default() };
     let openai_req = ChatRequest::parse(OPENAI_REQUEST.as_bytes()).unwrap();
     let stream = anthropic_stream();
 

@@ -391,6 +391,9 @@ pub enum Endpoint {
     RevokeKey(String),
     /// `GET /admin/tenants/{id}/usage`: the tenant's ledger (counters and open holds).
     Usage(String),
+    /// `GET /admin/health/{location}`: a location's provider health board (breakers, latency,
+    /// retry use); `default` where the host names no location.
+    Health(String),
 }
 
 impl Endpoint {
@@ -414,6 +417,10 @@ impl Endpoint {
                 let tenant = &p["/tenants/".len()..p.len() - "/usage".len()];
                 (!tenant.is_empty() && !tenant.contains('/')).then(|| (Endpoint::Usage(tenant.to_owned()), Role::AuditRead))
             }
+            (p, &M::GET) if p.starts_with("/health/") => {
+                let location = &p["/health/".len()..];
+                (!location.is_empty() && !location.contains('/')).then(|| (Endpoint::Health(location.to_owned()), Role::AuditRead))
+            }
             (p, &M::DELETE) if p.starts_with("/keys/") => Some((Endpoint::RevokeKey(p["/keys/".len()..].to_owned()), Role::KeysAdmin)),
             _ => None,
         };
@@ -427,6 +434,7 @@ impl Endpoint {
             Endpoint::Version(v) => format!("/admin/policy/versions/{v}"),
             Endpoint::RevokeKey(id) => format!("/admin/keys/{id}"),
             Endpoint::Usage(tenant) => format!("/admin/tenants/{tenant}/usage"),
+            Endpoint::Health(location) => format!("/admin/health/{location}"),
             _ => template.to_owned(),
         };
         (method.parse().unwrap_or(http::Method::GET), path)
@@ -445,6 +453,7 @@ impl Endpoint {
             Endpoint::CreateKey => "POST /admin/keys",
             Endpoint::RevokeKey(_) => "DELETE /admin/keys/{id}",
             Endpoint::Usage(_) => "GET /admin/tenants/{id}/usage",
+            Endpoint::Health(_) => "GET /admin/health/{location}",
         }
     }
 }
@@ -523,6 +532,8 @@ pub async fn serve<S: PolicyStore>(
             Ok((201, serde_json::json!(create_key(store, spec, random, actor).await?)))
         }
         Endpoint::RevokeKey(id) => ok(serde_json::json!({"revoked": id, "version": revoke_key(store, &id, actor).await?})),
-        Endpoint::Usage(_) => Err(Error::new(ErrorKind::Internal, "usage is read from the ledger, not the policy store")),
+        Endpoint::Usage(_) | Endpoint::Health(_) => {
+            Err(Error::new(ErrorKind::Internal, "usage and health are read from the counter store, not the policy store"))
+        }
     }
 }

@@ -82,6 +82,12 @@ pub enum ErrorKind {
     PolicyUnavailable,
     /// A counter store or other host store failed.
     StoreUnavailable,
+    /// No provider deployment the residency constraints allow could serve the request: none
+    /// exists (`retryable: false`) or every one failed (`retryable: true`). Never relaxed.
+    ResidencyUnavailable {
+        /// Whether time may heal it (compliant deployments exist but failed).
+        retryable: bool,
+    },
     /// A provider credential named in policy is not configured on this host.
     SecretMissing,
     /// A bug or an impossible state inside the gateway.
@@ -135,7 +141,7 @@ impl Error {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } | ErrorKind::BudgetExceeded { .. } => 429,
             ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => 502,
-            ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable => 503,
+            ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable | ErrorKind::ResidencyUnavailable { .. } => 503,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::SecretMissing | ErrorKind::Internal => 500,
         }
@@ -166,7 +172,11 @@ impl Error {
             | ErrorKind::UpstreamRateLimited { .. }
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpstreamTimeout => Side::Upstream,
-            ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable | ErrorKind::SecretMissing | ErrorKind::Internal => Side::Internal,
+            ErrorKind::PolicyUnavailable
+            | ErrorKind::StoreUnavailable
+            | ErrorKind::ResidencyUnavailable { .. }
+            | ErrorKind::SecretMissing
+            | ErrorKind::Internal => Side::Internal,
         }
     }
 
@@ -206,6 +216,7 @@ impl Error {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::PolicyUnavailable => "policy_unavailable",
             ErrorKind::StoreUnavailable => "store_unavailable",
+            ErrorKind::ResidencyUnavailable { .. } => "residency_unavailable",
             ErrorKind::SecretMissing => "provider_credential_missing",
             ErrorKind::Internal => "internal_error",
         }
@@ -248,7 +259,10 @@ impl Error {
         match self.side() {
             Side::Downstream => matches!(self.kind, ErrorKind::RateLimited { .. }),
             Side::Upstream => true,
-            Side::Internal => matches!(self.kind, ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable),
+            Side::Internal => matches!(
+                self.kind,
+                ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable | ErrorKind::ResidencyUnavailable { retryable: true }
+            ),
         }
     }
 
@@ -310,6 +324,7 @@ mod tests {
         check(K::UpstreamTimeout, 504, Upstream, "upstream_timeout", "upstream_error");
         check(K::PolicyUnavailable, 503, Internal, "policy_unavailable", "server_error");
         check(K::StoreUnavailable, 503, Internal, "store_unavailable", "server_error");
+        check(K::ResidencyUnavailable { retryable: false }, 503, Internal, "residency_unavailable", "server_error");
         check(K::SecretMissing, 500, Internal, "provider_credential_missing", "server_error");
         check(K::Internal, 500, Internal, "internal_error", "server_error");
     }
@@ -337,6 +352,8 @@ mod tests {
         assert!(!r(ErrorKind::InvalidApiKey));
         assert!(!r(ErrorKind::UpstreamRejected(400)));
         assert!(!r(ErrorKind::SecretMissing));
+        assert!(r(ErrorKind::ResidencyUnavailable { retryable: true }), "allowed deployments exist but failed");
+        assert!(!r(ErrorKind::ResidencyUnavailable { retryable: false }), "no deployment is allowed");
         assert!(!r(ErrorKind::BudgetExceeded { retry_after_ms: 5 }), "a spent budget does not come back in seconds");
     }
 

@@ -3,6 +3,7 @@
 //! `x-request-id`, and always runs the record phase — on success, on error, at the end of a
 //! stream, and when a client abandons a stream.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,13 +18,15 @@ use crate::admin;
 use crate::chat::ChatRequest;
 use crate::dialect::{self, Dialect, StreamEncoder};
 use crate::embeddings::EmbeddingsRequest;
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Side};
+use crate::health::{self, Board, BreakerSettings, Observation, Outcome};
 use crate::jwt;
-use crate::ledger::{Amounts, LedgerOp};
+use crate::ledger::{Amounts, LedgerAnswer, LedgerOp};
 use crate::phases::{self, Candidate, RateState};
-use crate::policy::{Policy, Price, ProviderKind, Role, Roles, hash_key, hex};
+use crate::policy::{Degraded, Policy, Price, ProviderKind, Role, Roles, hash_key, hex};
 use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
+use crate::routing::{self, Origin, Plan};
 use crate::snapshot::{Snapshot, SnapshotCache};
 use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord};
 
@@ -51,10 +54,45 @@ impl std::fmt::Debug for Body {
     }
 }
 
-/// The gateway for one isolate: holds what outlives a request (the compiled policy).
-#[derive(Debug, Default)]
+/// The gateway for one isolate: holds what outlives a request (the compiled policy and the
+/// location's provider health).
+#[derive(Debug)]
 pub struct Gateway {
     snapshots: SnapshotCache,
+    health: Rc<RefCell<HealthView>>,
+    health_refresh_ms: u64,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway { snapshots: SnapshotCache::default(), health: Rc::default(), health_refresh_ms: HEALTH_REFRESH_MS }
+    }
+}
+
+/// How often an isolate sends its health observations to the location's board and reads it back.
+pub const HEALTH_REFRESH_MS: u64 = 1_000;
+/// Observations an isolate keeps while the board cannot be reached.
+const MAX_PENDING_OBSERVATIONS: usize = 1_000;
+
+/// An isolate's copy of its location's health board (see [`crate::health`]).
+#[derive(Debug, Default)]
+struct HealthView {
+    board: Board,
+    /// When the board was last read from the store.
+    synced_ms: Option<u64>,
+    /// Observations not yet sent to the store (already applied to `board`).
+    pending: Vec<Observation>,
+    syncing: bool,
+}
+
+/// What a request reports about provider health when it is recorded.
+struct HealthReport {
+    view: Rc<RefCell<HealthView>>,
+    board_id: String,
+    breaker: BreakerSettings,
+    refresh_ms: u64,
+    route: String,
+    attempts: Vec<(String, Outcome)>,
 }
 
 /// The endpoints.
@@ -124,6 +162,7 @@ struct Ctx {
     rate: Option<RateState>,
     account: Account,
     dialect: &'static dyn Dialect,
+    health: Option<HealthReport>,
 }
 
 /// What a successful dispatch produced.
@@ -133,9 +172,16 @@ enum Reply {
 }
 
 impl Gateway {
-    /// A gateway with an empty policy cache.
+    /// A gateway with an empty policy cache, for a host whose isolates serve many requests
+    /// (Workers): health is synchronised with the location's board once a second.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A gateway for a host that starts a fresh instance per request (Spin): health is read from
+    /// the location's board when the request is routed and written back when it is recorded.
+    pub fn per_request() -> Self {
+        Gateway { health_refresh_ms: 0, ..Self::default() }
     }
 
     /// Handles one request. Never fails: every error becomes a response in the caller's dialect.
@@ -157,6 +203,9 @@ impl Gateway {
                 model: None,
                 feature: None,
                 overflow: None,
+                routing: None,
+                degraded: None,
+                retry_budget_exhausted: false,
                 stream: false,
                 status: 0,
                 error: None,
@@ -164,10 +213,13 @@ impl Gateway {
                 usage: None,
                 cost_micro_usd: None,
                 budget_alerts: Vec::new(),
+                breaker_events: Vec::new(),
+                health_fault: None,
                 duration_ms: 0,
             },
             rate: None,
             account: Account::default(),
+            health: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -191,7 +243,7 @@ impl Gateway {
         set_headers(&mut resp, &ctx);
         ctx.record.status = resp.status().as_u16();
         match stream {
-            None => finish(host, ctx.record, ctx.account),
+            None => finish(host, ctx.record, ctx.account, ctx.health),
             Some((upstream, decoder, encoder, held)) => {
                 let mut relay = Relay {
                     upstream,
@@ -199,7 +251,7 @@ impl Gateway {
                     encoder,
                     out: VecDeque::new(),
                     ended: false,
-                    finisher: Some((host.clone(), ctx.record, ctx.account)),
+                    finisher: Some((host.clone(), ctx.record, ctx.account, ctx.health)),
                 };
                 relay.emit(held);
                 *resp.body_mut() = Body::Stream(Box::pin(relay));
@@ -239,15 +291,19 @@ impl Gateway {
             return Err(Error::new(ErrorKind::PayloadTooLarge, format!("request body exceeds {MAX_REQUEST_BYTES} bytes")));
         }
 
+        let origin = routing::origin(req.extensions().get::<Origin>(), req.headers(), principal.key.roles)?;
+        let ask = |alias, chat, prompt_tokens, output_tokens| routing::Ask { alias, origin: &origin, chat, prompt_tokens, output_tokens };
+
         if route == Route::Embeddings {
             let embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
-            let plan = phases::route(&policy, &principal, &embed.model)?;
+            let tokens = embed.estimate_tokens();
+            let plan = self.plan(host, ctx, &policy, &principal, ask(&embed.model, None, tokens, 0)).await?;
             let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
             ctx.record.feature = feature.map(str::to_owned);
             let scope = phases::Scope { alias: &embed.model, feature };
-            self.admit(host, ctx, &policy, &principal, scope, &plan, phases::ask(&plan, embed.estimate_tokens(), 0)).await?;
-            return self.call_upstream(host, ctx, Op::Embed(&embed), &plan).await;
+            self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, phases::ask(&plan.candidates, tokens, 0)).await?;
+            return self.call_upstream(host, ctx, Op::Embed(&embed), &policy, &plan).await;
         }
 
         if route == Route::CountTokens {
@@ -255,14 +311,18 @@ impl Gateway {
             ctx.record.model = Some(chat.model.clone());
             let scope = phases::Scope { alias: &chat.model, feature: phases::feature(&principal.tenant, req.headers(), None) };
             self.admit(host, ctx, &policy, &principal, scope, &[], Amounts::default()).await?;
-            let plan: Vec<Candidate> = phases::route(&policy, &principal, &chat.model)?
-                .into_iter()
-                .filter(|c| providers::adapter(c.provider.kind).counts_tokens())
-                .collect();
-            // Exactly, by the first provider that can count; otherwise (or if they all fail) an
-            // estimate, so the endpoint answers for every model.
-            if !plan.is_empty()
-                && let Ok(reply) = self.call_upstream(host, ctx, Op::Count(&chat), &plan).await
+            let mut plan = self.plan(host, ctx, &policy, &principal, ask(&chat.model, Some(&chat), 0, 0)).await;
+            if let Ok(plan) = &mut plan {
+                let healthy =
+                    plan.candidates[..plan.healthy].iter().filter(|c| providers::adapter(c.provider.kind).counts_tokens()).count();
+                plan.candidates.retain(|c| providers::adapter(c.provider.kind).counts_tokens());
+                plan.healthy = healthy;
+            }
+            // Exactly, by the first allowed provider that can count; otherwise (or if they all
+            // fail) an estimate, so the endpoint answers for every model.
+            if let Ok(plan) = plan
+                && !plan.candidates.is_empty()
+                && let Ok(reply) = self.call_upstream(host, ctx, Op::Count(&chat), &policy, &plan).await
             {
                 return Ok(reply);
             }
@@ -277,30 +337,143 @@ impl Gateway {
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
         let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
-        let plan = phases::route(&policy, &principal, &chat.model)?;
+        let chat = chat;
+        let plan = self.plan(host, ctx, &policy, &principal, ask(&chat.model, Some(&chat), prompt, output)).await?;
         let scope = phases::Scope { alias: &chat.model, feature };
-        let plan = match self.admit(host, ctx, &policy, &principal, scope, &plan, phases::ask(&plan, prompt, output)).await {
+        let ask_for = |plan: &Plan| phases::ask(&plan.candidates, prompt, output);
+        let (alias, plan) = match self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, ask_for(&plan)).await {
             // A refused request goes to the alias's overflow route, if it has one the caller may use.
             Err(refused) if matches!(refused.kind, ErrorKind::RateLimited { .. } | ErrorKind::BudgetExceeded { .. }) => {
                 match policy.overflow(&chat.model) {
                     Some(over) => {
-                        let plan = phases::route(&policy, &principal, over).map_err(|_| refused)?;
+                        let plan =
+                            self.plan(host, ctx, &policy, &principal, ask(over, Some(&chat), prompt, output)).await.map_err(|_| refused)?;
                         let scope = phases::Scope { alias: over, feature };
-                        self.admit(host, ctx, &policy, &principal, scope, &plan, phases::ask(&plan, prompt, output)).await?;
+                        self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, ask_for(&plan)).await?;
                         ctx.record.overflow = Some(over.to_owned());
-                        plan
+                        (over, plan)
                     }
                     None => return Err(refused),
                 }
             }
             admitted => {
                 admitted?;
-                plan
+                (chat.model.as_str(), plan)
             }
         };
 
-        // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
-        self.call_upstream(host, ctx, Op::Chat(&chat), &plan).await
+        let failed = match self.call_upstream(host, ctx, Op::Chat(&chat), &policy, &plan).await {
+            // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
+            Ok(reply) => return Ok(reply),
+            Err(e) if e.side() == Side::Downstream => return Err(e),
+            Err(e) => e,
+        };
+        // Every candidate failed. Providers that refused for quota send the request to the
+        // alias's overflow route; a non-critical route answers in degraded mode.
+        let quota = matches!(failed.kind, ErrorKind::UpstreamRateLimited { .. })
+            || ctx.record.attempts.iter().any(|a| a.error == Some("upstream_rate_limited"));
+        if quota
+            && ctx.record.overflow.is_none()
+            && let Some(over) = policy.overflow(alias)
+            && let Ok(plan) = self.plan(host, ctx, &policy, &principal, ask(over, Some(&chat), prompt, output)).await
+        {
+            ctx.record.overflow = Some(over.to_owned());
+            self.account_for(ctx, &plan);
+            return self.call_upstream(host, ctx, Op::Chat(&chat), &policy, &plan).await;
+        }
+        match policy.route(alias).and_then(|r| r.degraded.as_ref()) {
+            Some(Degraded::Alias(cheaper)) => {
+                let Ok(plan) = self.plan(host, ctx, &policy, &principal, ask(cheaper, Some(&chat), prompt, output)).await else {
+                    return Err(failed);
+                };
+                ctx.record.degraded = Some("alias");
+                self.account_for(ctx, &plan);
+                self.call_upstream(host, ctx, Op::Chat(&chat), &policy, &plan).await.map_err(|_| failed)
+            }
+            Some(Degraded::Reply(text)) => {
+                ctx.record.degraded = Some("reply");
+                self.canned(host, ctx, &chat, text).await
+            }
+            None => Err(failed),
+        }
+    }
+
+    /// Phase 4, **route**: the plan for `ask` (see [`routing::plan`]) over this location's health
+    /// board, read first if this isolate has not read it yet. The decision goes into the record;
+    /// an empty plan (residency removed every candidate) is `residency_unavailable`.
+    async fn plan<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        policy: &Policy,
+        principal: &phases::Principal,
+        ask: routing::Ask<'_>,
+    ) -> Result<Plan, Error> {
+        let board_id = health::board_id(ask.origin.colo.as_deref());
+        let first = {
+            let mut view = self.health.borrow_mut();
+            let first = view.synced_ms.is_none() && !view.syncing;
+            view.syncing |= first;
+            first
+        };
+        if first {
+            let read = host.apply(&board_id, LedgerOp::Health { observations: Vec::new(), breaker: *policy.breaker() }).await;
+            let mut view = self.health.borrow_mut();
+            view.syncing = false;
+            view.synced_ms = Some(host.now_ms());
+            match read {
+                Ok(LedgerAnswer::Health { board, .. }) => view.board = board,
+                Ok(_) => ctx.record.health_fault = Some("internal_error"),
+                Err(e) => ctx.record.health_fault = Some(e.metric_label()),
+            }
+        }
+        let mut random = [0u8; 8];
+        host.fill(&mut random);
+        let plan = {
+            let view = self.health.borrow();
+            routing::plan(policy, principal, ask, &view.board, host.now_ms(), u64::from_le_bytes(random))?
+        };
+        ctx.record.routing = Some(plan.decision.clone());
+        if plan.candidates.is_empty() && plan.decision.quiet.is_empty() {
+            return Err(routing::residency_error(&plan.decision, &[]));
+        }
+        let report = ctx.health.get_or_insert_with(|| HealthReport {
+            view: Rc::clone(&self.health),
+            board_id,
+            breaker: *policy.breaker(),
+            refresh_ms: self.health_refresh_ms,
+            route: String::new(),
+            attempts: Vec::new(),
+        });
+        report.route = ask.alias.to_owned();
+        Ok(plan)
+    }
+
+    /// Adds the prices of a later plan (overflow, degraded) to the request's account, so its cost
+    /// is known whichever candidate answers.
+    fn account_for(&self, ctx: &mut Ctx, plan: &Plan) {
+        let priced = plan.candidates.iter().filter_map(|c| c.target.price.map(|p| (c.provider.id.clone(), c.target.model.clone(), p)));
+        ctx.account.prices.extend(priced);
+    }
+
+    /// A non-critical route's degraded reply: the fixed text, rendered like a provider's answer
+    /// (JSON or a stream) through the built-in provider.
+    async fn canned<H: Host>(&self, host: &H, ctx: &mut Ctx, chat: &ChatRequest, text: &str) -> Result<Reply, Error> {
+        let provider = crate::policy::Provider {
+            id: "degraded".into(),
+            kind: ProviderKind::Mock,
+            base_url: String::new(),
+            api_key_secret: None,
+            api_version: None,
+            region: None,
+            quirks: crate::policy::Quirks::default(),
+            location: routing::Location::default(),
+        };
+        let target = crate::policy::Target { provider: "degraded".into(), model: chat.model.clone(), ..Default::default() };
+        let adapter = providers::adapter(ProviderKind::Mock);
+        let request = adapter.chat_request(&provider, &target, chat, None)?;
+        let response = providers::mock::canned(&request, text, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id));
+        self.answer(host, ctx, Op::Chat(chat), &provider, response).await.map(|(_, reply)| reply).map_err(|(_, e)| e)
     }
 
     /// Phase 3, **admit**: reserves one request and `ask` against every limit that applies to the
@@ -387,9 +560,11 @@ impl Gateway {
         let now_ms = host.now_ms();
         let secret = phases::credential(req.headers())?;
         let snapshot = self.snapshots.current(host, now_ms).await;
+        let mut breaker = BreakerSettings::default();
         if let Ok((s, fault)) = &snapshot {
             ctx.record.policy_version = Some(s.active.version.clone());
             ctx.record.policy_fault = fault.as_ref().map(Error::metric_label);
+            breaker = *s.active.breaker();
         }
         let actor = match bootstrap_admin(host, secret).await? {
             Some(roles) if roles.has(needs) => "bootstrap".to_owned(),
@@ -420,18 +595,46 @@ impl Gateway {
                 _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer an inspection")),
             };
         }
+        if let admin::Endpoint::Health(location) = &endpoint {
+            let id = health::board_id(Some(location).filter(|l| *l != "default").map(String::as_str));
+            return match host.apply(&id, LedgerOp::Health { observations: Vec::new(), breaker }).await? {
+                LedgerAnswer::Health { board, .. } => {
+                    let body = serde_json::json!({"location": location, "board": board, "at_ms": now_ms});
+                    Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
+                }
+                _ => Err(Error::new(ErrorKind::Internal, "the counter store did not answer a health read")),
+            };
+        }
         let (status, body) = admin::serve(host, endpoint, req.body(), &actor, &random).await?;
         Ok(Reply::Json(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Bytes::from(body.to_string())))
     }
 
     /// Phase 5, **call upstream**: walks the plan in order until a candidate answers; keeps every
     /// failed attempt. A streamed answer is returned as soon as its status is known to be good.
-    async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, plan: &[Candidate]) -> Result<Reply, Error> {
+    ///
+    /// Deployments with open breakers (after `plan.healthy`) are tried only by critical routes,
+    /// and only after every healthy one failed. Each attempt after the first is a retry, allowed
+    /// while the route's retry budget at this location has room. When residency removed
+    /// candidates and every allowed one failed, the answer is `residency_unavailable`.
+    async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, policy: &Policy, plan: &Plan) -> Result<Reply, Error> {
+        let alias = ctx.health.as_ref().map(|h| h.route.clone()).unwrap_or_default();
+        let (critical, budget) = policy.route(&alias).map_or((true, 20), |r| (r.critical, r.retry_budget_percent));
         let mut failures: Vec<String> = Vec::new();
         let mut last: Option<Error> = None;
-        for candidate in plan {
+        let mut tried = 0;
+        for (i, candidate) in plan.candidates.iter().enumerate() {
+            let forced = i >= plan.healthy;
+            if forced && !critical {
+                break;
+            }
+            if !failures.is_empty() && !self.health.borrow().board.may_retry(&alias, host.now_ms(), budget) {
+                ctx.record.retry_budget_exhausted = true;
+                break;
+            }
             let sent_ms = host.now_ms();
+            tried += 1;
             let result = self.attempt(host, ctx, op, candidate).await;
+            let elapsed = host.now_ms().saturating_sub(sent_ms);
             let (status, error) = match &result {
                 Ok((status, _)) => (Some(*status), None),
                 Err((status, e)) => (*status, Some(e.metric_label())),
@@ -441,8 +644,16 @@ impl Gateway {
                 model: candidate.target.model.clone(),
                 status,
                 error,
-                duration_ms: host.now_ms().saturating_sub(sent_ms),
+                duration_ms: elapsed,
+                forced,
             });
+            if let Some(h) = ctx.health.as_mut() {
+                let outcome = match &result {
+                    Ok(_) => Outcome::Ok(elapsed),
+                    Err((_, e)) => outcome_of(e, &candidate.target.model),
+                };
+                h.attempts.push((candidate.provider.id.clone(), outcome));
+            }
             match result {
                 Ok((_, reply)) => return Ok(reply),
                 Err((_, e)) if e.retry() == crate::error::Retry::No => return Err(e),
@@ -452,9 +663,39 @@ impl Gateway {
                 }
             }
         }
-        let mut err = last.unwrap_or_else(|| Error::new(ErrorKind::Internal, "empty routing plan"));
-        if failures.len() > 1 {
-            err.message = format!("all {} providers failed: {}", failures.len(), failures.join("; "));
+        let skipped: Vec<&str> = plan.candidates.iter().skip(tried).map(|c| c.provider.id.as_str()).collect();
+        if !plan.decision.removed.is_empty() {
+            let mut tried = failures.clone();
+            tried.extend(skipped.iter().map(|p| format!("{p}: not tried (breaker open or retry budget spent)")));
+            tried.extend(plan.decision.quiet.iter().map(|p| format!("{p}: asked for quiet (Retry-After)")));
+            return Err(routing::residency_error(&plan.decision, &tried));
+        }
+        let mut err = match last {
+            Some(e) => e,
+            None if !plan.decision.quiet.is_empty() => {
+                let board = &self.health.borrow().board;
+                let now = host.now_ms();
+                let wait = plan.decision.quiet.iter().filter_map(|q| {
+                    let (provider, model) = q.split_once('/').unwrap_or((q, ""));
+                    board.quiet_ms(provider, model, now)
+                });
+                Error::new(
+                    ErrorKind::UpstreamRateLimited { retry_after_ms: wait.min() },
+                    format!("every provider of this model asked to be left alone for now: {}", plan.decision.quiet.join(", ")),
+                )
+            }
+            None => {
+                Error::new(ErrorKind::UpstreamUnavailable, format!("every provider of this model is unhealthy: {}", skipped.join(", ")))
+            }
+        };
+        if failures.len() > 1 || !skipped.is_empty() {
+            let mut why = failures.clone();
+            if ctx.record.retry_budget_exhausted {
+                why.push("the route's retry budget is spent".into());
+            } else if !skipped.is_empty() {
+                why.push(format!("not tried (breaker open): {}", skipped.join(", ")));
+            }
+            err.message = format!("all {} providers failed: {}", failures.len(), why.join("; "));
         }
         Err(err)
     }
@@ -483,6 +724,21 @@ impl Gateway {
         } else {
             host.send(request).await.map_err(|e| (None, e))?
         };
+        self.answer(host, ctx, op, &c.provider, response).await
+    }
+
+    /// Reads a provider's response to `op`: an error status becomes this attempt's error; a
+    /// good one is parsed (or, for streams, held until it commits to content) and rendered in
+    /// the caller's dialect.
+    async fn answer<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        op: Op<'_>,
+        provider: &crate::policy::Provider,
+        response: http::Response<ByteStream>,
+    ) -> Result<(u16, Reply), (Option<u16>, Error)> {
+        let adapter = providers::adapter(provider.kind);
         let status = response.status().as_u16();
         let (head, body) = response.into_parts();
         if !(200..300).contains(&status) {
@@ -505,7 +761,7 @@ impl Gateway {
             }
         };
         if chat.is_stream() {
-            let mut decoder = adapter.stream_decoder(&c.provider, host.now_ms() / 1000);
+            let mut decoder = adapter.stream_decoder(provider, host.now_ms() / 1000);
             let (body, held) = hold_until_content(body, decoder.as_mut()).await.map_err(|e| (Some(status), e))?;
             let encoder = ctx.dialect.stream_encoder(chat.wants_stream_usage());
             return Ok((status, Reply::Stream { upstream: body, decoder, encoder, held }));
@@ -587,6 +843,7 @@ fn error_response(e: &Error, dialect: &dyn Dialect) -> http::Response<Body> {
 }
 
 fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
+    let resp_status = resp.status();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ctx.record.request_id) {
         if let Some(name) = ctx.dialect.request_id_header() {
@@ -596,6 +853,16 @@ fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
     }
     if let Some(v) = ctx.record.policy_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         h.insert("x-edgegate-policy-version", v);
+    }
+    if let Some(mode) = ctx.record.degraded {
+        h.insert("x-edgegate-degraded", HeaderValue::from_static(mode));
+    }
+    // Single retry ownership: once the gateway has retried (or may not, its budget spent), the
+    // caller must not retry on top of it — except after a 429, whose `Retry-After` the gateway
+    // cannot wait out itself.
+    let throttled = resp_status == StatusCode::TOO_MANY_REQUESTS;
+    if h.contains_key("x-should-retry") && !throttled && (ctx.record.attempts.len() > 1 || ctx.record.retry_budget_exhausted) {
+        h.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     // OpenAI's header names, for the tightest per-minute request and token limits.
     let families = ctx.rate.map(|r| {
@@ -614,22 +881,87 @@ fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
     }
 }
 
-/// Phase 7, **record**: stamps the duration and exports the record as deferred work.
-fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account) {
-    record.duration_ms = host.now_ms().saturating_sub(record.start_ms);
+/// How an attempt's failure bears on its deployment's health.
+fn outcome_of(e: &Error, model: &str) -> Outcome {
+    match e.kind {
+        ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol => {
+            Outcome::Failed
+        }
+        ErrorKind::UpstreamRateLimited { retry_after_ms } => Outcome::Throttled { model: model.to_owned(), wait_ms: retry_after_ms },
+        _ => Outcome::Neutral,
+    }
+}
+
+/// Phase 7, **record**: stamps the duration, applies the request's health observations to the
+/// isolate's board, and — as deferred work — settles the ledger hold, sends observations to the
+/// location's board when a sync is due, and exports the record.
+fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account, health: Option<HealthReport>) {
+    let now = host.now_ms();
+    record.duration_ms = now.saturating_sub(record.start_ms);
     let settle = account.settle(&mut record);
+    let sync = health.and_then(|h| observe(h, now));
     let worker = host.clone();
     host.defer(Box::pin(async move {
-        // Settlement and export failures never reach a client: an unsettled hold expires on its
-        // own, and the host's exporter reports its own health.
+        // Settlement, health and export failures never reach a client: an unsettled hold expires
+        // on its own, observations wait for the next sync, and the exporter reports its own health.
         let mut record = record;
         if let Some((tenant, op)) = settle
-            && let Ok(crate::ledger::LedgerAnswer::Settled { alerts }) = worker.apply(&tenant, op).await
+            && let Ok(LedgerAnswer::Settled { alerts }) = worker.apply(&tenant, op).await
         {
             record.budget_alerts = alerts;
         }
+        if let Some((view, board_id, breaker, observations)) = sync {
+            let answer = worker.apply(&board_id, LedgerOp::Health { observations: observations.clone(), breaker }).await;
+            let mut v = view.borrow_mut();
+            v.syncing = false;
+            match answer {
+                Ok(LedgerAnswer::Health { board, events }) => {
+                    // The store's board has every isolate's observations up to now; ours that
+                    // arrived meanwhile are applied again on top of it.
+                    v.board = board;
+                    let later = v.pending.clone();
+                    for o in &later {
+                        v.board.observe(o, &breaker);
+                    }
+                    v.synced_ms = Some(worker.now_ms());
+                    record.breaker_events = events;
+                }
+                other => {
+                    record.health_fault = Some(other.err().map_or("internal_error", |e| e.metric_label()));
+                    let mut all = observations;
+                    all.append(&mut v.pending);
+                    let excess = all.len().saturating_sub(MAX_PENDING_OBSERVATIONS);
+                    all.drain(..excess);
+                    v.pending = all;
+                    v.synced_ms = Some(worker.now_ms());
+                }
+            }
+        }
         let _ = worker.export(vec![record]).await;
     }));
+}
+
+/// Applies a request's observations to the isolate's board at once; returns what to send to the
+/// location's board when a sync is due (the batch of pending observations).
+#[allow(clippy::type_complexity)]
+fn observe(h: HealthReport, now: u64) -> Option<(Rc<RefCell<HealthView>>, String, BreakerSettings, Vec<Observation>)> {
+    if h.attempts.is_empty() {
+        return None;
+    }
+    let observation = Observation { at_ms: now, route: h.route, attempts: h.attempts };
+    let batch = {
+        let mut v = h.view.borrow_mut();
+        // Local transitions are not reported: the location's board reports each one once.
+        v.board.observe(&observation, &h.breaker);
+        v.pending.push(observation);
+        let due = !v.syncing && v.synced_ms.is_none_or(|at| now >= at.saturating_add(h.refresh_ms));
+        if !due {
+            return None;
+        }
+        v.syncing = true;
+        std::mem::take(&mut v.pending)
+    };
+    Some((h.view, h.board_id, h.breaker, batch))
 }
 
 /// What a request costs and holds, settled when it is recorded.
@@ -675,7 +1007,7 @@ struct Relay<H: Host> {
     encoder: Box<dyn StreamEncoder>,
     out: VecDeque<Bytes>,
     ended: bool,
-    finisher: Option<(H, RequestRecord, Account)>,
+    finisher: Option<(H, RequestRecord, Account, Option<HealthReport>)>,
 }
 
 // No field is structurally pinned: the upstream stream is already boxed.
@@ -683,7 +1015,7 @@ impl<H: Host> Unpin for Relay<H> {}
 
 impl<H: Host> Relay<H> {
     fn record(&mut self) -> Option<&mut RequestRecord> {
-        self.finisher.as_mut().map(|(_, r, _)| r)
+        self.finisher.as_mut().map(|(_, r, _, _)| r)
     }
 
     fn emit(&mut self, events: Vec<StreamEvent>) {
@@ -709,17 +1041,24 @@ impl<H: Host> Relay<H> {
         if let Some(r) = self.record() {
             r.error = Some(e.metric_label());
         }
+        // A stream the provider broke counts against the deployment that served it.
+        if let Some((_, _, _, Some(h))) = self.finisher.as_mut()
+            && let Some((_, outcome)) = h.attempts.last_mut()
+        {
+            // The stream's failure is never a quota refusal, so the model does not matter here.
+            *outcome = outcome_of(e, "");
+        }
         let frames = self.encoder.error(e);
         self.out.extend(frames);
         self.ended = true;
     }
 
     fn complete(&mut self, error: Option<&'static str>) {
-        if let Some((host, mut record, account)) = self.finisher.take() {
+        if let Some((host, mut record, account, health)) = self.finisher.take() {
             if record.error.is_none() {
                 record.error = error;
             }
-            finish(&host, record, account);
+            finish(&host, record, account, health);
         }
     }
 }

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::{Board, BreakerEvent, BreakerSettings, Observation};
+
 /// How long an unsettled hold lives before it is released on its own.
 pub const HOLD_TTL_MS: u64 = 30 * 60_000;
 
@@ -169,6 +171,14 @@ pub enum LedgerOp {
     },
     /// Read the book (for the admin usage endpoint).
     Inspect,
+    /// Apply a batch of health observations to a location's board (see [`crate::health`]) and
+    /// return it; with no observations, just read it.
+    Health {
+        /// What requests observed, oldest first.
+        observations: Vec<Observation>,
+        /// The breaker thresholds of the policy the observations were made under.
+        breaker: BreakerSettings,
+    },
 }
 
 /// Where one limit stands after an admission.
@@ -206,6 +216,14 @@ pub enum LedgerAnswer {
     Book {
         /// Counters and open holds.
         book: Book,
+    },
+    /// The health board after [`LedgerOp::Health`].
+    Health {
+        /// The board.
+        board: Board,
+        /// Breaker transitions the observations caused.
+        #[serde(default)]
+        events: Vec<BreakerEvent>,
     },
 }
 
@@ -248,6 +266,9 @@ pub struct Book {
     /// Per counter: the window start and the highest alert threshold already raised in it.
     #[serde(default)]
     alerted: BTreeMap<String, (u64, u8)>,
+    /// A location's provider health, in the book named by [`crate::health::board_id`].
+    #[serde(default, skip_serializing_if = "Board::is_empty")]
+    health: Board,
 }
 
 impl Book {
@@ -259,6 +280,10 @@ impl Book {
             LedgerOp::Commit { id, used } => self.settle(now_ms, &id, Some(used)),
             LedgerOp::Release { id } => self.settle(now_ms, &id, None),
             LedgerOp::Inspect => LedgerAnswer::Book { book: self.clone() },
+            LedgerOp::Health { observations, breaker } => {
+                let events = observations.iter().flat_map(|o| self.health.observe(o, &breaker)).collect();
+                LedgerAnswer::Health { board: self.health.clone(), events }
+            }
         }
     }
 
@@ -404,7 +429,7 @@ mod tests {
         match book.apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens, micro_usd: 0 } }) {
             LedgerAnswer::Admitted { states } => Ok(states.iter().map(|s| s.remaining).collect()),
             LedgerAnswer::Refused { state } => Err((state.limit.id, state.reset_ms)),
-            LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } => unreachable!(),
+            LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } | LedgerAnswer::Health { .. } => unreachable!(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind};
 use crate::jwt::JwtIssuer;
 use crate::ledger::{Amounts, LedgerAnswer, Limit, LimitState, Meter, Window};
 use crate::policy::{ApiKey, Limits, Policy, Provider, Role, Target, Tenant, hash_key};
+
 use crate::snapshot::Snapshot;
 
 /// Who is calling, once authenticated.
@@ -203,7 +204,7 @@ impl RateState {
 pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>) {
     let state = match answer {
         LedgerAnswer::Admitted { states } => return (RateState::from_states(&states, now_ms), Ok(())),
-        LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } => {
+        LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } | LedgerAnswer::Health { .. } => {
             return (RateState::default(), Err(Error::new(ErrorKind::Internal, "the ledger did not answer a reservation")));
         }
         LedgerAnswer::Refused { state } => state,
@@ -258,27 +259,6 @@ pub struct Candidate {
     pub provider: Provider,
     /// The model to ask it for.
     pub target: Target,
-}
-
-/// Phase 4, **route**: turns the requested alias into an ordered plan of candidates. An alias
-/// that does not exist, or that this key or its tenant may not use, is `model_not_found` (404) — the two are
-/// not distinguished, so keys cannot probe for aliases.
-pub fn route(policy: &Policy, principal: &Principal, alias: &str) -> Result<Vec<Candidate>, Error> {
-    let not_found = || {
-        Error::new(ErrorKind::ModelNotFound, format!("the model `{alias}` does not exist or you do not have access to it"))
-            .with_param("model")
-    };
-    if !principal.key.may_use(alias) || !principal.tenant.may_use(alias) {
-        return Err(not_found());
-    }
-    let targets = policy.targets(alias).ok_or_else(not_found)?;
-    targets
-        .iter()
-        .map(|t| {
-            let provider = policy.provider(&t.provider).ok_or_else(|| Error::new(ErrorKind::Internal, "route names a missing provider"))?;
-            Ok(Candidate { provider: provider.clone(), target: t.clone() })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -380,15 +360,11 @@ mod tests {
     }
 
     #[test]
-    fn route_respects_key_scopes_and_keeps_target_order() {
+    fn limits_gather_every_scope() {
         let s = Snapshot { active: Rc::new(policy()), canary: None };
         let p = &s.active;
         let one = authenticate(&s, "sk-one", 0, Role::Invoke).map(|(_, p)| p).unwrap_or_else(|e| unreachable!("{e}"));
         let two = authenticate(&s, "sk-two", 0, Role::Invoke).map(|(_, p)| p).unwrap_or_else(|e| unreachable!("{e}"));
-        let plan: Vec<String> = route(p, &one, "big").unwrap_or_default().into_iter().map(|c| c.target.model).collect();
-        assert_eq!(plan, ["b1", "b2"]);
-        assert_eq!(route(p, &two, "big").map_err(|e| e.metric_label()), Err("model_not_found"));
-        assert_eq!(route(p, &one, "nope").map_err(|e| e.metric_label()), Err("model_not_found"));
         let scope = |alias| Scope { alias, feature: None };
         assert_eq!(
             limits(p, &one, scope("big")).iter().map(|l| (l.id.as_str(), l.max)).collect::<Vec<_>>(),
@@ -406,6 +382,7 @@ mod tests {
                 provider: "m".into(),
                 model: model.into(),
                 price: price.map(|(i, o)| crate::policy::Price { input_micro_usd_per_mtok: i, output_micro_usd_per_mtok: o }),
+                ..Target::default()
             },
         };
         let plan =

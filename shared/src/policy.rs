@@ -8,8 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::health::BreakerSettings;
 use crate::jwt::{JwtIssuer, RawJwtIssuer};
 use crate::ledger::{Limit, Meter, Window};
+use crate::routing::{Class, Location, Residency, Strategy};
 
 /// An edgegate policy document: tenants, their API keys, providers and model aliases.
 #[derive(Debug, Deserialize)]
@@ -57,6 +59,8 @@ struct RawSettings {
     /// seconds (default 10; 0 re-reads on every request). Workers KV may add up to 60 s of its
     /// own propagation on top.
     policy_refresh_seconds: Option<u32>,
+    /// When a provider deployment's circuit breaker opens and closes.
+    breaker: Option<BreakerSettings>,
 }
 
 /// A plan (tier): limits and models every tenant on it has, on top of its own.
@@ -94,6 +98,9 @@ struct RawTenant {
     /// `x-edgegate-feature` header or `metadata.feature` (counters `feature:{name}/...`).
     #[serde(default)]
     features: BTreeMap<String, RawLimits>,
+    /// Where the tenant's requests may be processed; checked before any routing strategy, and
+    /// never relaxed: with no allowed deployment available the request fails.
+    residency: Option<Residency>,
 }
 
 /// Limits of a tenant or key; each absent one is unlimited. Minute windows are aligned to the
@@ -229,6 +236,11 @@ pub enum Role {
     /// Create and revoke API keys.
     #[serde(rename = "keys:admin")]
     KeysAdmin,
+    /// Say where a request comes from with `x-edgegate-origin-country` and
+    /// `x-edgegate-origin-continent` (for trusted backends that relay end users' requests);
+    /// residency constraints then follow the asserted origin.
+    #[serde(rename = "origin:assert")]
+    OriginAssert,
 }
 
 impl Role {
@@ -244,6 +256,7 @@ impl Role {
             Role::PolicyWrite => "policy:write",
             Role::AuditRead => "audit:read",
             Role::KeysAdmin => "keys:admin",
+            Role::OriginAssert => "origin:assert",
         }
     }
 }
@@ -288,6 +301,10 @@ struct RawProvider {
     /// Differences of OpenAI-compatible servers.
     #[serde(default)]
     quirks: Quirks,
+    /// Where this deployment runs, for residency constraints. Unlabelled deployments fail every
+    /// constraint that checks the missing label.
+    #[serde(default)]
+    location: Location,
 }
 
 /// Differences of OpenAI-compatible servers from OpenAI (vLLM, Ollama, llama.cpp, Groq, …).
@@ -338,8 +355,62 @@ struct RawModel {
     /// Limits of this alias, counted per tenant (counters `model:{alias}/...`).
     #[serde(default)]
     limits: RawLimits,
-    /// Another alias to serve the request when a limit refuses it here (instead of a 429).
+    /// Another alias to serve the request when a limit refuses it here (instead of a 429), or
+    /// when every target refuses it for quota (provider 429).
     overflow: Option<String>,
+    /// How the targets are ordered for each request (default `priority`: as listed).
+    #[serde(default)]
+    strategy: Strategy,
+    /// Where this route's requests may be processed, on top of the tenant's residency.
+    residency: Option<Residency>,
+    /// Whether the route is critical (default true). A critical route tries deployments whose
+    /// breaker is open when it has no healthy one; a non-critical route answers in `degraded`
+    /// mode instead when every target fails.
+    critical: Option<bool>,
+    /// What a non-critical route answers when every target fails.
+    degraded: Option<RawDegraded>,
+    /// Share of this route's requests (per location, over 10 s) that may be retries on another
+    /// target, percent (default 20; at least 10 retries are always allowed).
+    retry_budget_percent: Option<u8>,
+}
+
+/// Degraded mode of a non-critical route: one of `alias` or `reply`.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawDegraded {
+    /// Another (cheaper) alias to try.
+    alias: Option<String>,
+    /// A fixed assistant reply, marked `x-edgegate-degraded: reply`.
+    reply: Option<String>,
+}
+
+/// What a non-critical route does when every target fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Degraded {
+    /// Serve the request from this alias instead.
+    Alias(String),
+    /// Answer with this fixed text.
+    Reply(String),
+}
+
+/// A model alias after compilation: a route to targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRoute {
+    /// Targets, as listed.
+    pub targets: Vec<Target>,
+    /// The alias's limits (counters `model:{alias}/...`).
+    pub limits: Limits,
+    /// How targets are ordered.
+    pub strategy: Strategy,
+    /// The route's residency.
+    pub residency: Option<Residency>,
+    /// Whether the route is critical.
+    pub critical: bool,
+    /// Degraded mode, for non-critical routes.
+    pub degraded: Option<Degraded>,
+    /// Retry budget, percent of requests.
+    pub retry_budget_percent: u8,
 }
 
 /// One place an alias is served.
@@ -353,6 +424,10 @@ struct RawTarget {
     model: String,
     /// What this target costs, for spend budgets and cost records.
     price: Option<RawPrice>,
+    /// Relative share of traffic under the `weighted` strategy (default 1; 0 only as a fallback).
+    weight: Option<u32>,
+    /// The prompt class this target serves under the `complexity` strategy.
+    class: Option<Class>,
 }
 
 /// A model's price, in US dollars per million tokens.
@@ -432,6 +507,8 @@ pub struct Tenant {
     pub canary_group: Option<String>,
     /// Limits per declared feature.
     pub features: BTreeMap<String, Limits>,
+    /// Where the tenant's requests may be processed.
+    pub residency: Option<Residency>,
 }
 
 impl Tenant {
@@ -486,6 +563,8 @@ pub struct Provider {
     pub region: Option<String>,
     /// Server differences, for OpenAI-compatible providers.
     pub quirks: Quirks,
+    /// Where the deployment runs.
+    pub location: Location,
 }
 
 /// One place a model alias can be served.
@@ -497,6 +576,16 @@ pub struct Target {
     pub model: String,
     /// Its price, if policy gives one.
     pub price: Option<Price>,
+    /// Weight under the `weighted` strategy.
+    pub weight: u32,
+    /// Prompt class under the `complexity` strategy.
+    pub class: Option<Class>,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target { provider: String::new(), model: String::new(), price: None, weight: 1, class: None }
+    }
 }
 
 /// A compiled, validated policy snapshot.
@@ -507,11 +596,12 @@ pub struct Policy {
     tenants: HashMap<String, Tenant>,
     keys: HashMap<[u8; 32], ApiKey>,
     providers: HashMap<String, Provider>,
-    models: BTreeMap<String, (Vec<Target>, Limits)>,
+    models: BTreeMap<String, ModelRoute>,
     overflow: HashMap<String, String>,
     issuers: HashMap<String, JwtIssuer>,
     refresh_ms: u64,
     estimated_output_tokens: u64,
+    breaker: BreakerSettings,
 }
 
 impl Policy {
@@ -548,8 +638,8 @@ impl Policy {
             }
         }
         for (i, t) in doc.tenants.into_iter().enumerate() {
-            if t.id.is_empty() {
-                err(format!("tenants[{i}].id"), "must not be empty".into());
+            if t.id.is_empty() || t.id.starts_with('~') {
+                err(format!("tenants[{i}].id"), "must not be empty or start with `~`".into());
             }
             let features = t
                 .features
@@ -578,6 +668,7 @@ impl Policy {
                 canary_group: t.canary_group,
                 features,
                 plan,
+                residency: t.residency,
             };
             tenant_aliases.push((format!("tenants[{i}]"), t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
@@ -619,6 +710,7 @@ impl Policy {
                 api_version: p.api_version,
                 region: p.region,
                 quirks: p.quirks,
+                location: p.location,
             };
             if providers.insert(p.id.clone(), provider).is_some() {
                 err(format!("providers[{i}].id"), format!("duplicate provider id {:?}", p.id));
@@ -627,6 +719,7 @@ impl Policy {
 
         let mut models = BTreeMap::new();
         let mut overflow_checks = Vec::new();
+        let mut degraded_checks = Vec::new();
         for (i, m) in doc.models.into_iter().enumerate() {
             if m.targets.is_empty() {
                 err(format!("models[{i}].targets"), "must name at least one target".into());
@@ -645,13 +738,45 @@ impl Policy {
                         None
                     }
                 });
-                targets.push(Target { provider: t.provider, model: t.model, price });
+                targets.push(Target { provider: t.provider, model: t.model, price, weight: t.weight.unwrap_or(1), class: t.class });
             }
             let limits = m.limits.compile(&format!("model:{}", m.alias), &format!("models[{i}].limits"), &percents, &mut limit_errors);
             if let Some(to) = m.overflow {
                 overflow_checks.push((i, m.alias.clone(), to));
             }
-            if models.insert(m.alias.clone(), (targets, limits)).is_some() {
+            let critical = m.critical.unwrap_or(true);
+            let degraded = match m.degraded {
+                None => None,
+                Some(_) if critical => {
+                    err(format!("models[{i}].degraded"), "only non-critical routes (`critical: false`) answer in degraded mode".into());
+                    None
+                }
+                Some(RawDegraded { alias: Some(a), reply: None }) => {
+                    degraded_checks.push((i, m.alias.clone(), a.clone()));
+                    Some(Degraded::Alias(a))
+                }
+                Some(RawDegraded { alias: None, reply: Some(r) }) => Some(Degraded::Reply(r)),
+                Some(_) => {
+                    err(format!("models[{i}].degraded"), "must set exactly one of `alias` and `reply`".into());
+                    None
+                }
+            };
+            if m.strategy == Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
+                err(format!("models[{i}].targets"), "the weighted strategy needs a target with a weight above 0".into());
+            }
+            if m.retry_budget_percent.is_some_and(|p| p > 100) {
+                err(format!("models[{i}].retry_budget_percent"), "must be 0-100".into());
+            }
+            let route = ModelRoute {
+                targets,
+                limits,
+                strategy: m.strategy,
+                residency: m.residency,
+                critical,
+                degraded,
+                retry_budget_percent: m.retry_budget_percent.unwrap_or(20),
+            };
+            if models.insert(m.alias.clone(), route).is_some() {
                 err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));
             }
         }
@@ -662,6 +787,11 @@ impl Policy {
                 err(format!("models[{i}].overflow"), format!("must name another model alias, not {to:?}"));
             }
             overflow.insert(from, to);
+        }
+        for (i, from, to) in degraded_checks {
+            if to == from || !models.contains_key(&to) {
+                err(format!("models[{i}].degraded.alias"), format!("must name another model alias, not {to:?}"));
+            }
         }
 
         for (at, aliases) in tenant_aliases {
@@ -721,7 +851,8 @@ impl Policy {
         }
         let refresh_ms = u64::from(doc.settings.policy_refresh_seconds.unwrap_or(10)) * 1000;
         let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
-        Ok(Policy { version, tenants, keys, providers, models, overflow, issuers, refresh_ms, estimated_output_tokens })
+        let breaker = doc.settings.breaker.unwrap_or_default();
+        Ok(Policy { version, tenants, keys, providers, models, overflow, issuers, refresh_ms, estimated_output_tokens, breaker })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
@@ -749,9 +880,9 @@ impl Policy {
         self.providers.get(id)
     }
 
-    /// The ordered targets of a model alias.
-    pub fn targets(&self, alias: &str) -> Option<&[Target]> {
-        self.models.get(alias).map(|(t, _)| t.as_slice())
+    /// The route of a model alias.
+    pub fn route(&self, alias: &str) -> Option<&ModelRoute> {
+        self.models.get(alias)
     }
 
     /// The alias that serves requests a limit refuses on `alias`, if policy names one.
@@ -761,12 +892,17 @@ impl Policy {
 
     /// The limits of a model alias.
     pub fn model_limits(&self, alias: &str) -> Option<&Limits> {
-        self.models.get(alias).map(|(_, l)| l)
+        self.models.get(alias).map(|r| &r.limits)
     }
 
     /// How long an isolate may serve this snapshot before re-reading the store's pointers.
     pub fn refresh_ms(&self) -> u64 {
         self.refresh_ms
+    }
+
+    /// Circuit breaker thresholds.
+    pub fn breaker(&self) -> &BreakerSettings {
+        &self.breaker
     }
 
     /// Output tokens assumed for a request that sets no `max_tokens`.

@@ -5,7 +5,9 @@
 use serde::Serialize;
 
 use crate::chat::Usage;
+use crate::health::BreakerEvent;
 use crate::ledger::BudgetAlert;
+use crate::routing::Decision;
 
 /// Version of the record schema; bumped on any incompatible change.
 pub const RECORD_SCHEMA: u32 = 1;
@@ -23,6 +25,10 @@ pub struct AttemptRecord {
     pub error: Option<&'static str>,
     /// Milliseconds from sending to the response head.
     pub duration_ms: u64,
+    /// Whether the deployment's breaker was open and it was tried only because a critical route
+    /// had nothing else.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 /// Everything the gateway decided and observed for one request.
@@ -48,8 +54,17 @@ pub struct RequestRecord {
     pub model: Option<String>,
     /// The product feature the request named, if the tenant declares it.
     pub feature: Option<String>,
-    /// The overflow alias that served the request after a limit refused the one asked for.
+    /// The overflow alias that served the request after a limit (or every provider's quota)
+    /// refused the one asked for.
     pub overflow: Option<String>,
+    /// How the route phase decided: strategy, class, origin, residency constraints and what
+    /// they removed, deployments with open breakers.
+    pub routing: Option<Decision>,
+    /// `alias` or `reply` when a non-critical route answered in degraded mode.
+    pub degraded: Option<&'static str>,
+    /// Whether the route's retry budget stopped failover.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry_budget_exhausted: bool,
     /// Whether the caller asked for a stream.
     pub stream: bool,
     /// Status sent to the client.
@@ -65,6 +80,13 @@ pub struct RequestRecord {
     pub cost_micro_usd: Option<u64>,
     /// Budget thresholds this request's settlement crossed (each is raised once per period).
     pub budget_alerts: Vec<BudgetAlert>,
+    /// Circuit breaker transitions at this location that the health sync made with this
+    /// request's observations (each transition is reported once, by the location's board).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breaker_events: Vec<BreakerEvent>,
+    /// Why the location's health board could not be read or written, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_fault: Option<&'static str>,
     /// Milliseconds from start to the end of the response (end of stream for streams).
     pub duration_ms: u64,
 }

@@ -41,6 +41,7 @@ export function policy(simUrl) {
     models: [
       { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
       { alias: "sim-chat", targets: [{ provider: "sim", model: "sim-model-1" }] },
+      { alias: "sim-quota", targets: [{ provider: "sim", model: "sim-quota-model" }] },
       { alias: "sim-embed", targets: [{ provider: "sim", model: "text-embedding-sim" }] },
       { alias: "azure", targets: [{ provider: "sim-azure", model: "gpt4o-eu-deployment" }] },
       { alias: "gemini", targets: [{ provider: "sim-gemini", model: "gemini-sim" }] },

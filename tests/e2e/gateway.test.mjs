@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "stream-failover", "unreachable", "workers-ai"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "sim-quota", "stream-failover", "unreachable", "workers-ai"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -117,7 +117,8 @@ for (const [name, start] of Object.entries(runtimes)) {
       ["every provider failing", () => post(chat("all-down")), 502, "upstream_unavailable"],
       ["a provider error status", () => post(chat("sim-chat", "sim:status=500")), 502, "upstream_error"],
       ["an unreachable provider", () => post(chat("unreachable")), 502, "upstream_unavailable"],
-      ["a provider's rate limit", () => post(chat("sim-chat", "x sim:status=429 sim:retry-after=7")), 429, "upstream_rate_limited"],
+      // Its own alias: the gateway then leaves that model of the provider alone for 7 s.
+      ["a provider's rate limit", () => post(chat("sim-quota", "x sim:status=429 sim:retry-after=7")), 429, "upstream_rate_limited"],
     ];
     for (const [what, send, status, code] of errorCases) {
       it(`answers ${what} with an OpenAI-shaped ${status} (${code})`, async () => {
@@ -131,7 +132,10 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.equal(typeof body.error.message, "string");
         assert.equal(typeof body.error.type, "string");
         assert.ok("param" in body.error);
-        assert.equal(r.headers.get("x-should-retry"), status === 429 || status >= 500 ? "true" : "false", "x-should-retry");
+        // Single retry ownership: after the gateway itself retried (every provider failing), the
+        // caller must not retry on top.
+        const retry = what !== "every provider failing" && (status === 429 || status >= 500);
+        assert.equal(r.headers.get("x-should-retry"), String(retry), "x-should-retry");
         if (code === "upstream_rate_limited") assert.equal(r.headers.get("retry-after"), "7", "the provider's Retry-After is passed on");
         assert.ok(!text.includes(SIM_SECRET), "the provider credential never leaks");
       });

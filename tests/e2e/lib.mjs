@@ -140,8 +140,9 @@ export async function publish(url, policy) {
  * `faultyKv`: policy KV goes through a wrapper the test can make fail (`setKvFault`).
  * `stateDir`: KV persisted where `wrangler … --local --persist-to stateDir` (and so the admin
  * CLI's `--target local`) reads and writes it.
+ * `cf`: the `request.cf` object workerd gives the Worker (where the request was received).
  */
-export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null }) {
+export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null, cf = DEFAULT_CF }) {
   const { Miniflare } = await import("miniflare");
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions, main } = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml"));
@@ -163,6 +164,7 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
     workers.push({ name: "faulty-kv", modules: true, script: FAULTY_KV, kvNamespaces: { INNER: "policy-inner" } });
   }
   const mf = new Miniflare({
+    cf,
     workers,
     host: "127.0.0.1",
     port: 0,
@@ -184,6 +186,54 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
     setPolicy: (p) => publish(url, p),
     stop: () => mf.dispose(),
   };
+}
+
+/** Where Miniflare says requests arrive unless a test says otherwise (it would otherwise try to fetch one). */
+export const DEFAULT_CF = { colo: "DFW", country: "US", continent: "NA", httpProtocol: "HTTP/1.1" };
+
+/** Parses the runtime's log lines into request records. */
+export function records(lines) {
+  return lines
+    .map((l) => {
+      try {
+        return JSON.parse(l);
+      } catch {
+        return null;
+      }
+    })
+    .filter((r) => r?.request_id);
+}
+
+/**
+ * Open-loop load: `rps` requests a second for `seconds`, each `send(i)` resolving to an object
+ * with a `status`. At most `inFlight` run at once; a request due while that many are running is
+ * not sent and is counted as `skipped` (the load generator, not the gateway, fell behind).
+ */
+export async function steadyLoad({ send, rps, seconds, inFlight = 48 }) {
+  const results = [];
+  const start = Date.now();
+  const total = Math.round(rps * seconds);
+  let active = 0;
+  let skipped = 0;
+  const running = [];
+  for (let i = 0; i < total; i++) {
+    const wait = start + (i * 1000) / rps - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    if (active >= inFlight) {
+      skipped++;
+      continue;
+    }
+    active++;
+    const at = Date.now() - start;
+    running.push(
+      send(i)
+        .catch((e) => ({ status: 0, error: String(e) }))
+        .then((r) => results.push({ i, at, ...r }))
+        .finally(() => active--),
+    );
+  }
+  await Promise.all(running);
+  return { results, skipped, seconds: (Date.now() - start) / 1000 };
 }
 
 /** The built Spin component in the Spin test host, with `policy` published. */

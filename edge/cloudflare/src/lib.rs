@@ -11,6 +11,7 @@ use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{
     Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream,
 };
+use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::StreamExt;
@@ -34,7 +35,13 @@ async fn fetch(req: HttpRequest, env: Env, ctx: Context) -> worker::Result<Respo
             break; // the core answers 413; no need to read the rest
         }
     }
-    let resp = gateway.handle(&host, http::Request::from_parts(parts, Bytes::from(buf))).await;
+    let mut request = http::Request::from_parts(parts, Bytes::from(buf));
+    // The location: the colo that suffixes `cf-ray` (`Cf::colo` panics when the runtime leaves it out).
+    let colo = request.headers().get("cf-ray").and_then(|v| v.to_str().ok()).and_then(|r| r.rsplit_once('-')).map(|(_, c)| c.to_owned());
+    let cf = request.extensions().get::<worker::Cf>();
+    let origin = Origin { country: cf.and_then(|c| c.country()), continent: cf.and_then(|c| c.continent()), colo, asserted: false };
+    request.extensions_mut().insert(origin);
+    let resp = gateway.handle(&host, request).await;
     let (parts, body) = resp.into_parts();
     let headers = Headers::new();
     for (name, value) in &parts.headers {

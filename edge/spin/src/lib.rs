@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
+use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::{SinkExt, StreamExt};
@@ -30,11 +31,14 @@ mod entry {
 
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let host = SpinHost::default();
-    let request = match read_request(req).await {
+    let mut request = match read_request(req).await {
         Ok(r) => r,
         Err(e) => http::Request::new(Bytes::from(e)), // unreadable body: the core answers 404/405/400
     };
-    let resp = Gateway::new().handle(&host, request).await;
+    request.extensions_mut().insert(deployment_origin());
+    // A Spin instance serves one request, so health is read from and written to the counter
+    // store on each (see `Gateway::per_request`).
+    let resp = Gateway::per_request().handle(&host, request).await;
     let (parts, body) = resp.into_parts();
     let headers: Vec<(String, Vec<u8>)> = parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let outgoing = OutgoingResponse::new(Fields::from_list(&headers).unwrap_or_else(|_| Fields::new()));
@@ -55,6 +59,18 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
     drop(sink); // finishes the body before deferred work runs
     host.run_deferred().await;
+}
+
+/// Where this deployment serves requests, from the variables `edgegate_origin_country`,
+/// `edgegate_origin_continent` and `edgegate_location` (empty: unknown).
+fn deployment_origin() -> Origin {
+    let var = |name: &str| spin_sdk::variables::get(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    Origin {
+        country: var("edgegate_origin_country").map(|c| c.to_ascii_uppercase()),
+        continent: var("edgegate_origin_continent").map(|c| c.to_ascii_uppercase()),
+        colo: var("edgegate_location"),
+        asserted: false,
+    }
 }
 
 async fn read_request(req: IncomingRequest) -> Result<http::Request<Bytes>, String> {

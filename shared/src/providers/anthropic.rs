@@ -460,12 +460,13 @@ mod tests {
             api_version: None,
             region: None,
             quirks: Default::default(),
+            location: Default::default(),
         }
     }
 
     fn translate(body: &str, expect: Expect) {
         let req = ChatRequest::parse(body.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
-        let target = Target { provider: "a".into(), model: "claude-x".into(), price: None };
+        let target = Target { provider: "a".into(), model: "claude-x".into(), ..Target::default() };
         let up = Anthropic.chat_request(&provider(), &target, &req, Some("sk-ant")).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(up.uri(), "https://api.anthropic.com/v1/messages");
         assert_eq!(
@@ -598,7 +599,7 @@ mod tests {
     fn several_choices_are_refused_not_silently_reduced() {
         let req = ChatRequest::parse(br#"{"model":"m","n":2,"messages":[{"role":"user","content":"hi"}]}"#)
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let target = Target { provider: "a".into(), model: "c".into(), price: None };
+        let target = Target { provider: "a".into(), model: "c".into(), ..Target::default() };
         let err = Anthropic.chat_request(&provider(), &target, &req, None).err().map(|e| (e.status(), e.param));
         assert_eq!(err, Some((400, Some("n".into()))));
         assert!(crate::providers::gemini::generate_request(&req).is_err());
@@ -609,7 +610,7 @@ mod tests {
     fn untranslatable_input_is_a_400() {
         let req = ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}"#)
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let target = Target { provider: "a".into(), model: "c".into(), price: None };
+        let target = Target { provider: "a".into(), model: "c".into(), ..Target::default() };
         let err = Anthropic.chat_request(&provider(), &target, &req, None).err().map(|e| (e.status(), e.metric_label()));
         assert_eq!(err, Some((400, "invalid_request")));
     }

@@ -92,8 +92,9 @@ mod tests {
             api_version: None,
             region: None,
             quirks: Default::default(),
+            location: Default::default(),
         };
-        let target = Target { provider: "az".into(), model: "gpt4o-eu".into(), price: None };
+        let target = Target { provider: "az".into(), model: "gpt4o-eu".into(), ..Target::default() };
         let req =
             ChatRequest::parse(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}]}"#).unwrap_or_else(|e| unreachable!("{e}"));
         let up = AzureOpenAi.chat_request(&provider, &target, &req, Some("az-key")).unwrap_or_else(|e| unreachable!("{e}"));

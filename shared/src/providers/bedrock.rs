@@ -460,6 +460,7 @@ mod tests {
             api_version: None,
             region: None,
             quirks: Default::default(),
+            location: Default::default(),
         }
     }
 
@@ -472,7 +473,7 @@ mod tests {
                   {"role":"tool","tool_call_id":"t1","content":"ok"}]}"#,
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
-        let target = Target { provider: "b".into(), model: "anthropic.claude-3-haiku-20240307-v1:0".into(), price: None };
+        let target = Target { provider: "b".into(), model: "anthropic.claude-3-haiku-20240307-v1:0".into(), ..Target::default() };
         let mut up = Bedrock.chat_request(&provider(), &target, &req, Some("AKID:SECRET")).unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(up.uri(), "https://bedrock-runtime.eu-central-1.amazonaws.com/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse");
         assert!(!up.headers().contains_key("authorization"), "key pairs sign; they are never sent");

@@ -29,9 +29,21 @@ pub fn respond(request: &http::Request<Bytes>, created: u64, id: &str) -> http::
     };
     let said: String =
         req.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.text()).unwrap_or_default().chars().take(ECHO_CHARS).collect();
-    let reply = format!("Hello from the edgegate mock provider. You said: {said}");
+    answer(&req, &format!("Hello from the edgegate mock provider. You said: {said}"), created, id)
+}
+
+/// Answers an upstream request built by the OpenAI-compatible adapter with the fixed `reply`
+/// (a route's degraded-mode reply), as JSON or as a stream.
+pub fn canned(request: &http::Request<Bytes>, reply: &str, created: u64, id: &str) -> http::Response<ByteStream> {
+    match ChatRequest::parse(request.body()) {
+        Ok(req) => answer(&req, reply, created, id),
+        Err(_) => respond(request, created, id),
+    }
+}
+
+fn answer(req: &ChatRequest, reply: &str, created: u64, id: &str) -> http::Response<ByteStream> {
     let prompt_tokens: u64 = req.messages.iter().map(|m| words(&m.text()) + 3).sum();
-    let completion_tokens = words(&reply);
+    let completion_tokens = words(reply);
     let usage =
         json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let model = req.model.as_str();

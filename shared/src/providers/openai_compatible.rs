@@ -261,6 +261,7 @@ mod tests {
             api_version: None,
             region: None,
             quirks: Default::default(),
+            location: Default::default(),
         }
     }
 
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn request_targets_the_provider_model_and_asks_for_stream_usage() {
-        let target = Target { provider: "p".into(), model: "real-model".into(), price: None };
+        let target = Target { provider: "p".into(), model: "real-model".into(), ..Target::default() };
         let req =
             request(r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"x":1},"seed":3}"#);
         let up = OpenAiCompatible.chat_request(&provider(), &target, &req, Some("sk-up")).unwrap_or_else(|e| unreachable!("{e}"));
@@ -296,7 +297,7 @@ mod tests {
             done_marker: true,
         };
         let provider = Provider { quirks, ..provider() };
-        let target = Target { provider: "p".into(), model: "llama".into(), price: None };
+        let target = Target { provider: "p".into(), model: "llama".into(), ..Target::default() };
         let req = request(
             r#"{"model":"a","stream":true,"max_completion_tokens":9,"parallel_tool_calls":false,"messages":[{"role":"user","content":"hi"}]}"#,
         );

@@ -232,8 +232,9 @@ mod tests {
             api_version: None,
             region: None,
             quirks: Default::default(),
+            location: Default::default(),
         };
-        let target = Target { provider: "w".into(), model: "@cf/meta/llama-3.1-8b-instruct".into(), price: None };
+        let target = Target { provider: "w".into(), model: "@cf/meta/llama-3.1-8b-instruct".into(), ..Target::default() };
         let req = ChatRequest::parse(br#"{"model":"a","max_tokens":9,"stream":true,"messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":"hi"}]}"#)
             .unwrap_or_else(|e| unreachable!("{e}"));
         let up = WorkersAi.chat_request(&provider, &target, &req, None).unwrap_or_else(|e| unreachable!("{e}"));

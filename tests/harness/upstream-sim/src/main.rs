@@ -18,6 +18,11 @@
 //! - `cut=N`           stream N content chunks, then drop the connection
 //! - `malformed=N`     make stream chunk N unparseable
 //!
+//! Several simulated deployments can share one simulator: a path `/dep/{name}/…` is served as
+//! `/…` by deployment `name`, whose faults a test switches on and off while traffic flows with
+//! `PUT /_sim/faults/{name}` (a JSON object of directives, e.g. `{"status": 503}`) and
+//! `DELETE /_sim/faults/{name}`. Received requests name their deployment.
+//!
 //! It also serves the Cloudflare API's Workers KV values endpoints
 //! (`/client/v4/accounts/{account}/storage/kv/namespaces/{ns}/values/{key}`: GET, PUT, DELETE,
 //! Cloudflare's `{"success","errors"}` envelope on failure) from memory, for the admin CLI.
@@ -50,6 +55,8 @@ struct Sim {
     received: Mutex<Vec<Value>>,
     /// Cloudflare Workers KV over the REST API: (namespace, key) → value.
     cf_kv: Mutex<HashMap<(String, String), Bytes>>,
+    /// Fault directives per simulated deployment.
+    faults: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 /// Keeps at most this many received requests.
@@ -71,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !listen.ip().is_loopback() {
         return Err("the simulator only listens on loopback addresses".into());
     }
-    let sim = Arc::new(Sim { config, received: Mutex::new(Vec::new()), cf_kv: Mutex::new(HashMap::new()) });
+    let sim = Arc::new(Sim { config, received: Mutex::new(Vec::new()), cf_kv: Mutex::new(HashMap::new()), faults: Mutex::new(HashMap::new()) });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -206,6 +213,28 @@ impl Sim {
             Err(_) => return error(400, "unreadable body"),
         };
         let mut path = parts.uri.path().to_owned();
+        if let Some(name) = path.strip_prefix("/_sim/faults/") {
+            let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+            if parts.method == hyper::Method::DELETE {
+                faults.remove(name);
+                return full(200, "application/json", "{}");
+            }
+            let set: Result<HashMap<String, u64>, _> = serde_json::from_slice(&bytes);
+            return match set {
+                Ok(d) => {
+                    faults.insert(name.to_owned(), d);
+                    full(200, "application/json", "{}")
+                }
+                Err(e) => error(400, &format!("faults must be an object of numbers: {e}")),
+            };
+        }
+        let mut dep = None;
+        if let Some(rest) = path.strip_prefix("/dep/")
+            && let Some((name, tail)) = rest.split_once('/')
+        {
+            dep = Some(name.to_owned());
+            path = format!("/{tail}");
+        }
         // Azure OpenAI: /openai/deployments/{deployment}/{operation}?api-version=… (required).
         let mut deployment = None;
         if let Some(rest) = path.strip_prefix("/openai/deployments/")
@@ -238,9 +267,10 @@ impl Sim {
             if received.len() >= KEEP {
                 received.remove(0);
             }
-            received.push(
-                json!({"method": parts.method.as_str(), "path": path, "uri": parts.uri.to_string(), "headers": headers, "body": parsed}),
-            );
+            received.push(json!({
+                "method": parts.method.as_str(), "path": path, "uri": parts.uri.to_string(), "deployment": dep,
+                "headers": headers, "body": parsed,
+            }));
         }
         // Bedrock requests are signed, and checked by their own route.
         if let Some(key) = self.config.require_key.as_ref().filter(|_| !path.starts_with("/model/")) {
@@ -251,7 +281,10 @@ impl Sim {
                 return error(401, "Incorrect API key provided");
             }
         }
-        let d = directives(&parts.headers, &parsed);
+        let mut d = directives(&parts.headers, &parsed);
+        if let Some(faults) = dep.as_ref().and_then(|n| self.faults.lock().unwrap_or_else(|p| p.into_inner()).get(n).cloned()) {
+            d.extend(faults);
+        }
         let latency = d.get("latency").copied().unwrap_or(self.config.latency_ms);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;

@@ -1,0 +1,186 @@
+// Routing under faults, on the built wasm in workerd and in the Spin host, through the upstream
+// simulator (deployments `a`, `b`, `u` on one simulator; a test turns faults on and off while
+// traffic flows). Steady open-loop load on 127.0.0.1, bounded in count and time:
+// - provider A answers 5xx: zero failed requests while B is healthy; A's breaker opens, traffic
+//   leaves it, and after the fault clears its breaker closes and A serves again; retries stay
+//   within the route's budget;
+// - A answers 429 with Retry-After: zero failed requests, A is left alone while it asked;
+// - A's streams die before any content: failover is invisible, zero failed streams;
+// - an EU-resident tenant never reaches the US deployment, even with every EU deployment down:
+//   it gets `residency_unavailable` instead.
+// Timings are printed, never asserted.
+
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startSimulator, startWorkerd, startSpin, steadyLoad, records, sha256, sseData } from "./lib.mjs";
+import { SIM_SECRET } from "./fixtures.mjs";
+
+const APP_KEY = "sk-routing-app";
+const EU_KEY = "sk-routing-eu";
+const RPS = Number(process.env.EDGEGATE_ROUTING_RPS ?? 80);
+
+function policy(simUrl) {
+  const dep = (id, region) => ({
+    id,
+    kind: "openai_compatible",
+    base_url: `${simUrl}/dep/${id}/v1`,
+    api_key_secret: "PROVIDER_API_KEY",
+    location: { region },
+  });
+  return {
+    tenants: [{ id: "app" }, { id: "eu-co", residency: { regions: ["eu"] } }],
+    keys: [
+      { id: "app", tenant: "app", hash: sha256(APP_KEY) },
+      { id: "eu", tenant: "eu-co", hash: sha256(EU_KEY) },
+    ],
+    providers: [dep("a", "eu"), dep("b", "eu"), dep("u", "us")],
+    models: [
+      { alias: "chat", retry_budget_percent: 20, targets: [{ provider: "a", model: "sim-a" }, { provider: "b", model: "sim-b" }] },
+      { alias: "eu-chat", targets: [{ provider: "u", model: "sim-u" }, { provider: "a", model: "sim-a" }] },
+    ],
+    settings: {
+      policy_refresh_seconds: 0,
+      breaker: { error_percent: 50, min_requests: 10, window_seconds: 10, open_seconds: 2, probe_percent: 25, close_after: 2 },
+    },
+  };
+}
+
+const runtimes = {
+  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET } }),
+  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET } }),
+};
+
+const pct = (xs, p) => {
+  const s = [...xs].sort((x, y) => x - y);
+  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : NaN;
+};
+
+for (const [name, start] of Object.entries(runtimes)) {
+  describe(`routing under faults on ${name}`, () => {
+    let sim;
+    let gw;
+    before(async () => {
+      sim = await startSimulator({ requireKey: SIM_SECRET });
+      gw = await start(policy(sim.url));
+    });
+    after(async () => {
+      await gw?.stop();
+      await sim?.stop();
+    });
+
+    const fault = (dep, directives) =>
+      fetch(`${sim.url}/_sim/faults/${dep}`, directives ? { method: "PUT", body: JSON.stringify(directives) } : { method: "DELETE" });
+    const chat = async (key, model, stream = false) => {
+      const t0 = performance.now();
+      const r = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: JSON.stringify({ model, stream, messages: [{ role: "user", content: "ping" }] }),
+      });
+      const text = await r.text();
+      const ok = stream ? sseData(text).at(-1) === "[DONE]" && !text.includes('"error"') : r.status === 200;
+      return { status: r.status, ok, ms: performance.now() - t0, id: r.headers.get("x-request-id"), body: text };
+    };
+    const byDeployment = async () => {
+      const counts = {};
+      for (const r of await sim.received()) counts[r.deployment] = (counts[r.deployment] ?? 0) + 1;
+      await sim.clear();
+      return counts;
+    };
+    // Records are written after the response (deferred work); give the last ones a moment.
+    const recordsOf = async (ids) => {
+      for (let i = 0; i < 100; i++) {
+        const got = records(gw.lines).filter((r) => ids.has(r.request_id));
+        if (got.length >= ids.size) return got;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return records(gw.lines).filter((r) => ids.has(r.request_id));
+    };
+
+    it("fails over with zero failed requests while A answers 5xx, opens A's breaker, and closes it after A recovers", async () => {
+      const seconds = name === "workerd" ? 4 : 3;
+      const rps = name === "workerd" ? RPS : 20;
+      const run = () => steadyLoad({ send: () => chat(APP_KEY, "chat"), rps, seconds });
+      await sim.clear();
+      const healthy = await run();
+      const healthyCounts = await byDeployment();
+      await fault("a", { status: 503 });
+      const faulty = await run();
+      const faultyCounts = await byDeployment();
+      await fault("a", null);
+      // The breaker stays open 2 s, then a quarter of requests probe; two good probes close it.
+      const recovering = await run();
+      const recoveringCounts = await byDeployment();
+      const after = await run();
+      const afterCounts = await byDeployment();
+
+      for (const [phase, load] of Object.entries({ healthy, faulty, recovering, after })) {
+        const failed = load.results.filter((r) => !r.ok);
+        assert.equal(failed.length, 0, `${phase}: ${failed.length} failed of ${load.results.length}: ${failed[0]?.body}`);
+        const ms = load.results.map((r) => r.ms);
+        console.log(
+          `# ${name} ${phase}: ${load.results.length} requests in ${load.seconds.toFixed(1)} s (${load.skipped} not sent), ` +
+            `p50 ${pct(ms, 50).toFixed(1)} ms, p99 ${pct(ms, 99).toFixed(1)} ms`,
+        );
+      }
+      console.log(`# ${name} requests per deployment: healthy ${JSON.stringify(healthyCounts)} faulty ${JSON.stringify(faultyCounts)} ` +
+        `recovering ${JSON.stringify(recoveringCounts)} after ${JSON.stringify(afterCounts)}`);
+      assert.equal(healthyCounts.b ?? 0, 0, "a healthy A takes all the traffic (priority)");
+      // Once its breaker opened, A got only the attempts before it opened plus half-open probes.
+      const faultyAttempts = faulty.results.length;
+      assert.ok((faultyCounts.a ?? 0) < faultyAttempts / 2, `A's breaker kept traffic away: ${faultyCounts.a} of ${faultyAttempts}`);
+      assert.ok((afterCounts.a ?? 0) > (afterCounts.b ?? 0), `A serves again once its breaker closed: ${JSON.stringify(afterCounts)}`);
+
+      if (name === "workerd") {
+        const ids = new Set(faulty.results.map((r) => r.id));
+        const recs = await recordsOf(ids);
+        const retries = recs.reduce((n, r) => n + Math.max(0, r.attempts.length - 1), 0);
+        // The budget: 20 % of the route's requests per 10 s window, at least 10; requests in
+        // flight when it runs out may each have started one retry already.
+        assert.ok(retries <= Math.max(10, 0.2 * recs.length) + 48, `retries ${retries} of ${recs.length} requests`);
+        console.log(`# ${name} retries during the fault: ${retries} of ${recs.length} requests`);
+        const all = records(gw.lines);
+        const events = all.flatMap((r) => r.breaker_events ?? []).filter((e) => e.deployment === "a").map((e) => e.change);
+        assert.ok(events.includes("opened") && events.indexOf("closed") > events.indexOf("opened"), `breaker events: ${events}`);
+      }
+    });
+
+    it("fails over invisibly when A's streams die before any content", async () => {
+      await fault("b", null);
+      await fault("a", { cut: 0 });
+      const load = await steadyLoad({ send: () => chat(APP_KEY, "chat", true), rps: name === "workerd" ? 40 : 10, seconds: 2 });
+      await fault("a", null);
+      const failed = load.results.filter((r) => !r.ok);
+      assert.equal(failed.length, 0, `${failed.length} failed streams: ${failed[0]?.body}`);
+    });
+
+    it("never sends an EU tenant's request to the US deployment, even with every EU deployment down", async () => {
+      await sim.clear();
+      const ok = await chat(EU_KEY, "eu-chat");
+      assert.equal(ok.status, 200);
+      await fault("a", { status: 503 });
+      const down = await Promise.all(Array.from({ length: 12 }, () => chat(EU_KEY, "eu-chat")));
+      await fault("a", null);
+      for (const r of down) {
+        assert.equal(r.status, 503, r.body);
+        assert.equal(JSON.parse(r.body).error.code, "residency_unavailable");
+      }
+      const counts = await byDeployment();
+      assert.equal(counts.u ?? 0, 0, `the US deployment got ${counts.u} requests`);
+      const message = JSON.parse(down[0].body).error.message;
+      assert.match(message, /u \(tenant residency: region us is not one of \[eu\]\)/);
+    });
+    it("treats A's 429s with Retry-After as quota: zero failed requests, A left alone while it asked", async () => {
+      await sim.clear();
+      await fault("a", { status: 429, "retry-after": 30 });
+      const load = await steadyLoad({ send: () => chat(APP_KEY, "chat"), rps: name === "workerd" ? RPS : 20, seconds: 2 });
+      await fault("a", null);
+      const counts = await byDeployment();
+      assert.equal(load.results.filter((r) => !r.ok).length, 0);
+      // Concurrent requests may all reach A before the first 429 is seen; after it, none.
+      assert.ok((counts.a ?? 0) <= 48, `A was asked to wait 30 s but got ${counts.a} requests`);
+      console.log(`# ${name} 429 phase: ${JSON.stringify(counts)}`);
+    });
+
+  });
+}
