@@ -23,7 +23,7 @@ use crate::health::{self, Board, BreakerSettings, Observation, Outcome};
 use crate::jwt;
 use crate::ledger::{Amounts, LedgerAnswer, LedgerOp};
 use crate::phases::{self, Candidate, RateState};
-use crate::policy::{Degraded, Policy, Price, ProviderKind, Role, Roles, hash_key, hex};
+use crate::policy::{Degraded, Policy, Price, ProviderKind, Role, Roles, Timeouts, hash_key, hex};
 use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
 use crate::routing::{self, Origin, Plan};
@@ -618,7 +618,8 @@ impl Gateway {
     /// candidates and every allowed one failed, the answer is `residency_unavailable`.
     async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, policy: &Policy, plan: &Plan) -> Result<Reply, Error> {
         let alias = ctx.health.as_ref().map(|h| h.route.clone()).unwrap_or_default();
-        let (critical, budget) = policy.route(&alias).map_or((true, 20), |r| (r.critical, r.retry_budget_percent));
+        let (critical, budget, timeouts) =
+            policy.route(&alias).map_or((true, 20, Timeouts::default()), |r| (r.critical, r.retry_budget_percent, r.timeouts));
         let mut failures: Vec<String> = Vec::new();
         let mut last: Option<Error> = None;
         let mut tried = 0;
@@ -633,7 +634,7 @@ impl Gateway {
             }
             let sent_ms = host.now_ms();
             tried += 1;
-            let result = self.attempt(host, ctx, op, candidate).await;
+            let result = self.attempt(host, ctx, op, candidate, timeouts).await;
             let elapsed = host.now_ms().saturating_sub(sent_ms);
             let (status, error) = match &result {
                 Ok((status, _)) => (Some(*status), None),
@@ -700,7 +701,14 @@ impl Gateway {
         Err(err)
     }
 
-    async fn attempt<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, c: &Candidate) -> Result<(u16, Reply), (Option<u16>, Error)> {
+    async fn attempt<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        op: Op<'_>,
+        c: &Candidate,
+        timeouts: Timeouts,
+    ) -> Result<(u16, Reply), (Option<u16>, Error)> {
         let adapter = providers::adapter(c.provider.kind);
         let credential = match &c.provider.api_key_secret {
             None => None,
@@ -722,7 +730,19 @@ impl Gateway {
         let response = if c.provider.kind == ProviderKind::Mock {
             mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id))
         } else {
-            host.send(request).await.map_err(|e| (None, e))?
+            let sent_ms = host.now_ms();
+            let timer = std::pin::pin!(host.sleep(timeouts.first_byte_ms));
+            let response = match futures::future::select(std::pin::pin!(host.send(request)), timer).await {
+                futures::future::Either::Left((response, _)) => response.map_err(|e| (None, e))?,
+                futures::future::Either::Right(_) => {
+                    let why = format!("the provider sent no response within {} ms", timeouts.first_byte_ms);
+                    return Err((None, Error::new(ErrorKind::UpstreamTimeout, why)));
+                }
+            };
+            let left = timeouts.total_ms.saturating_sub(host.now_ms().saturating_sub(sent_ms));
+            response.map(|body| -> ByteStream {
+                Box::pin(Deadline { body, timer: Some(Box::pin(host.sleep(left))), total_ms: timeouts.total_ms })
+            })
         };
         self.answer(host, ctx, op, &c.provider, response).await
     }
@@ -797,6 +817,7 @@ async fn hold_until_content(mut body: ByteStream, decoder: &mut dyn StreamDecode
     loop {
         let events = match body.next().await {
             Some(Ok(bytes)) => decoder.push(&bytes)?,
+            Some(Err(e)) if e.kind == ErrorKind::UpstreamTimeout => return Err(e),
             Some(Err(e)) => {
                 return Err(Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke before any content: {}", e.message)));
             }
@@ -807,6 +828,33 @@ async fn hold_until_content(mut body: ByteStream, decoder: &mut dyn StreamDecode
         if committed {
             return Ok((body, held));
         }
+    }
+}
+
+/// A provider's body that ends with an `upstream_timeout` error when its timer fires first.
+struct Deadline {
+    body: ByteStream,
+    /// `None` once fired.
+    timer: Option<Pin<Box<dyn std::future::Future<Output = ()>>>>,
+    total_ms: u64,
+}
+
+impl Stream for Deadline {
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.timer.is_some()
+            && let Poll::Ready(item) = self.body.as_mut().poll_next(cx)
+        {
+            return Poll::Ready(item);
+        }
+        let Some(timer) = self.timer.as_mut() else { return Poll::Ready(None) };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.timer = None;
+        let why = format!("the provider's answer did not finish within {} ms", self.total_ms);
+        Poll::Ready(Some(Err(Error::new(ErrorKind::UpstreamTimeout, why))))
     }
 }
 
@@ -1082,6 +1130,7 @@ impl<H: Host> Stream for Relay<H> {
                     Ok(events) => this.emit(events),
                     Err(e) => this.fail(&e),
                 },
+                Poll::Ready(Some(Err(e))) if e.kind == ErrorKind::UpstreamTimeout => this.fail(&e),
                 Poll::Ready(Some(Err(e))) => {
                     this.fail(&Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {}", e.message)))
                 }

@@ -61,6 +61,44 @@ struct RawSettings {
     policy_refresh_seconds: Option<u32>,
     /// When a provider deployment's circuit breaker opens and closes.
     breaker: Option<BreakerSettings>,
+    /// How long to wait for providers, for routes that do not say (defaults: first byte 120 s,
+    /// total 600 s).
+    timeouts: Option<RawTimeouts>,
+}
+
+/// How long to wait for a provider, per attempt. A timed-out attempt counts against the
+/// deployment's breaker and the plan moves on (before the first content of a stream).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    /// Until the response head arrives, connection included (neither runtime's fetch reports
+    /// the connection separately), milliseconds.
+    first_byte_ms: Option<u64>,
+    /// Until the whole answer has arrived (the end of a stream), milliseconds. A stream that
+    /// runs over ends with an error event.
+    total_ms: Option<u64>,
+}
+
+/// Compiled waits for one route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Until the response head, milliseconds.
+    pub first_byte_ms: u64,
+    /// Until the end of the answer, milliseconds.
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { first_byte_ms: 120_000, total_ms: 600_000 }
+    }
+}
+
+impl RawTimeouts {
+    fn over(self, base: Timeouts) -> Timeouts {
+        Timeouts { first_byte_ms: self.first_byte_ms.unwrap_or(base.first_byte_ms), total_ms: self.total_ms.unwrap_or(base.total_ms) }
+    }
 }
 
 /// A plan (tier): limits and models every tenant on it has, on top of its own.
@@ -372,6 +410,8 @@ struct RawModel {
     /// Share of this route's requests (per location, over 10 s) that may be retries on another
     /// target, percent (default 20; at least 10 retries are always allowed).
     retry_budget_percent: Option<u8>,
+    /// How long to wait for each target (default: `settings.timeouts`).
+    timeouts: Option<RawTimeouts>,
 }
 
 /// Degraded mode of a non-critical route: one of `alias` or `reply`.
@@ -411,6 +451,8 @@ pub struct ModelRoute {
     pub degraded: Option<Degraded>,
     /// Retry budget, percent of requests.
     pub retry_budget_percent: u8,
+    /// How long to wait for each attempt.
+    pub timeouts: Timeouts,
 }
 
 /// One place an alias is served.
@@ -720,6 +762,7 @@ impl Policy {
         let mut models = BTreeMap::new();
         let mut overflow_checks = Vec::new();
         let mut degraded_checks = Vec::new();
+        let default_timeouts = doc.settings.timeouts.unwrap_or_default().over(Timeouts::default());
         for (i, m) in doc.models.into_iter().enumerate() {
             if m.targets.is_empty() {
                 err(format!("models[{i}].targets"), "must name at least one target".into());
@@ -775,7 +818,11 @@ impl Policy {
                 critical,
                 degraded,
                 retry_budget_percent: m.retry_budget_percent.unwrap_or(20),
+                timeouts: m.timeouts.unwrap_or_default().over(default_timeouts),
             };
+            if route.timeouts.first_byte_ms == 0 || route.timeouts.total_ms < route.timeouts.first_byte_ms {
+                err(format!("models[{i}].timeouts"), "first_byte_ms must be above 0 and total_ms at least first_byte_ms".into());
+            }
             if models.insert(m.alias.clone(), route).is_some() {
                 err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));
             }

@@ -27,7 +27,14 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
 }
 
-/// Randomness for ids (and later, weighted routing).
+/// Timers: how the core waits without reading a clock or blocking.
+pub trait Timer {
+    /// Resolves after `ms` milliseconds. Used to bound waits on providers (first byte, total
+    /// time); dropping it cancels it. Workers: `setTimeout`; Spin: a WASI monotonic-clock pollable.
+    fn sleep(&self, ms: u64) -> impl Future<Output = ()> + 'static;
+}
+
+/// Randomness for ids, weighted routing and breaker probes.
 pub trait Entropy {
     /// Fills `buf` with random bytes.
     fn fill(&self, buf: &mut [u8]);
@@ -103,11 +110,11 @@ pub trait TokenVerifier {
 
 /// Everything the gateway needs from a runtime. Cheap to clone: streams keep a copy until they end.
 pub trait Host:
-    Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+    Clock + Timer + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
 {
 }
 
 impl<T> Host for T where
-    T: Clock + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+    T: Clock + Timer + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
 {
 }

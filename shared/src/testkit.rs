@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind};
 use crate::gateway::{Body, Gateway};
 use crate::jwt::JwtIssuer;
 use crate::ledger::{Book, LedgerAnswer, LedgerOp};
-use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
+use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream};
 use crate::telemetry::RequestRecord;
 
 /// One scripted upstream answer.
@@ -31,6 +31,15 @@ pub enum Scripted {
     },
     /// Fail to connect.
     Unreachable,
+    /// Never answer (a provider that hangs before its response head).
+    Hang,
+    /// Answer with this status and body pieces, then stall without ending the body.
+    Stall {
+        /// HTTP status.
+        status: u16,
+        /// Body pieces sent before the stall.
+        chunks: Vec<Bytes>,
+    },
 }
 
 impl Scripted {
@@ -168,6 +177,15 @@ impl Clock for TestHost {
     }
 }
 
+impl Timer for TestHost {
+    /// Time passes only on the fake clock: the sleep moves it on by `ms` when first polled and
+    /// is then ready, so a timeout fires as soon as whatever it races is pending.
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> + 'static {
+        let inner = Rc::clone(&self.0);
+        async move { inner.now_ms.set(inner.now_ms.get() + ms) }
+    }
+}
+
 impl Entropy for TestHost {
     fn fill(&self, buf: &mut [u8]) {
         // xorshift64*: deterministic, good enough to make distinct ids.
@@ -227,6 +245,13 @@ impl Upstream for TestHost {
         match next {
             None => Err(Error::new(ErrorKind::Internal, "testkit: no scripted upstream answer left")),
             Some(Scripted::Unreachable) => Err(Error::new(ErrorKind::UpstreamUnavailable, "connection refused")),
+            Some(Scripted::Hang) => futures::future::pending().await,
+            Some(Scripted::Stall { status, chunks }) => {
+                let body: ByteStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)).chain(futures::stream::pending()));
+                let mut resp = http::Response::new(body);
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                Ok(resp)
+            }
             Some(Scripted::Respond { status, headers, chunks }) => {
                 let body: ByteStream = Box::pin(futures::stream::iter(chunks));
                 let mut resp = http::Response::new(body);

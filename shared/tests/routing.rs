@@ -272,3 +272,63 @@ fn provider_quota_sends_the_request_to_the_overflow_route_and_retry_after_is_hon
     h.script(Scripted::json(200, OK));
     assert_eq!(call(&h, &gw, request("sk-g", "chat", None, &[])).hosts, ["eu-a.test"]);
 }
+
+#[test]
+fn a_provider_that_hangs_times_out_and_the_plan_moves_on() {
+    let models = json!([
+        {"alias": "chat", "timeouts": {"first_byte_ms": 2_000, "total_ms": 5_000},
+         "targets": [{"provider": "eu-a", "model": "a"}, {"provider": "eu-b", "model": "b"}]}
+    ]);
+    let h = TestHost::new(T0, &policy(models));
+    let gw = Gateway::new();
+    // No response head in 2 s.
+    h.script(Scripted::Hang);
+    h.script(Scripted::json(200, OK));
+    let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+    assert_eq!((a.status, a.hosts.len()), (200, 2));
+    assert_eq!(a.record.attempts[0].error, Some("upstream_timeout"));
+    assert_eq!(a.record.attempts[0].duration_ms, 2_000, "the first-byte timeout, on the fake clock");
+    // A head, then a body that never ends: the total timeout.
+    h.script(Scripted::Stall { status: 200, chunks: vec![Bytes::from_static(b"{\"id\":")] });
+    h.script(Scripted::json(200, OK));
+    let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+    assert_eq!((a.status, a.record.attempts[0].error), (200, Some("upstream_timeout")));
+    // Every target hangs: a 504 that says so.
+    h.script(Scripted::Hang);
+    h.script(Scripted::Hang);
+    let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (504, Some("upstream_timeout")));
+    // Timeouts count against the deployment: after a fourth in a row eu-a is one short of open.
+    h.script(Scripted::Hang);
+    h.script(Scripted::json(200, OK));
+    let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+    assert_eq!(a.status, 200);
+    assert!(a.record.attempts.len() == 2 && a.record.attempts[0].error == Some("upstream_timeout"));
+    h.script(Scripted::Hang);
+    h.script(Scripted::json(200, OK));
+    call(&h, &gw, request("sk-g", "chat", None, &[]));
+    h.script(Scripted::json(200, OK));
+    let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+    assert_eq!(a.hosts, ["eu-b.test"], "five timeouts in a row opened eu-a's breaker");
+}
+
+#[test]
+fn a_stream_that_stalls_after_content_ends_with_a_timeout_event() {
+    let models = json!([{"alias": "chat", "timeouts": {"first_byte_ms": 1_000, "total_ms": 3_000}, "targets": [{"provider": "eu-a", "model": "a"}]}]);
+    let h = TestHost::new(T0, &policy(models));
+    let gw = Gateway::new();
+    let chunk = r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"a","choices":[{"index":0,"delta":{"content":"hel"},"finish_reason":null}]}"#;
+    h.script(Scripted::Stall { status: 200, chunks: vec![Bytes::from(format!("{chunk}\n\n"))] });
+    let body = json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "ping"}]}).to_string();
+    let req = http::Request::post("https://gw.example/v1/chat/completions")
+        .header("authorization", "Bearer sk-g")
+        .body(Bytes::from(body))
+        .unwrap_or_else(|_| unreachable!());
+    let (parts, bytes) = h.call(&gw, req);
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(parts.status, 200);
+    assert!(text.contains("hel") && text.contains("upstream_timeout") && !text.contains("[DONE]"), "{text}");
+    assert!(text.contains("did not finish within 3000 ms"), "{text}");
+    let record = h.drain_records().pop().unwrap_or_else(|| unreachable!());
+    assert_eq!(record.error, Some("upstream_timeout"));
+}

@@ -6,6 +6,8 @@
 //   within the route's budget;
 // - A answers 429 with Retry-After: zero failed requests, A is left alone while it asked;
 // - A's streams die before any content: failover is invisible, zero failed streams;
+// - A stops answering in time: after the first-byte timeout the request moves on to B (zero
+//   failed requests), and a stream that stalls after its first content ends with an error event;
 // - an EU-resident tenant never reaches the US deployment, even with every EU deployment down:
 //   it gets `residency_unavailable` instead.
 // Timings are printed, never asserted.
@@ -37,6 +39,11 @@ function policy(simUrl) {
     models: [
       { alias: "chat", retry_budget_percent: 20, targets: [{ provider: "a", model: "sim-a" }, { provider: "b", model: "sim-b" }] },
       { alias: "eu-chat", targets: [{ provider: "u", model: "sim-u" }, { provider: "a", model: "sim-a" }] },
+      {
+        alias: "impatient",
+        timeouts: { first_byte_ms: 300, total_ms: 1_500 },
+        targets: [{ provider: "a", model: "sim-a" }, { provider: "b", model: "sim-b" }],
+      },
     ],
     settings: {
       policy_refresh_seconds: 0,
@@ -152,6 +159,29 @@ for (const [name, start] of Object.entries(runtimes)) {
       await fault("a", null);
       const failed = load.results.filter((r) => !r.ok);
       assert.equal(failed.length, 0, `${failed.length} failed streams: ${failed[0]?.body}`);
+    });
+
+    it("moves on when A does not answer within the first-byte timeout, and ends stalled streams with an error", async () => {
+      await sim.clear();
+      await fault("a", { latency: 2_000 });
+      const load = await steadyLoad({ send: () => chat(APP_KEY, "impatient"), rps: 20, seconds: 2 });
+      await fault("a", null);
+      const failed = load.results.filter((r) => !r.ok);
+      assert.equal(failed.length, 0, `${failed.length} failed: ${failed[0]?.body}`);
+      const ms = load.results.map((r) => r.ms);
+      console.log(`# ${name} timeouts: ${load.results.length} requests, p50 ${pct(ms, 50).toFixed(1)} ms, max ${Math.max(...ms).toFixed(1)} ms`);
+      assert.ok(Math.max(...ms) < 1_900, "no request waited for A's 2 s answer");
+      // A stream whose chunks come 400 ms apart overruns the 1.5 s total after its first content.
+      await new Promise((r) => setTimeout(r, 2_100)); // A's breaker (opened by the timeouts) half-opens
+      await fault("b", { "chunk-delay": 400 });
+      await fault("a", { "chunk-delay": 400 });
+      const r = await chat(APP_KEY, "impatient", true);
+      await fault("a", null);
+      await fault("b", null);
+      assert.equal(r.status, 200);
+      const last = JSON.parse(sseData(r.body).at(-1));
+      assert.equal(last.error?.code, "upstream_timeout", r.body);
+      assert.ok(r.ms < 2_500, `the stream ended at the total timeout, not the provider's end: ${r.ms} ms`);
     });
 
     it("never sends an EU tenant's request to the US deployment, even with every EU deployment down", async () => {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{
-    Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream,
+    Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
@@ -72,6 +72,12 @@ fn store_error(what: &str, e: impl std::fmt::Display) -> Error {
 impl Clock for CfHost {
     fn now_ms(&self) -> u64 {
         worker::Date::now().as_millis()
+    }
+}
+
+impl Timer for CfHost {
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> + 'static {
+        worker::Delay::from(std::time::Duration::from_millis(ms))
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
-use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, TokenVerifier, Upstream};
+use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream};
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
@@ -123,6 +123,34 @@ fn store_error(what: &str, e: impl std::fmt::Debug) -> Error {
 impl Clock for SpinHost {
     fn now_ms(&self) -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl Timer for SpinHost {
+    fn sleep(&self, ms: u64) -> impl std::future::Future<Output = ()> + 'static {
+        let deadline = wasi::clocks::monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000));
+        Sleep { deadline, registered: None }
+    }
+}
+
+/// A wait on the WASI monotonic clock, driven by the Spin executor's pollable loop.
+struct Sleep {
+    deadline: u64,
+    /// The registered wake-up, cancelled when the sleep is dropped.
+    registered: Option<spin_executor::CancelOnDropToken>,
+}
+
+impl std::future::Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if wasi::clocks::monotonic_clock::now() >= self.deadline {
+            self.registered = None;
+            return std::task::Poll::Ready(());
+        }
+        let pollable = wasi::clocks::monotonic_clock::subscribe_instant(self.deadline);
+        self.registered = Some(spin_executor::push_waker_and_get_token(pollable, cx.waker().clone()).into());
+        std::task::Poll::Pending
     }
 }
 
