@@ -28,7 +28,7 @@ use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
 use crate::routing::{self, Origin, Plan};
 use crate::snapshot::{Snapshot, SnapshotCache};
-use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord};
+use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord, ShadowRecord};
 
 /// Largest request body accepted; hosts should stop reading beyond it.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -163,6 +163,17 @@ struct Ctx {
     account: Account,
     dialect: &'static dyn Dialect,
     health: Option<HealthReport>,
+    shadow: Option<ShadowJob>,
+}
+
+/// A sampled request's shadow: sent to `candidate` after the answer, compared with it.
+struct ShadowJob {
+    candidate: Candidate,
+    /// The caller's request, as a non-stream request.
+    chat: ChatRequest,
+    timeouts: Timeouts,
+    /// The text of the caller's answer, as it was relayed.
+    primary_text: String,
 }
 
 /// What a successful dispatch produced.
@@ -215,11 +226,13 @@ impl Gateway {
                 budget_alerts: Vec::new(),
                 breaker_events: Vec::new(),
                 health_fault: None,
+                shadow: None,
                 duration_ms: 0,
             },
             rate: None,
             account: Account::default(),
             health: None,
+            shadow: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -243,7 +256,7 @@ impl Gateway {
         set_headers(&mut resp, &ctx);
         ctx.record.status = resp.status().as_u16();
         match stream {
-            None => finish(host, ctx.record, ctx.account, ctx.health),
+            None => Finish::from(ctx).run(host),
             Some((upstream, decoder, encoder, held)) => {
                 let mut relay = Relay {
                     upstream,
@@ -251,7 +264,7 @@ impl Gateway {
                     encoder,
                     out: VecDeque::new(),
                     ended: false,
-                    finisher: Some((host.clone(), ctx.record, ctx.account, ctx.health)),
+                    finisher: Some((host.clone(), Finish::from(ctx))),
                 };
                 relay.emit(held);
                 *resp.body_mut() = Body::Stream(Box::pin(relay));
@@ -362,6 +375,15 @@ impl Gateway {
             }
         };
 
+        let mut random = [0u8; 8];
+        host.fill(&mut random);
+        if let Some(candidate) = routing::shadow(&policy, &principal, ask(alias, Some(&chat), prompt, output), u64::from_le_bytes(random)) {
+            let mut mirrored = chat.clone();
+            mirrored.stream = None;
+            mirrored.extra.remove("stream_options");
+            let timeouts = policy.route(alias).map(|r| r.timeouts).unwrap_or_default();
+            ctx.shadow = Some(ShadowJob { candidate, chat: mirrored, timeouts, primary_text: String::new() });
+        }
         let failed = match self.call_upstream(host, ctx, Op::Chat(&chat), &policy, &plan).await {
             // Guard (phase 6) has no response rules yet; they will wrap the reply returned here.
             Ok(reply) => return Ok(reply),
@@ -709,41 +731,7 @@ impl Gateway {
         c: &Candidate,
         timeouts: Timeouts,
     ) -> Result<(u16, Reply), (Option<u16>, Error)> {
-        let adapter = providers::adapter(c.provider.kind);
-        let credential = match &c.provider.api_key_secret {
-            None => None,
-            Some(name) => match host.secret(name).await {
-                Ok(Some(v)) => Some(v),
-                Ok(None) => {
-                    return Err((None, Error::new(ErrorKind::SecretMissing, format!("provider credential `{name}` is not configured"))));
-                }
-                Err(e) => return Err((None, e)),
-            },
-        };
-        let mut request = match op {
-            Op::Chat(chat) => adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()),
-            Op::Embed(embed) => adapter.embeddings_request(&c.provider, &c.target, embed, credential.as_deref()),
-            Op::Count(chat) => adapter.count_tokens_request(&c.provider, &c.target, chat, credential.as_deref()),
-        }
-        .map_err(|e| (None, e))?;
-        adapter.authorize(&c.provider, &mut request, credential.as_deref(), host.now_ms()).map_err(|e| (None, e))?;
-        let response = if c.provider.kind == ProviderKind::Mock {
-            mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{}", ctx.record.request_id))
-        } else {
-            let sent_ms = host.now_ms();
-            let timer = std::pin::pin!(host.sleep(timeouts.first_byte_ms));
-            let response = match futures::future::select(std::pin::pin!(host.send(request)), timer).await {
-                futures::future::Either::Left((response, _)) => response.map_err(|e| (None, e))?,
-                futures::future::Either::Right(_) => {
-                    let why = format!("the provider sent no response within {} ms", timeouts.first_byte_ms);
-                    return Err((None, Error::new(ErrorKind::UpstreamTimeout, why)));
-                }
-            };
-            let left = timeouts.total_ms.saturating_sub(host.now_ms().saturating_sub(sent_ms));
-            response.map(|body| -> ByteStream {
-                Box::pin(Deadline { body, timer: Some(Box::pin(host.sleep(left))), total_ms: timeouts.total_ms })
-            })
-        };
+        let response = exchange(host, op, c, timeouts, &ctx.record.request_id).await.map_err(|e| (None, e))?;
         self.answer(host, ctx, op, &c.provider, response).await
     }
 
@@ -789,6 +777,10 @@ impl Gateway {
         let bytes = collect(body, MAX_UPSTREAM_BYTES).await.map_err(|e| (Some(status), e))?;
         let completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
         ctx.record.usage = completion.usage;
+        if let Some(job) = ctx.shadow.as_mut() {
+            let text = serde_json::from_slice::<serde_json::Value>(&completion.body).ok();
+            job.primary_text = text.and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned)).unwrap_or_default();
+        }
         let body = ctx.dialect.render_completion(&completion).map_err(|e| (Some(status), e))?;
         Ok((status, Reply::Json(StatusCode::OK, body)))
     }
@@ -829,6 +821,48 @@ async fn hold_until_content(mut body: ByteStream, decoder: &mut dyn StreamDecode
             return Ok((body, held));
         }
     }
+}
+
+/// Sends `op` to candidate `c` and returns the response as soon as its head arrives (within the
+/// first-byte timeout); its body ends with an error if it runs past the total timeout. The
+/// built-in provider answers in place.
+async fn exchange<H: Host>(
+    host: &H,
+    op: Op<'_>,
+    c: &Candidate,
+    timeouts: Timeouts,
+    request_id: &str,
+) -> Result<http::Response<ByteStream>, Error> {
+    let adapter = providers::adapter(c.provider.kind);
+    let credential = match &c.provider.api_key_secret {
+        None => None,
+        Some(name) => Some(
+            host.secret(name)
+                .await?
+                .ok_or_else(|| Error::new(ErrorKind::SecretMissing, format!("provider credential `{name}` is not configured")))?,
+        ),
+    };
+    let mut request = match op {
+        Op::Chat(chat) => adapter.chat_request(&c.provider, &c.target, chat, credential.as_deref()),
+        Op::Embed(embed) => adapter.embeddings_request(&c.provider, &c.target, embed, credential.as_deref()),
+        Op::Count(chat) => adapter.count_tokens_request(&c.provider, &c.target, chat, credential.as_deref()),
+    }?;
+    adapter.authorize(&c.provider, &mut request, credential.as_deref(), host.now_ms())?;
+    if c.provider.kind == ProviderKind::Mock {
+        return Ok(mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{request_id}")));
+    }
+    let sent_ms = host.now_ms();
+    let timer = std::pin::pin!(host.sleep(timeouts.first_byte_ms));
+    let response = match futures::future::select(std::pin::pin!(host.send(request)), timer).await {
+        futures::future::Either::Left((response, _)) => response?,
+        futures::future::Either::Right(_) => {
+            let why = format!("the provider sent no response within {} ms", timeouts.first_byte_ms);
+            return Err(Error::new(ErrorKind::UpstreamTimeout, why));
+        }
+    };
+    let left = timeouts.total_ms.saturating_sub(host.now_ms().saturating_sub(sent_ms));
+    Ok(response
+        .map(|body| -> ByteStream { Box::pin(Deadline { body, timer: Some(Box::pin(host.sleep(left))), total_ms: timeouts.total_ms }) }))
 }
 
 /// A provider's body that ends with an `upstream_timeout` error when its timer fires first.
@@ -940,10 +974,31 @@ fn outcome_of(e: &Error, model: &str) -> Outcome {
     }
 }
 
-/// Phase 7, **record**: stamps the duration, applies the request's health observations to the
-/// isolate's board, and — as deferred work — settles the ledger hold, sends observations to the
-/// location's board when a sync is due, and exports the record.
-fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account, health: Option<HealthReport>) {
+/// What the record phase needs of a request's context.
+struct Finish {
+    record: RequestRecord,
+    account: Account,
+    health: Option<HealthReport>,
+    shadow: Option<ShadowJob>,
+}
+
+impl From<Ctx> for Finish {
+    fn from(ctx: Ctx) -> Self {
+        Finish { record: ctx.record, account: ctx.account, health: ctx.health, shadow: ctx.shadow }
+    }
+}
+
+impl Finish {
+    /// Phase 7, **record**: stamps the duration, applies the request's health observations to the
+    /// isolate's board, and — as deferred work — settles the ledger hold, sends observations to the
+    /// location's board when a sync is due, and exports the record.
+    /// A sampled request's shadow is sent last, after the caller has its answer.
+    fn run<H: Host>(self, host: &H) {
+        finish(host, self.record, self.account, self.health, self.shadow);
+    }
+}
+
+fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account, health: Option<HealthReport>, shadow: Option<ShadowJob>) {
     let now = host.now_ms();
     record.duration_ms = now.saturating_sub(record.start_ms);
     let settle = account.settle(&mut record);
@@ -985,8 +1040,64 @@ fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account, health
                 }
             }
         }
+        // The shadow goes last: the caller is long answered, and only answered requests have one.
+        if let Some(job) = shadow.filter(|_| record.status == 200) {
+            record.shadow = Some(run_shadow(&worker, job, &record.request_id, record.duration_ms).await);
+        }
         let _ = worker.export(vec![record]).await;
     }));
+}
+
+/// Sends a shadow request and compares its answer with the caller's.
+async fn run_shadow<H: Host>(host: &H, job: ShadowJob, request_id: &str, primary_duration_ms: u64) -> ShadowRecord {
+    let c = &job.candidate;
+    let mut record = ShadowRecord {
+        provider: c.provider.id.clone(),
+        model: c.target.model.clone(),
+        status: None,
+        error: None,
+        duration_ms: 0,
+        primary_duration_ms,
+        usage: None,
+        cost_micro_usd: None,
+        similarity_permille: None,
+    };
+    let start = host.now_ms();
+    let answer = async {
+        let response = exchange(host, Op::Chat(&job.chat), c, job.timeouts, &format!("{request_id}-shadow")).await?;
+        let status = response.status().as_u16();
+        record.status = Some(status);
+        let adapter = providers::adapter(c.provider.kind);
+        let (head, body) = response.into_parts();
+        if !(200..300).contains(&status) {
+            let bytes = collect(body, MAX_UPSTREAM_ERROR_BYTES).await.unwrap_or_default();
+            return Err(providers::upstream_error(adapter, status, &head.headers, &bytes));
+        }
+        let bytes = collect(body, MAX_UPSTREAM_BYTES).await?;
+        adapter.chat_response(&bytes, host.now_ms() / 1000)
+    };
+    match answer.await {
+        Ok(completion) => {
+            let text = serde_json::from_slice::<serde_json::Value>(&completion.body)
+                .ok()
+                .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            record.similarity_permille = Some(crate::telemetry::similarity(&job.primary_text, &text));
+            record.usage = completion.usage;
+            record.cost_micro_usd = completion.usage.zip(c.target.price).map(|(u, p)| p.cost(u.prompt_tokens(), u.completion_tokens()));
+        }
+        Err(e) => record.error = Some(e.metric_label()),
+    }
+    record.duration_ms = host.now_ms().saturating_sub(start);
+    record
+}
+
+/// The text a stream chunk (OpenAI `chat.completion.chunk` JSON) adds to the first choice.
+fn chunk_text(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Applies a request's observations to the isolate's board at once; returns what to send to the
@@ -1055,7 +1166,7 @@ struct Relay<H: Host> {
     encoder: Box<dyn StreamEncoder>,
     out: VecDeque<Bytes>,
     ended: bool,
-    finisher: Option<(H, RequestRecord, Account, Option<HealthReport>)>,
+    finisher: Option<(H, Finish)>,
 }
 
 // No field is structurally pinned: the upstream stream is already boxed.
@@ -1063,7 +1174,7 @@ impl<H: Host> Unpin for Relay<H> {}
 
 impl<H: Host> Relay<H> {
     fn record(&mut self) -> Option<&mut RequestRecord> {
-        self.finisher.as_mut().map(|(_, r, _, _)| r)
+        self.finisher.as_mut().map(|(_, f)| &mut f.record)
     }
 
     fn emit(&mut self, events: Vec<StreamEvent>) {
@@ -1072,6 +1183,9 @@ impl<H: Host> Relay<H> {
                 StreamEvent::Chunk { json, usage, usage_only, .. } => {
                     if let (Some(u), Some(r)) = (usage, self.record()) {
                         r.usage = Some(u);
+                    }
+                    if let Some((_, Finish { shadow: Some(job), .. })) = self.finisher.as_mut() {
+                        job.primary_text.push_str(&chunk_text(&json));
                     }
                     let frames = self.encoder.chunk(&json, usage, usage_only);
                     self.out.extend(frames);
@@ -1090,7 +1204,7 @@ impl<H: Host> Relay<H> {
             r.error = Some(e.metric_label());
         }
         // A stream the provider broke counts against the deployment that served it.
-        if let Some((_, _, _, Some(h))) = self.finisher.as_mut()
+        if let Some((_, Finish { health: Some(h), .. })) = self.finisher.as_mut()
             && let Some((_, outcome)) = h.attempts.last_mut()
         {
             // The stream's failure is never a quota refusal, so the model does not matter here.
@@ -1102,11 +1216,11 @@ impl<H: Host> Relay<H> {
     }
 
     fn complete(&mut self, error: Option<&'static str>) {
-        if let Some((host, mut record, account, health)) = self.finisher.take() {
-            if record.error.is_none() {
-                record.error = error;
+        if let Some((host, mut finish)) = self.finisher.take() {
+            if finish.record.error.is_none() {
+                finish.record.error = error;
             }
-            finish(&host, record, account, health);
+            finish.run(&host);
         }
     }
 }

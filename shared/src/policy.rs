@@ -412,6 +412,31 @@ struct RawModel {
     retry_budget_percent: Option<u8>,
     /// How long to wait for each target (default: `settings.timeouts`).
     timeouts: Option<RawTimeouts>,
+    /// Mirror a sample of this route's chat requests to another target after the answer is sent,
+    /// to compare it side by side (latency, tokens, cost, similarity). The caller never waits
+    /// for it and its cost is never charged to the caller's budgets.
+    shadow: Option<RawShadow>,
+}
+
+/// Shadow traffic of a route.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    /// The target to mirror to. Residency applies to it as to any target: a request whose
+    /// constraints it fails is not mirrored.
+    target: RawTarget,
+    /// Share of the route's chat requests mirrored, percent (1-100).
+    percent: u8,
+}
+
+/// A route's shadow target and sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    /// Where to mirror.
+    pub target: Target,
+    /// Share of requests mirrored, percent.
+    pub percent: u8,
 }
 
 /// Degraded mode of a non-critical route: one of `alias` or `reply`.
@@ -453,6 +478,8 @@ pub struct ModelRoute {
     pub retry_budget_percent: u8,
     /// How long to wait for each attempt.
     pub timeouts: Timeouts,
+    /// Shadow traffic.
+    pub shadow: Option<Shadow>,
 }
 
 /// One place an alias is served.
@@ -772,16 +799,26 @@ impl Policy {
                     err(format!("models[{i}].targets[{j}].provider"), format!("unknown provider {:?}", t.provider));
                 }
             }
-            let mut targets = Vec::with_capacity(m.targets.len());
-            for (j, t) in m.targets.into_iter().enumerate() {
+            let mut target = |t: RawTarget, at: String| {
                 let price = t.price.and_then(|p| match (micro_usd(p.input_usd_per_mtok), micro_usd(p.output_usd_per_mtok)) {
                     (Some(input), Some(output)) => Some(Price { input_micro_usd_per_mtok: input, output_micro_usd_per_mtok: output }),
                     _ => {
-                        err(format!("models[{i}].targets[{j}].price"), "prices must be non-negative amounts".into());
+                        err(format!("{at}.price"), "prices must be non-negative amounts".into());
                         None
                     }
                 });
-                targets.push(Target { provider: t.provider, model: t.model, price, weight: t.weight.unwrap_or(1), class: t.class });
+                Target { provider: t.provider, model: t.model, price, weight: t.weight.unwrap_or(1), class: t.class }
+            };
+            let targets: Vec<Target> =
+                m.targets.into_iter().enumerate().map(|(j, t)| target(t, format!("models[{i}].targets[{j}]"))).collect();
+            let shadow = m.shadow.map(|s| Shadow { target: target(s.target, format!("models[{i}].shadow.target")), percent: s.percent });
+            if let Some(s) = &shadow {
+                if !providers.contains_key(&s.target.provider) {
+                    err(format!("models[{i}].shadow.target.provider"), format!("unknown provider {:?}", s.target.provider));
+                }
+                if !(1..=100).contains(&s.percent) {
+                    err(format!("models[{i}].shadow.percent"), "must be 1-100".into());
+                }
             }
             let limits = m.limits.compile(&format!("model:{}", m.alias), &format!("models[{i}].limits"), &percents, &mut limit_errors);
             if let Some(to) = m.overflow {
@@ -819,6 +856,7 @@ impl Policy {
                 degraded,
                 retry_budget_percent: m.retry_budget_percent.unwrap_or(20),
                 timeouts: m.timeouts.unwrap_or_default().over(default_timeouts),
+                shadow,
             };
             if route.timeouts.first_byte_ms == 0 || route.timeouts.total_ms < route.timeouts.first_byte_ms {
                 err(format!("models[{i}].timeouts"), "first_byte_ms must be above 0 and total_ms at least first_byte_ms".into());

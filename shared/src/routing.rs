@@ -354,6 +354,23 @@ pub fn plan(policy: &Policy, principal: &Principal, ask: Ask<'_>, board: &Board,
     Ok(Plan { candidates: order.into_iter().map(|(_, c)| c).collect(), healthy, decision })
 }
 
+/// The shadow target of `ask`'s route if this request is in its sample (`random` % 100 below
+/// its percent) and residency allows the shadow deployment — data sent to a shadow leaves like any
+/// other, so it obeys the same constraints.
+pub fn shadow(policy: &Policy, principal: &Principal, ask: Ask<'_>, random: u64) -> Option<Candidate> {
+    let route = policy.route(ask.alias)?;
+    let s = route.shadow.as_ref()?;
+    if random % 100 >= u64::from(s.percent) {
+        return None;
+    }
+    let provider = policy.provider(&s.target.provider)?;
+    let allowed = [principal.tenant.residency.as_ref(), route.residency.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|r| r.for_origin(ask.origin).refuses(&provider.location).is_none());
+    allowed.then(|| Candidate { provider: provider.clone(), target: s.target.clone() })
+}
+
 /// Orders `candidates` by weighted sampling without replacement, driven by `random`.
 fn weighted_order(candidates: &mut [Candidate], mut random: u64) {
     for i in 0..candidates.len() {

@@ -31,6 +31,45 @@ pub struct AttemptRecord {
     pub forced: bool,
 }
 
+/// A shadow request: the same chat sent to a route's shadow target after the answer, side by side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowRecord {
+    /// Provider id of the shadow target.
+    pub provider: String,
+    /// Model sent upstream.
+    pub model: String,
+    /// Upstream status, if one was received.
+    pub status: Option<u16>,
+    /// Error label if it failed.
+    pub error: Option<&'static str>,
+    /// Milliseconds to the shadow's whole answer.
+    pub duration_ms: u64,
+    /// Milliseconds to the caller's whole answer, for comparison.
+    pub primary_duration_ms: u64,
+    /// The shadow's token usage.
+    pub usage: Option<Usage>,
+    /// What the shadow cost, micro-dollars — shadow spend, never charged to the caller.
+    pub cost_micro_usd: Option<u64>,
+    /// How alike the two answers' texts are, 0-1000 (Jaccard similarity of their word sets).
+    pub similarity_permille: Option<u16>,
+}
+
+/// How alike two texts are, 0-1000: the Jaccard similarity of their sets of lower-cased words.
+/// Two empty texts are alike.
+pub fn similarity(a: &str, b: &str) -> u16 {
+    use std::collections::BTreeSet;
+    let words = |s: &str| -> BTreeSet<String> {
+        s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    };
+    let (a, b) = (words(a), words(b));
+    let union = a.union(&b).count();
+    if union == 0 {
+        return 1000;
+    }
+    let shared = a.intersection(&b).count();
+    u16::try_from(shared * 1000 / union).unwrap_or(1000)
+}
+
 /// Everything the gateway decided and observed for one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestRecord {
@@ -84,6 +123,9 @@ pub struct RequestRecord {
     /// request's observations (each transition is reported once, by the location's board).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breaker_events: Vec<BreakerEvent>,
+    /// The shadow request of a sampled request, sent after the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord>,
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,

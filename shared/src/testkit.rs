@@ -113,6 +113,11 @@ impl TestHost {
         self.0.ledger.borrow().get(tenant).map_or(0, Book::open_holds)
     }
 
+    /// A copy of the counter-store book named `id` (a tenant, or a location's health board).
+    pub fn book(&self, id: &str) -> Option<Book> {
+        self.0.ledger.borrow().get(id).cloned()
+    }
+
     /// The policy store's value under `key`.
     pub fn store_value(&self, key: &str) -> Option<Bytes> {
         self.0.kv.borrow().get(key).cloned()

@@ -66,8 +66,9 @@ struct Answer {
 fn call(h: &TestHost, gw: &Gateway, req: http::Request<Bytes>) -> Answer {
     let before = h.sent().len();
     let (parts, body) = h.call(gw, req);
-    let hosts = h.sent()[before..].iter().map(|r| r.uri().host().unwrap_or("").to_owned()).collect();
+    // Deferred work (settlement, health, shadow) runs here, as after a real response.
     let record = h.drain_records().pop().unwrap_or_else(|| unreachable!("every request is recorded"));
+    let hosts = h.sent()[before..].iter().map(|r| r.uri().host().unwrap_or("").to_owned()).collect();
     Answer {
         status: parts.status.as_u16(),
         headers: parts.headers,
@@ -331,4 +332,41 @@ fn a_stream_that_stalls_after_content_ends_with_a_timeout_event() {
     assert!(text.contains("did not finish within 3000 ms"), "{text}");
     let record = h.drain_records().pop().unwrap_or_else(|| unreachable!());
     assert_eq!(record.error, Some("upstream_timeout"));
+}
+
+#[test]
+fn shadow_traffic_is_sent_after_the_answer_compared_and_never_charged_to_the_caller() {
+    let price = json!({"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0});
+    let models = json!([
+        {"alias": "chat", "targets": [{"provider": "eu-a", "model": "a"}],
+         "shadow": {"percent": 100, "target": {"provider": "eu-b", "model": "b-next", "price": price}}},
+        {"alias": "abroad", "targets": [{"provider": "eu-a", "model": "a"}],
+         "shadow": {"percent": 100, "target": {"provider": "us-a", "model": "u"}}}
+    ]);
+    let mut doc: Value = serde_json::from_str(&policy(models)).unwrap_or_default();
+    doc["tenants"][1]["limits"] = json!({"tokens_per_day": 1_000_000});
+    let h = TestHost::new(T0, &doc.to_string());
+    let gw = Gateway::new();
+    h.script(Scripted::json(200, OK));
+    let shadow_answer = r#"{"id":"s","object":"chat.completion","created":1,"model":"b-next","choices":[{"index":0,"message":{"role":"assistant","content":"hey there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500}}"#;
+    h.script(Scripted::json(200, shadow_answer));
+    let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["choices"][0]["message"]["content"], "hey", "the caller gets the primary's answer");
+    assert_eq!(a.hosts, ["eu-a.test", "eu-b.test"], "the shadow is sent after the answer");
+    let sent = h.sent();
+    let mirrored: Value = serde_json::from_slice(sent[1].body()).unwrap_or_default();
+    assert_eq!((mirrored["model"].as_str(), mirrored.get("stream")), (Some("b-next"), None));
+    let shadow = a.record.shadow.unwrap_or_else(|| unreachable!("the record has the shadow"));
+    assert_eq!((shadow.provider.as_str(), shadow.status, shadow.error), ("eu-b", Some(200), None));
+    assert_eq!(shadow.similarity_permille, Some(500), "{{hey}} vs {{hey, there}}");
+    assert_eq!(shadow.cost_micro_usd, Some(2_000), "1,000 × $1/M + 500 × $2/M");
+    assert_eq!(a.record.usage.map(|u| u.prompt_tokens()), Some(5), "the caller's usage is the primary's");
+    let book = h.book("global").unwrap_or_default();
+    assert_eq!(book.used("tenant/tokens_per_day", edgegate_core::ledger::Window::Day, T0), 6, "only the primary's 6 tokens count");
+
+    // Residency applies to shadows: from the EU, the US shadow is not sent.
+    h.script(Scripted::json(200, OK));
+    let a = call(&h, &gw, request("sk-g", "abroad", eu(), &[]));
+    assert_eq!((a.hosts, a.record.shadow), (vec!["eu-a.test".to_owned()], None));
 }

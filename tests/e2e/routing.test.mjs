@@ -10,6 +10,8 @@
 //   failed requests), and a stream that stalls after its first content ends with an error event;
 // - an EU-resident tenant never reaches the US deployment, even with every EU deployment down:
 //   it gets `residency_unavailable` instead.
+// - shadow traffic: a mirrored route's requests (JSON and streams) are sent to the shadow target
+//   after the answer, and the record compares the two.
 // Timings are printed, never asserted.
 
 import { describe, it, before, after } from "node:test";
@@ -39,6 +41,11 @@ function policy(simUrl) {
     models: [
       { alias: "chat", retry_budget_percent: 20, targets: [{ provider: "a", model: "sim-a" }, { provider: "b", model: "sim-b" }] },
       { alias: "eu-chat", targets: [{ provider: "u", model: "sim-u" }, { provider: "a", model: "sim-a" }] },
+      {
+        alias: "mirrored",
+        targets: [{ provider: "a", model: "sim-a" }],
+        shadow: { percent: 100, target: { provider: "b", model: "sim-b-next", price: { input_usd_per_mtok: 1, output_usd_per_mtok: 2 } } },
+      },
       {
         alias: "impatient",
         timeouts: { first_byte_ms: 300, total_ms: 1_500 },
@@ -182,6 +189,25 @@ for (const [name, start] of Object.entries(runtimes)) {
       const last = JSON.parse(sseData(r.body).at(-1));
       assert.equal(last.error?.code, "upstream_timeout", r.body);
       assert.ok(r.ms < 2_500, `the stream ended at the total timeout, not the provider's end: ${r.ms} ms`);
+    });
+
+    it("mirrors a route's requests to its shadow target after answering, and records the comparison", async () => {
+      await sim.clear();
+      const plain = await chat(APP_KEY, "mirrored");
+      const streamed = await chat(APP_KEY, "mirrored", true);
+      assert.ok(plain.ok && streamed.ok);
+      const recs = await recordsOf(new Set([plain.id, streamed.id]));
+      assert.equal(recs.length, 2);
+      for (const r of recs) {
+        assert.equal(r.shadow?.provider, "b", JSON.stringify(r));
+        assert.equal(r.shadow.status, 200);
+        assert.equal(r.shadow.similarity_permille, 1000, "the simulator gives both the same answer");
+        assert.ok(r.shadow.cost_micro_usd > 0 && r.cost_micro_usd === null, "shadow spend is kept apart");
+      }
+      const sent = await sim.received();
+      const shadows = sent.filter((x) => x.deployment === "b");
+      assert.equal(shadows.length, 2);
+      assert.ok(shadows.every((x) => x.body.model === "sim-b-next" && x.body.stream === undefined), "shadows are plain requests");
     });
 
     it("never sends an EU tenant's request to the US deployment, even with every EU deployment down", async () => {
