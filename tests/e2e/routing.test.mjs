@@ -16,7 +16,7 @@
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startSimulator, startWorkerd, startSpin, steadyLoad, records, sha256, sseData } from "./lib.mjs";
+import { startSimulator, startWorkerd, startSpin, steadyLoad, records, sha256, sseData, admin } from "./lib.mjs";
 import { SIM_SECRET } from "./fixtures.mjs";
 
 const APP_KEY = "sk-routing-app";
@@ -144,6 +144,10 @@ for (const [name, start] of Object.entries(runtimes)) {
       const faultyAttempts = faulty.results.length;
       assert.ok((faultyCounts.a ?? 0) < faultyAttempts / 2, `A's breaker kept traffic away: ${faultyCounts.a} of ${faultyAttempts}`);
       assert.ok((afterCounts.a ?? 0) > (afterCounts.b ?? 0), `A serves again once its breaker closed: ${JSON.stringify(afterCounts)}`);
+      const health = await admin(gw.url, "GET", "/health/default");
+      assert.equal(health.status, 200);
+      assert.equal(health.body.board.deployments.a.state.state, "closed", JSON.stringify(health.body));
+      assert.ok(health.body.board.routes.chat, "the route's retry use is on the board");
 
       if (name === "workerd") {
         const ids = new Set(faulty.results.map((r) => r.id));
