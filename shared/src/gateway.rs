@@ -848,6 +848,9 @@ async fn exchange<H: Host>(
         Op::Count(chat) => adapter.count_tokens_request(&c.provider, &c.target, chat, credential.as_deref()),
     }?;
     adapter.authorize(&c.provider, &mut request, credential.as_deref(), host.now_ms())?;
+    if let Some(ms) = timeouts.connect_ms {
+        request.extensions_mut().insert(crate::ports::ConnectTimeout(ms));
+    }
     if c.provider.kind == ProviderKind::Mock {
         return Ok(mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{request_id}")));
     }

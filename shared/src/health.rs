@@ -58,8 +58,10 @@ impl Default for BreakerSettings {
     }
 }
 
-/// Retries a route may always make within the retry window, whatever its traffic.
-pub const MIN_RETRIES: u64 = 10;
+/// Retries a route may always make within the retry window, whatever its traffic: ten a second,
+/// so a fault that starts on a quiet route (whose window holds few requests yet) can still fail
+/// over while the breaker learns.
+pub const MIN_RETRIES: u64 = 100;
 /// The retry budget's window.
 pub const RETRY_WINDOW_MS: u64 = 10_000;
 /// Buckets per rolling window.
@@ -416,19 +418,19 @@ mod tests {
     fn the_retry_budget_is_a_share_of_requests_with_a_floor() {
         let s = BreakerSettings::default();
         let mut b = Board::default();
-        // 10 retries are always allowed.
-        for i in 0..10 {
+        // 100 retries (ten a second) are always allowed.
+        for i in 0..100 {
             assert!(b.may_retry("r", i, 20));
             b.observe(&obs(i, &[("a", Outcome::Failed), ("b", Outcome::Ok(5))]), &s);
         }
-        assert!(!b.may_retry("r", 10, 20));
-        // With 100 requests in the window, 20 % is 20 retries.
-        for i in 0..90 {
-            b.observe(&obs(20 + i, &[("b", Outcome::Ok(5))]), &s);
+        assert!(!b.may_retry("r", 100, 20));
+        // With 1,000 requests in the window, 20 % is 200 retries.
+        for i in 0..900 {
+            b.observe(&obs(200 + i, &[("b", Outcome::Ok(5))]), &s);
         }
-        assert_eq!(b.retry_use("r", 200), (10, 100));
-        assert!(b.may_retry("r", 200, 20));
-        assert!(!b.may_retry("r", 200, 10));
+        assert_eq!(b.retry_use("r", 2_000), (100, 1_000));
+        assert!(b.may_retry("r", 2_000, 20));
+        assert!(!b.may_retry("r", 2_000, 10));
         // The window moves on.
         assert_eq!(b.retry_use("r", 20_000), (0, 0));
         assert!(b.may_retry("r", 20_000, 0));

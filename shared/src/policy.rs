@@ -72,8 +72,11 @@ struct RawSettings {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    /// Until the response head arrives, connection included (neither runtime's fetch reports
-    /// the connection separately), milliseconds.
+    /// Until the connection to the provider is set up, milliseconds (default: the runtime's).
+    /// Honoured on Spin; Workers' `fetch` has no connection timeout, so there `first_byte_ms`
+    /// bounds connection and response head together.
+    connect_ms: Option<u64>,
+    /// Until the response head arrives, connection included, milliseconds.
     first_byte_ms: Option<u64>,
     /// Until the whole answer has arrived (the end of a stream), milliseconds. A stream that
     /// runs over ends with an error event.
@@ -83,6 +86,8 @@ struct RawTimeouts {
 /// Compiled waits for one route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Until the connection is set up, milliseconds (where the runtime can bound it).
+    pub connect_ms: Option<u64>,
     /// Until the response head, milliseconds.
     pub first_byte_ms: u64,
     /// Until the end of the answer, milliseconds.
@@ -91,13 +96,17 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { first_byte_ms: 120_000, total_ms: 600_000 }
+        Timeouts { connect_ms: None, first_byte_ms: 120_000, total_ms: 600_000 }
     }
 }
 
 impl RawTimeouts {
     fn over(self, base: Timeouts) -> Timeouts {
-        Timeouts { first_byte_ms: self.first_byte_ms.unwrap_or(base.first_byte_ms), total_ms: self.total_ms.unwrap_or(base.total_ms) }
+        Timeouts {
+            connect_ms: self.connect_ms.or(base.connect_ms),
+            first_byte_ms: self.first_byte_ms.unwrap_or(base.first_byte_ms),
+            total_ms: self.total_ms.unwrap_or(base.total_ms),
+        }
     }
 }
 
@@ -408,7 +417,7 @@ struct RawModel {
     /// What a non-critical route answers when every target fails.
     degraded: Option<RawDegraded>,
     /// Share of this route's requests (per location, over 10 s) that may be retries on another
-    /// target, percent (default 20; at least 10 retries are always allowed).
+    /// target, percent (default 20; ten retries a second are always allowed).
     retry_budget_percent: Option<u8>,
     /// How long to wait for each target (default: `settings.timeouts`).
     timeouts: Option<RawTimeouts>,
@@ -858,8 +867,12 @@ impl Policy {
                 timeouts: m.timeouts.unwrap_or_default().over(default_timeouts),
                 shadow,
             };
-            if route.timeouts.first_byte_ms == 0 || route.timeouts.total_ms < route.timeouts.first_byte_ms {
-                err(format!("models[{i}].timeouts"), "first_byte_ms must be above 0 and total_ms at least first_byte_ms".into());
+            let t = route.timeouts;
+            if t.first_byte_ms == 0 || t.total_ms < t.first_byte_ms || t.connect_ms.is_some_and(|c| c == 0 || c > t.first_byte_ms) {
+                err(
+                    format!("models[{i}].timeouts"),
+                    "need 0 < connect_ms <= first_byte_ms <= total_ms (connect_ms may be left out)".into(),
+                );
             }
             if models.insert(m.alias.clone(), route).is_some() {
                 err(format!("models[{i}].alias"), format!("duplicate model alias {:?}", m.alias));

@@ -73,6 +73,12 @@ pub trait Secrets {
     fn secret(&self, name: &str) -> impl Future<Output = Result<Option<String>, Error>>;
 }
 
+/// A bound on connection setup for one upstream request, in milliseconds, carried in the
+/// request's extensions. Hosts that can bound it do (Spin: `wasi:http` connect-timeout); Workers'
+/// `fetch` cannot, and there the first-byte timeout bounds connection and response head together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectTimeout(pub u64);
+
 /// HTTP to providers.
 pub trait Upstream {
     /// Sends `request` and returns as soon as the status and headers are known; the body streams.

@@ -225,14 +225,16 @@ fn the_retry_budget_caps_failover_and_then_the_caller_is_told_not_to_retry_eithe
         {"alias": "chat", "retry_budget_percent": 0, "targets": [{"provider": "eu-a", "model": "a"}, {"provider": "eu-b", "model": "b"}]}
     ]);
     let mut doc: Value = serde_json::from_str(&policy(models)).unwrap_or_default();
-    doc["settings"] = json!({"breaker": {"min_requests": 1000}});
+    // The breaker stays out of it: only the budget decides.
+    doc["settings"] = json!({"breaker": {"min_requests": 100_000, "consecutive_failures": 0}});
     let h = TestHost::new(T0, &doc.to_string());
     let gw = Gateway::new();
-    // Ten retries per window are always allowed.
-    for _ in 0..10 {
+    // Ten retries a second (100 per window) are always allowed.
+    for _ in 0..100 {
         h.script(Scripted::json(502, "{}"));
         h.script(Scripted::json(200, OK));
-        assert_eq!(call(&h, &gw, request("sk-g", "chat", None, &[])).status, 200);
+        let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
+        assert_eq!((a.status, a.hosts.clone()), (200, vec!["eu-a.test".to_owned(), "eu-b.test".to_owned()]));
     }
     h.script(Scripted::json(502, "{}"));
     let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
@@ -277,7 +279,7 @@ fn provider_quota_sends_the_request_to_the_overflow_route_and_retry_after_is_hon
 #[test]
 fn a_provider_that_hangs_times_out_and_the_plan_moves_on() {
     let models = json!([
-        {"alias": "chat", "timeouts": {"first_byte_ms": 2_000, "total_ms": 5_000},
+        {"alias": "chat", "timeouts": {"connect_ms": 500, "first_byte_ms": 2_000, "total_ms": 5_000},
          "targets": [{"provider": "eu-a", "model": "a"}, {"provider": "eu-b", "model": "b"}]}
     ]);
     let h = TestHost::new(T0, &policy(models));
@@ -287,6 +289,8 @@ fn a_provider_that_hangs_times_out_and_the_plan_moves_on() {
     h.script(Scripted::json(200, OK));
     let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
     assert_eq!((a.status, a.hosts.len()), (200, 2));
+    let connect = h.sent().last().and_then(|r| r.extensions().get::<edgegate_core::ports::ConnectTimeout>().copied());
+    assert_eq!(connect, Some(edgegate_core::ports::ConnectTimeout(500)), "the host is told the connect bound");
     assert_eq!(a.record.attempts[0].error, Some("upstream_timeout"));
     assert_eq!(a.record.attempts[0].duration_ms, 2_000, "the first-byte timeout, on the fake clock");
     // A head, then a body that never ends: the total timeout.
@@ -369,4 +373,16 @@ fn shadow_traffic_is_sent_after_the_answer_compared_and_never_charged_to_the_cal
     h.script(Scripted::json(200, OK));
     let a = call(&h, &gw, request("sk-g", "abroad", eu(), &[]));
     assert_eq!((a.hosts, a.record.shadow), (vec!["eu-a.test".to_owned()], None));
+}
+
+#[test]
+fn timeouts_must_nest() {
+    let bad = |t: Value| {
+        let models = json!([{"alias": "chat", "timeouts": t, "targets": [{"provider": "eu-a", "model": "a"}]}]);
+        edgegate_core::policy::Policy::compile(policy(models).as_bytes()).err().map(|e| e[0].path.clone())
+    };
+    assert_eq!(bad(json!({"connect_ms": 300, "first_byte_ms": 200})), Some("models[0].timeouts".into()));
+    assert_eq!(bad(json!({"first_byte_ms": 0})), Some("models[0].timeouts".into()));
+    assert_eq!(bad(json!({"first_byte_ms": 5_000, "total_ms": 4_000})), Some("models[0].timeouts".into()));
+    assert_eq!(bad(json!({"connect_ms": 100, "first_byte_ms": 200, "total_ms": 300})), None);
 }

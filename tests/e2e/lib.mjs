@@ -65,6 +65,27 @@ export async function startSimulator({ requireKey } = {}) {
   return sim;
 }
 
+// A TCP port on 127.0.0.1 that never completes a connection: it listens with a backlog of 0 and
+// never accepts, and its queue is filled at once, so the kernel drops further connection attempts.
+const BLACKHOLE = `
+import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+port = s.getsockname()[1]
+fill = []
+for _ in range(8):
+    c = socket.socket(); c.setblocking(False)
+    try: c.connect(("127.0.0.1", port))
+    except BlockingIOError: pass
+    fill.append(c)
+print(f"listening on http://127.0.0.1:{port}", flush=True)
+while True: time.sleep(3600)
+`;
+
+/** A provider address that accepts no connection (connection attempts hang until they time out). */
+export function startBlackhole() {
+  return spawnServer(process.env.EDGEGATE_PYTHON ?? "python3", ["-c", BLACKHOLE]);
+}
+
 /**
  * A stand-in for the Workers AI binding (the real one is proxied to Cloudflare and cannot run
  * offline): an object of class `Ai` whose `run(model, input)` answers text-generation inputs the

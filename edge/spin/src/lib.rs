@@ -12,12 +12,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
+use edgegate_core::ports::ConnectTimeout;
 use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream};
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::{SinkExt, StreamExt};
-use spin_sdk::http::{Fields, IncomingRequest, IncomingResponse, OutgoingResponse, ResponseOutparam};
+use spin_sdk::http::conversions::TryIntoOutgoingRequest;
+use spin_sdk::http::{ErrorCode, Fields, IncomingRequest, IncomingResponse, OutgoingRequest, OutgoingResponse, ResponseOutparam};
 use spin_sdk::sqlite::{Connection, Value};
 
 /// The component's export. The SDK's macro expands to `unsafe` ABI glue, allowed in this module only.
@@ -238,9 +240,18 @@ impl Upstream for SpinHost {
             }
         }
         req.body(body.to_vec());
-        let resp: IncomingResponse = spin_sdk::http::send(req.build())
-            .await
-            .map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {e}")))?;
+        let unreachable = |e: &dyn std::fmt::Display| Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {e}"));
+        let (outgoing, buffer) = req.build().try_into_outgoing_request().map_err(|e| unreachable(&e))?;
+        let mut sink = outgoing.take_body();
+        let response = send_with_options(outgoing, parts.extensions.get::<ConnectTimeout>().map(|c| c.0));
+        if let Some(buffer) = buffer {
+            sink.send(buffer).await.map_err(|e| unreachable(&e))?;
+        }
+        drop(sink);
+        let resp: IncomingResponse = response.await.map_err(|e| match e {
+            ErrorCode::ConnectionTimeout => Error::new(ErrorKind::UpstreamTimeout, "could not connect to the provider in time"),
+            other => unreachable(&other),
+        })?;
         let mut out = http::Response::builder().status(resp.status());
         for (name, value) in resp.headers().entries() {
             out = out.header(name, value);
@@ -257,6 +268,58 @@ impl Upstream for SpinHost {
             Some((item, (resp, Some(body))))
         }));
         out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
+    }
+}
+
+/// `wasi:http` outgoing-handler with request options (the SDK's `send` passes none): the
+/// connection timeout, when the core set one.
+fn send_with_options(
+    request: OutgoingRequest,
+    connect_ms: Option<u64>,
+) -> impl std::future::Future<Output = Result<IncomingResponse, ErrorCode>> {
+    use spin_sdk::wit::wasi::http0_2_0::{outgoing_handler, types::RequestOptions};
+    let options = connect_ms.map(|ms| {
+        let options = RequestOptions::new();
+        let _ = options.set_connect_timeout(Some(ms.saturating_mul(1_000_000)));
+        options
+    });
+    PendingResponse { registered: None, pending: Some(outgoing_handler::handle(request, options)) }
+}
+
+/// A response on its way. The wake-up registration holds a pollable that is a child of the
+/// future resource, so it must be dropped first (dropping a parent before its child traps).
+struct PendingResponse {
+    registered: Option<spin_executor::CancelOnDropToken>,
+    pending: Option<Result<spin_sdk::wit::wasi::http0_2_0::types::FutureIncomingResponse, ErrorCode>>,
+}
+
+impl Drop for PendingResponse {
+    fn drop(&mut self) {
+        drop(self.registered.take());
+        drop(self.pending.take());
+    }
+}
+
+impl std::future::Future for PendingResponse {
+    type Output = Result<IncomingResponse, ErrorCode>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let future = match &this.pending {
+            None => return std::task::Poll::Ready(Err(ErrorCode::InternalError(Some("response polled after it was ready".into())))),
+            Some(Err(e)) => return std::task::Poll::Ready(Err(e.clone())),
+            Some(Ok(future)) => future,
+        };
+        match future.get() {
+            Some(Ok(result)) => std::task::Poll::Ready(result),
+            Some(Err(())) => std::task::Poll::Ready(Err(ErrorCode::InternalError(Some("response taken twice".into())))),
+            None => {
+                let token = spin_executor::push_waker_and_get_token(future.subscribe(), cx.waker().clone()).into();
+                // The previous registration (if any) goes before the new one is kept.
+                drop(this.registered.replace(token));
+                std::task::Poll::Pending
+            }
+        }
     }
 }
 
