@@ -15,6 +15,7 @@ pub mod chat;
 pub mod dialect;
 pub mod embeddings;
 pub mod error;
+pub mod firewall;
 pub mod gateway;
 pub mod health;
 pub mod jwt;

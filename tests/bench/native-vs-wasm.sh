@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A benchmark example of the core, native and wasm side by side: the same program
 # (shared/examples/EXAMPLE.rs) natively and as a WASIp2 component under wasmtime.
-# Usage: bash tests/bench/native-vs-wasm.sh [bench_translate|bench_policy]
+# Usage: bash tests/bench/native-vs-wasm.sh [bench_translate|bench_policy|bench_firewall]
 # Not part of the test command: it asserts nothing.
 source "$(dirname "${BASH_SOURCE[0]}")/../../deploy/local/setup.sh"
 cd "$ROOT"

@@ -1,0 +1,120 @@
+//! The firewall against the labelled corpus in `tests/corpus/firewall.jsonl`: attack prompts
+//! across languages and encodings, benign prompts that look close, and personal data with valid
+//! and invalid checksums. Every row names the rules it must raise (none for benign rows). Rows
+//! marked `"known_miss"` (attacks not caught yet) and `"known_false_alarm"` (benign prompts that
+//! are flagged) record what the rules get wrong today and must stay wrong, so a change in either
+//! direction shows up here. Rows noted "held out" were written after the rules and not used to
+//! tune them. Detection and false-positive rates are printed:
+//! `cargo test -p edgegate-core --test firewall -- --nocapture`.
+#![allow(clippy::print_stdout)] // the rates are this test's report
+
+use edgegate_core::chat::ChatRequest;
+use edgegate_core::firewall::inspect;
+use serde_json::Value;
+
+const CORPUS: &str = include_str!("corpus/firewall.jsonl");
+
+fn found(text: &str) -> (Vec<&'static str>, u32) {
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+    let chat = ChatRequest::parse(body.to_string().as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+    let inspection = inspect(&chat);
+    let mut rules: Vec<&str> = inspection.findings.iter().map(|f| f.rule).collect();
+    rules.sort();
+    rules.dedup();
+    (rules, inspection.score)
+}
+
+#[test]
+fn the_corpus_gets_exactly_the_findings_it_expects() {
+    let (mut attacks, mut caught, mut benign, mut false_alarms, mut pii, mut pii_right) = (0, 0, 0, 0, 0, 0);
+    let (mut held_attacks, mut held_caught, mut held_benign, mut held_alarms) = (0, 0, 0, 0);
+    let mut wrong = Vec::new();
+    for line in CORPUS.lines().filter(|l| !l.trim().is_empty()) {
+        let row: Value = serde_json::from_str(line).unwrap_or_else(|e| unreachable!("{e}: {line}"));
+        let text = row["text"].as_str().unwrap_or("");
+        let mut expect: Vec<&str> = row["expect"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        expect.sort();
+        let known_miss = row["known_miss"].as_bool().unwrap_or(false);
+        let (rules, score) = found(text);
+        let held = row["note"].as_str().is_some_and(|n| n.starts_with("held out"));
+        match row["label"].as_str() {
+            Some("attack") => {
+                attacks += 1;
+                let hit = expect.iter().all(|r| rules.contains(r)) && score >= 2;
+                caught += u32::from(hit);
+                if held {
+                    held_attacks += 1;
+                    held_caught += u32::from(hit);
+                }
+                if hit == known_miss {
+                    wrong.push(format!(
+                        "attack {text:?}: got {rules:?} (score {score}), expected {expect:?}{}",
+                        if known_miss { " to be missed" } else { "" }
+                    ));
+                }
+            }
+            Some("benign") => {
+                benign += 1;
+                false_alarms += u32::from(!rules.is_empty());
+                if held {
+                    held_benign += 1;
+                    held_alarms += u32::from(!rules.is_empty());
+                }
+                if rules.is_empty() == row["known_false_alarm"].as_bool().unwrap_or(false) {
+                    wrong.push(format!("benign {text:?}: got {rules:?}"));
+                }
+            }
+            _ => {
+                pii += 1;
+                let injection_free: Vec<&str> = rules.iter().copied().filter(|r| !r.starts_with("injection.")).collect();
+                pii_right += u32::from(injection_free == expect);
+                if injection_free != expect {
+                    wrong.push(format!("pii {text:?}: got {rules:?}, expected {expect:?}"));
+                }
+            }
+        }
+    }
+    println!(
+        "injection: {caught}/{attacks} attacks detected ({:.1} %), {false_alarms}/{benign} benign prompts flagged ({:.1} %); personal data: {pii_right}/{pii} rows exact",
+        100.0 * f64::from(caught) / f64::from(attacks.max(1)),
+        100.0 * f64::from(false_alarms) / f64::from(benign.max(1)),
+    );
+    println!("  of which held out: {held_caught}/{held_attacks} attacks detected, {held_alarms}/{held_benign} benign prompts flagged");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Random texts from an alphabet chosen to stress the scanners (digits and separators, `%`,
+/// base64 and hex letters, `@`, `-----BEGIN`, invisible and multi-byte characters), from a fixed
+/// seed: no panic, spans on character boundaries, redaction leaves valid text.
+#[test]
+fn random_texts_never_break_the_normaliser_or_the_detectors() {
+    const PIECES: &[&str] = &[
+        "4", "1", "0", "9", " ", "-", ".", "(", ")", "+", "%", "%2", "%41", "@", "a", "Z", "=", "/", "_", "e", "DE89", "GB82", "sk-", "ghp_",
+        "AKIA", "eyJ", "-----BEGIN ", "PRIVATE KEY-----", "-----END ", ":", "::", "\u{200b}", "\u{202e}", "\u{e0041}", "é", "Ｉ", "і",
+        "忽略", "🙂", "\n", "ignore ", "previous ", "instructions", "QUJD", "ZGVm",
+    ];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..3_000 {
+        let len = usize::try_from(next() % 200).unwrap_or(0) + if round % 100 == 0 { 4_000 } else { 0 };
+        let text: String = (0..len).map(|_| PIECES[usize::try_from(next()).unwrap_or(0) % PIECES.len()]).collect();
+        let n = edgegate_core::firewall::normalize::normalize(&text);
+        assert!(n.decoded.len() <= edgegate_core::firewall::normalize::MAX_DECODED);
+        let found = edgegate_core::firewall::pii::scan(&text);
+        for f in &found {
+            assert!(text.is_char_boundary(f.span.start) && text.is_char_boundary(f.span.end) && f.span.start < f.span.end, "{text:?} {f:?}");
+        }
+        let redacted = edgegate_core::firewall::pii::redact(&text, &found);
+        assert!(found.is_empty() || redacted != text);
+        let _ = found_rules(&text);
+    }
+}
+
+fn found_rules(text: &str) -> usize {
+    found(text).0.len()
+}
