@@ -89,9 +89,51 @@ fn the_corpus_gets_exactly_the_findings_it_expects() {
 #[test]
 fn random_texts_never_break_the_normaliser_or_the_detectors() {
     const PIECES: &[&str] = &[
-        "4", "1", "0", "9", " ", "-", ".", "(", ")", "+", "%", "%2", "%41", "@", "a", "Z", "=", "/", "_", "e", "DE89", "GB82", "sk-", "ghp_",
-        "AKIA", "eyJ", "-----BEGIN ", "PRIVATE KEY-----", "-----END ", ":", "::", "\u{200b}", "\u{202e}", "\u{e0041}", "é", "Ｉ", "і",
-        "忽略", "🙂", "\n", "ignore ", "previous ", "instructions", "QUJD", "ZGVm",
+        "4",
+        "1",
+        "0",
+        "9",
+        " ",
+        "-",
+        ".",
+        "(",
+        ")",
+        "+",
+        "%",
+        "%2",
+        "%41",
+        "@",
+        "a",
+        "Z",
+        "=",
+        "/",
+        "_",
+        "e",
+        "DE89",
+        "GB82",
+        "sk-",
+        "ghp_",
+        "AKIA",
+        "eyJ",
+        "-----BEGIN ",
+        "PRIVATE KEY-----",
+        "-----END ",
+        ":",
+        "::",
+        "\u{200b}",
+        "\u{202e}",
+        "\u{e0041}",
+        "é",
+        "Ｉ",
+        "і",
+        "忽略",
+        "🙂",
+        "\n",
+        "ignore ",
+        "previous ",
+        "instructions",
+        "QUJD",
+        "ZGVm",
     ];
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
@@ -107,7 +149,10 @@ fn random_texts_never_break_the_normaliser_or_the_detectors() {
         assert!(n.decoded.len() <= edgegate_core::firewall::normalize::MAX_DECODED);
         let found = edgegate_core::firewall::pii::scan(&text);
         for f in &found {
-            assert!(text.is_char_boundary(f.span.start) && text.is_char_boundary(f.span.end) && f.span.start < f.span.end, "{text:?} {f:?}");
+            assert!(
+                text.is_char_boundary(f.span.start) && text.is_char_boundary(f.span.end) && f.span.start < f.span.end,
+                "{text:?} {f:?}"
+            );
         }
         let redacted = edgegate_core::firewall::pii::redact(&text, &found);
         assert!(found.is_empty() || redacted != text);
