@@ -30,6 +30,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The prompt is longer than policy allows.
     PromptTooLong,
+    /// The prompt firewall refused the prompt (injection, or personal data policy blocks).
+    PromptBlocked,
     /// The body exceeds the gateway's size limit.
     PayloadTooLarge,
     /// No API key was presented.
@@ -131,7 +133,11 @@ impl Error {
     /// The HTTP status this error is answered with. The only status mapping in the gateway.
     pub fn status(&self) -> u16 {
         match self.kind {
-            ErrorKind::InvalidJson | ErrorKind::InvalidRequest | ErrorKind::PromptTooLong | ErrorKind::UpstreamRejected(_) => 400,
+            ErrorKind::InvalidJson
+            | ErrorKind::InvalidRequest
+            | ErrorKind::PromptTooLong
+            | ErrorKind::PromptBlocked
+            | ErrorKind::UpstreamRejected(_) => 400,
             ErrorKind::MissingApiKey | ErrorKind::InvalidApiKey | ErrorKind::InvalidToken => 401,
             ErrorKind::PermissionDenied => 403,
             ErrorKind::Conflict => 409,
@@ -153,6 +159,7 @@ impl Error {
             ErrorKind::InvalidJson
             | ErrorKind::InvalidRequest
             | ErrorKind::PromptTooLong
+            | ErrorKind::PromptBlocked
             | ErrorKind::PayloadTooLarge
             | ErrorKind::MissingApiKey
             | ErrorKind::InvalidApiKey
@@ -195,6 +202,7 @@ impl Error {
             ErrorKind::InvalidJson => "invalid_json",
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::PromptTooLong => "context_length_exceeded",
+            ErrorKind::PromptBlocked => "prompt_blocked",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::MissingApiKey => "missing_api_key",
             ErrorKind::InvalidApiKey => "invalid_api_key",
@@ -303,6 +311,7 @@ mod tests {
         check(K::InvalidJson, 400, Downstream, "invalid_json", "invalid_request_error");
         check(K::InvalidRequest, 400, Downstream, "invalid_request", "invalid_request_error");
         check(K::PromptTooLong, 400, Downstream, "context_length_exceeded", "invalid_request_error");
+        check(K::PromptBlocked, 400, Downstream, "prompt_blocked", "invalid_request_error");
         check(K::PayloadTooLarge, 413, Downstream, "payload_too_large", "invalid_request_error");
         check(K::MissingApiKey, 401, Downstream, "missing_api_key", "authentication_error");
         check(K::InvalidApiKey, 401, Downstream, "invalid_api_key", "authentication_error");

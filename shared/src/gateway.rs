@@ -227,6 +227,7 @@ impl Gateway {
                 breaker_events: Vec::new(),
                 health_fault: None,
                 shadow: None,
+                firewall: None,
                 duration_ms: 0,
             },
             rate: None,
@@ -346,6 +347,16 @@ impl Gateway {
         let mut chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
+        // The firewall (phase 2, validate): every text the model will read, under the route's,
+        // the tenant's and the gateway's firewall policy.
+        let rules = crate::firewall::Effective::resolve(&[
+            policy.route(&chat.model).and_then(|r| r.firewall.as_ref()),
+            principal.tenant.firewall.as_ref(),
+            policy.firewall(),
+        ]);
+        let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
+        ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+        allowed?;
         let prompt = chat.estimate_prompt_tokens();
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);

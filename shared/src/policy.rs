@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::firewall::{Action, FirewallPolicy};
 use crate::health::BreakerSettings;
 use crate::jwt::{JwtIssuer, RawJwtIssuer};
 use crate::ledger::{Limit, Meter, Window};
@@ -64,6 +65,9 @@ struct RawSettings {
     /// How long to wait for providers, for routes that do not say (defaults: first byte 120 s,
     /// total 600 s).
     timeouts: Option<RawTimeouts>,
+    /// The prompt firewall for every tenant and route that does not say otherwise (default: flag
+    /// injection and personal data, block nothing).
+    firewall: Option<FirewallPolicy>,
 }
 
 /// How long to wait for a provider, per attempt. A timed-out attempt counts against the
@@ -148,6 +152,8 @@ struct RawTenant {
     /// Where the tenant's requests may be processed; checked before any routing strategy, and
     /// never relaxed: with no allowed deployment available the request fails.
     residency: Option<Residency>,
+    /// The prompt firewall for this tenant (over `settings.firewall`, under a route's).
+    firewall: Option<FirewallPolicy>,
 }
 
 /// Limits of a tenant or key; each absent one is unlimited. Minute windows are aligned to the
@@ -425,6 +431,8 @@ struct RawModel {
     /// to compare it side by side (latency, tokens, cost, similarity). The caller never waits
     /// for it and its cost is never charged to the caller's budgets.
     shadow: Option<RawShadow>,
+    /// The prompt firewall for this route (over the tenant's and `settings.firewall`).
+    firewall: Option<FirewallPolicy>,
 }
 
 /// Shadow traffic of a route.
@@ -489,6 +497,8 @@ pub struct ModelRoute {
     pub timeouts: Timeouts,
     /// Shadow traffic.
     pub shadow: Option<Shadow>,
+    /// The route's firewall policy.
+    pub firewall: Option<FirewallPolicy>,
 }
 
 /// One place an alias is served.
@@ -587,6 +597,8 @@ pub struct Tenant {
     pub features: BTreeMap<String, Limits>,
     /// Where the tenant's requests may be processed.
     pub residency: Option<Residency>,
+    /// The tenant's firewall policy.
+    pub firewall: Option<FirewallPolicy>,
 }
 
 impl Tenant {
@@ -680,6 +692,7 @@ pub struct Policy {
     refresh_ms: u64,
     estimated_output_tokens: u64,
     breaker: BreakerSettings,
+    firewall: Option<FirewallPolicy>,
 }
 
 impl Policy {
@@ -747,6 +760,7 @@ impl Policy {
                 features,
                 plan,
                 residency: t.residency,
+                firewall: t.firewall,
             };
             tenant_aliases.push((format!("tenants[{i}]"), t.models.unwrap_or_default()));
             if tenants.insert(t.id.clone(), tenant).is_some() {
@@ -866,6 +880,7 @@ impl Policy {
                 retry_budget_percent: m.retry_budget_percent.unwrap_or(20),
                 timeouts: m.timeouts.unwrap_or_default().over(default_timeouts),
                 shadow,
+                firewall: m.firewall,
             };
             let t = route.timeouts;
             if t.first_byte_ms == 0 || t.total_ms < t.first_byte_ms || t.connect_ms.is_some_and(|c| c == 0 || c > t.first_byte_ms) {
@@ -944,13 +959,25 @@ impl Policy {
             issuers.insert(issuer.issuer.clone(), issuer);
         }
 
+        let firewalls = std::iter::once(("settings.firewall".to_owned(), doc.settings.firewall.as_ref()))
+            .chain(tenants.values().map(|t| (format!("tenants[{}].firewall", t.id), t.firewall.as_ref())))
+            .chain(models.iter().map(|(a, r)| (format!("models[{a}].firewall"), r.firewall.as_ref())));
+        for (at, f) in firewalls {
+            if f.is_some_and(|f| f.injection == Some(Action::Redact)) {
+                errors.push(PolicyError {
+                    path: format!("{at}.injection"),
+                    message: "injection findings cannot be redacted; use block or flag".into(),
+                });
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
         let refresh_ms = u64::from(doc.settings.policy_refresh_seconds.unwrap_or(10)) * 1000;
         let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
         let breaker = doc.settings.breaker.unwrap_or_default();
-        Ok(Policy { version, tenants, keys, providers, models, overflow, issuers, refresh_ms, estimated_output_tokens, breaker })
+        let firewall = doc.settings.firewall;
+        Ok(Policy { version, tenants, keys, providers, models, overflow, issuers, refresh_ms, estimated_output_tokens, breaker, firewall })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
@@ -996,6 +1023,11 @@ impl Policy {
     /// How long an isolate may serve this snapshot before re-reading the store's pointers.
     pub fn refresh_ms(&self) -> u64 {
         self.refresh_ms
+    }
+
+    /// The gateway-wide firewall policy (`settings.firewall`).
+    pub fn firewall(&self) -> Option<&FirewallPolicy> {
+        self.firewall.as_ref()
     }
 
     /// Circuit breaker thresholds.

@@ -123,6 +123,9 @@ pub struct RequestRecord {
     /// request's observations (each transition is reported once, by the location's board).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breaker_events: Vec<BreakerEvent>,
+    /// What the prompt firewall found and did (rule ids, never text), when it found anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<crate::firewall::Verdict>,
     /// The shadow request of a sampled request, sent after the answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowRecord>,

@@ -7,9 +7,10 @@ pub mod injection;
 pub mod normalize;
 pub mod pii;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatRequest, Role};
 use normalize::Encoding;
@@ -98,6 +99,199 @@ pub struct Inspection {
     /// Injection score: the points of every distinct injection rule hit (a rule counts once),
     /// plus one when a hit was hidden in an encoding or invisible characters were used.
     pub score: u32,
+}
+
+/// What policy does with a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Do not look.
+    Off,
+    /// Record the findings and let the request through.
+    Flag,
+    /// Replace the finding with a placeholder before the model sees it (personal data only).
+    Redact,
+    /// Refuse the request with 400 `prompt_blocked`.
+    Block,
+}
+
+/// Firewall policy, at `settings.firewall`, `tenants[].firewall` and `models[].firewall`; for
+/// each field the most specific level that sets it wins (route, then tenant, then settings).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FirewallPolicy {
+    /// What to do when a prompt's injection score reaches `injection_threshold` (default `flag`;
+    /// `redact` is not an injection action).
+    pub injection: Option<Action>,
+    /// The injection score that counts (default 3: one high-severity rule).
+    pub injection_threshold: Option<u32>,
+    /// What to do with personal data and secrets (default `flag`).
+    pub pii: Option<Action>,
+    /// Per kind of personal data, overriding `pii`.
+    #[serde(default)]
+    pub pii_kinds: BTreeMap<pii::Pii, Action>,
+}
+
+/// The firewall settings that apply to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// Injection action.
+    pub injection: Action,
+    /// Injection score that counts.
+    pub threshold: u32,
+    /// Personal-data action by kind (others: `pii`).
+    pub pii: Action,
+    /// Overrides by kind.
+    pub pii_kinds: BTreeMap<pii::Pii, Action>,
+}
+
+impl Effective {
+    /// The settings from the most specific level that sets each field, most specific first.
+    pub fn resolve(levels: &[Option<&FirewallPolicy>]) -> Effective {
+        let levels: Vec<&FirewallPolicy> = levels.iter().flatten().copied().collect();
+        let first = |f: fn(&FirewallPolicy) -> Option<Action>| levels.iter().find_map(|l| f(l));
+        let mut pii_kinds = BTreeMap::new();
+        for l in levels.iter().rev() {
+            pii_kinds.extend(l.pii_kinds.iter().map(|(k, a)| (*k, *a)));
+        }
+        Effective {
+            injection: first(|l| l.injection).unwrap_or(Action::Flag),
+            threshold: levels.iter().find_map(|l| l.injection_threshold).unwrap_or(3),
+            pii: first(|l| l.pii).unwrap_or(Action::Flag),
+            pii_kinds,
+        }
+    }
+
+    /// The action for personal data of `kind`.
+    pub fn pii_action(&self, kind: pii::Pii) -> Action {
+        self.pii_kinds.get(&kind).copied().unwrap_or(self.pii)
+    }
+
+    /// Whether anything is looked at.
+    pub fn is_off(&self) -> bool {
+        self.injection == Action::Off && self.pii == Action::Off && self.pii_kinds.values().all(|a| *a == Action::Off)
+    }
+}
+
+/// What the validate phase decided, for the record: never prompt text — a blocked prompt is
+/// kept only as the SHA-256 of the request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// The injection score.
+    pub score: u32,
+    /// `blocked`, `redacted` or `flagged`; absent when nothing was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// Each finding's rule, rule set, severity and text index (no spans, no text).
+    pub findings: Vec<FindingId>,
+    /// SHA-256 (hex) of the request body, when it was blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_sha256: Option<String>,
+}
+
+/// A finding without its span, for records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FindingId {
+    /// Rule id.
+    pub rule: &'static str,
+    /// Rule set version.
+    pub rule_set: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// Which text of the request.
+    pub message: usize,
+    /// Where, if hidden in an encoding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<Encoding>,
+}
+
+/// The validate phase's firewall step: inspects `chat` under `rules` and returns the verdict for
+/// the record, with `Err(prompt_blocked)` when policy blocks what was found. When the request may
+/// go on, the personal data whose action is `redact` has been replaced in `chat`.
+pub fn enforce(chat: &mut ChatRequest, rules: &Effective, body: &[u8]) -> (Verdict, Result<(), crate::Error>) {
+    if rules.is_off() {
+        return (Verdict::default(), Ok(()));
+    }
+    let inspection = inspect(chat);
+    let mut verdict = Verdict { score: inspection.score, ..Verdict::default() };
+    let injection_on = rules.injection != Action::Off && inspection.score >= rules.threshold;
+    let mut blocked: Vec<&'static str> = Vec::new();
+    let mut redact = false;
+    for f in &inspection.findings {
+        let action = match f.rule.split_once('.').map(|(family, _)| family) {
+            Some("injection") if injection_on => rules.injection,
+            Some("injection") => continue,
+            _ => match pii_kind(f.rule) {
+                Some(kind) => rules.pii_action(kind),
+                None => continue,
+            },
+        };
+        if action == Action::Off {
+            continue;
+        }
+        verdict.findings.push(FindingId { rule: f.rule, rule_set: f.rule_set, severity: f.severity, message: f.message, view: f.view });
+        match action {
+            Action::Block => blocked.push(f.rule),
+            Action::Redact => redact = true,
+            Action::Flag | Action::Off => {}
+        }
+    }
+    if !blocked.is_empty() {
+        blocked.dedup();
+        verdict.action = Some("blocked");
+        verdict.prompt_sha256 = Some(crate::policy::hex(&<sha2::Sha256 as sha2::Digest>::digest(body)));
+        let e =
+            crate::Error::new(crate::ErrorKind::PromptBlocked, format!("the prompt was blocked by policy (rules: {})", blocked.join(", ")))
+                .with_param("messages");
+        return (verdict, Err(e));
+    }
+    if redact {
+        redact_chat(chat, rules);
+        verdict.action = Some("redacted");
+    } else if !verdict.findings.is_empty() {
+        verdict.action = Some("flagged");
+    }
+    (verdict, Ok(()))
+}
+
+fn pii_kind(rule: &str) -> Option<pii::Pii> {
+    use pii::Pii::*;
+    [CardNumber, Iban, Email, Phone, UsSsn, IpAddress, ApiKey, PrivateKey, Jwt].into_iter().find(|k| k.rule_id() == rule)
+}
+
+/// Replaces, in every message text part and tool-call argument, the personal data whose action
+/// is `redact` with its placeholder.
+fn redact_chat(chat: &mut ChatRequest, rules: &Effective) {
+    let clean = |text: &str| -> Option<String> {
+        let found: Vec<pii::Finding> = pii::scan(text).into_iter().filter(|f| rules.pii_action(f.kind) == Action::Redact).collect();
+        (!found.is_empty()).then(|| pii::redact(text, &found))
+    };
+    for m in &mut chat.messages {
+        match &mut m.content {
+            Some(serde_json::Value::String(s)) => {
+                if let Some(c) = clean(s) {
+                    *s = c;
+                }
+            }
+            Some(serde_json::Value::Array(parts)) => {
+                for part in parts {
+                    if let Some(serde_json::Value::String(s)) = part.get_mut("text")
+                        && let Some(c) = clean(s)
+                    {
+                        *s = c;
+                    }
+                }
+            }
+            _ => {}
+        }
+        for call in m.tool_calls.iter_mut().flatten() {
+            if let Some(c) = clean(&call.function.arguments) {
+                call.function.arguments = c;
+            }
+        }
+    }
 }
 
 /// Inspects every text of `chat`.
