@@ -308,9 +308,23 @@ impl Gateway {
         let origin = routing::origin(req.extensions().get::<Origin>(), req.headers(), principal.key.roles)?;
         let ask = |alias, chat, prompt_tokens, output_tokens| routing::Ask { alias, origin: &origin, chat, prompt_tokens, output_tokens };
 
+        // The firewall policy for a model alias: the route's, then the tenant's, then the gateway's.
+        let firewall = |alias: &str| {
+            crate::firewall::Effective::resolve(&[
+                policy.route(alias).and_then(|r| r.firewall.as_ref()),
+                principal.tenant.firewall.as_ref(),
+                policy.firewall(),
+            ])
+        };
+
         if route == Route::Embeddings {
-            let embed = EmbeddingsRequest::parse(req.body())?;
+            let mut embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
+            let rules = firewall(&embed.model);
+            let (verdict, allowed) = crate::firewall::enforce_embeddings(&mut embed, &rules, req.body());
+            ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+            allowed?;
+            let embed = embed;
             let tokens = embed.estimate_tokens();
             let plan = self.plan(host, ctx, &policy, &principal, ask(&embed.model, None, tokens, 0)).await?;
             let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
@@ -321,8 +335,14 @@ impl Gateway {
         }
 
         if route == Route::CountTokens {
-            let chat = dialect::anthropic::parse_count_tokens(req.body())?;
+            let mut chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
+            // Counting sends the prompt to a provider too: the same firewall applies.
+            let rules = firewall(&chat.model);
+            let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
+            ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+            allowed?;
+            let chat = chat;
             let scope = phases::Scope { alias: &chat.model, feature: phases::feature(&principal.tenant, req.headers(), None) };
             self.admit(host, ctx, &policy, &principal, scope, &[], Amounts::default()).await?;
             let mut plan = self.plan(host, ctx, &policy, &principal, ask(&chat.model, Some(&chat), 0, 0)).await;
@@ -347,13 +367,8 @@ impl Gateway {
         let mut chat = phases::validate(ctx.dialect, req.body())?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
-        // The firewall (phase 2, validate): every text the model will read, under the route's,
-        // the tenant's and the gateway's firewall policy.
-        let rules = crate::firewall::Effective::resolve(&[
-            policy.route(&chat.model).and_then(|r| r.firewall.as_ref()),
-            principal.tenant.firewall.as_ref(),
-            policy.firewall(),
-        ]);
+        // The firewall (phase 2, validate): every text the model will read.
+        let rules = firewall(&chat.model);
         let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
         ctx.record.firewall = verdict.action.is_some().then_some(verdict);
         allowed?;

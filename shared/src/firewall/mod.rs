@@ -69,6 +69,8 @@ pub enum Source {
     ToolCall,
     /// A tool's description or parameter schema.
     ToolDefinition,
+    /// An input to embed.
+    Embedding,
 }
 
 /// Every text of a request that a model will read, in order: each message's content (all
@@ -214,7 +216,49 @@ pub fn enforce(chat: &mut ChatRequest, rules: &Effective, body: &[u8]) -> (Verdi
     if rules.is_off() {
         return (Verdict::default(), Ok(()));
     }
-    let inspection = inspect(chat);
+    let (verdict, decided) = decide(&inspect(chat), rules, body);
+    if decided == Ok(true) {
+        redact_chat(chat, rules);
+    }
+    (verdict, decided.map(|_| ()))
+}
+
+/// [`enforce`] for an embeddings request: every input string is inspected, and redacted in place.
+pub fn enforce_embeddings(
+    embed: &mut crate::embeddings::EmbeddingsRequest,
+    rules: &Effective,
+    body: &[u8],
+) -> (Verdict, Result<(), crate::Error>) {
+    if rules.is_off() {
+        return (Verdict::default(), Ok(()));
+    }
+    let texts: Vec<(Source, String)> = embed.texts().into_iter().map(|t| (Source::Embedding, t)).collect();
+    let (verdict, decided) = decide(&inspect_texts(&texts), rules, body);
+    if decided == Ok(true) {
+        let redact = |s: &mut String| {
+            let found: Vec<pii::Finding> = pii::scan(s).into_iter().filter(|f| rules.pii_action(f.kind) == Action::Redact).collect();
+            if !found.is_empty() {
+                *s = pii::redact(s, &found);
+            }
+        };
+        match &mut embed.input {
+            serde_json::Value::String(s) => redact(s),
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    if let serde_json::Value::String(s) = item {
+                        redact(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (verdict, decided.map(|_| ()))
+}
+
+/// The verdict on an inspection under `rules`: `Err(prompt_blocked)` if anything found is
+/// blocked, else whether something is to be redacted.
+fn decide(inspection: &Inspection, rules: &Effective, body: &[u8]) -> (Verdict, Result<bool, crate::Error>) {
     let mut verdict = Verdict { score: inspection.score, ..Verdict::default() };
     let injection_on = rules.injection != Action::Off && inspection.score >= rules.threshold;
     let mut blocked: Vec<&'static str> = Vec::new();
@@ -248,12 +292,11 @@ pub fn enforce(chat: &mut ChatRequest, rules: &Effective, body: &[u8]) -> (Verdi
         return (verdict, Err(e));
     }
     if redact {
-        redact_chat(chat, rules);
         verdict.action = Some("redacted");
     } else if !verdict.findings.is_empty() {
         verdict.action = Some("flagged");
     }
-    (verdict, Ok(()))
+    (verdict, Ok(redact))
 }
 
 fn pii_kind(rule: &str) -> Option<pii::Pii> {
