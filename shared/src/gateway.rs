@@ -164,6 +164,8 @@ struct Ctx {
     dialect: &'static dyn Dialect,
     health: Option<HealthReport>,
     shadow: Option<ShadowJob>,
+    /// Phase 6, guard: personal data in the answer, when policy looks for it.
+    guard: Option<crate::firewall::guard::OutputGuard>,
 }
 
 /// A sampled request's shadow: sent to `candidate` after the answer, compared with it.
@@ -228,12 +230,14 @@ impl Gateway {
                 health_fault: None,
                 shadow: None,
                 firewall: None,
+                guard: None,
                 duration_ms: 0,
             },
             rate: None,
             account: Account::default(),
             health: None,
             shadow: None,
+            guard: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -372,6 +376,7 @@ impl Gateway {
         let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
         ctx.record.firewall = verdict.action.is_some().then_some(verdict);
         allowed?;
+        ctx.guard = rules.output_guard();
         let prompt = chat.estimate_prompt_tokens();
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
@@ -801,8 +806,14 @@ impl Gateway {
             return Ok((status, Reply::Stream { upstream: body, decoder, encoder, held }));
         }
         let bytes = collect(body, MAX_UPSTREAM_BYTES).await.map_err(|e| (Some(status), e))?;
-        let completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
+        let mut completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
         ctx.record.usage = completion.usage;
+        // Phase 6, guard, for a whole answer.
+        if let Some(guard) = ctx.guard.as_mut()
+            && let Some(body) = guard.completion(&completion.body)
+        {
+            completion.body = Bytes::from(body);
+        }
         if let Some(job) = ctx.shadow.as_mut() {
             let text = serde_json::from_slice::<serde_json::Value>(&completion.body).ok();
             job.primary_text = text.and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned)).unwrap_or_default();
@@ -1009,11 +1020,12 @@ struct Finish {
     account: Account,
     health: Option<HealthReport>,
     shadow: Option<ShadowJob>,
+    guard: Option<crate::firewall::guard::OutputGuard>,
 }
 
 impl From<Ctx> for Finish {
     fn from(ctx: Ctx) -> Self {
-        Finish { record: ctx.record, account: ctx.account, health: ctx.health, shadow: ctx.shadow }
+        Finish { record: ctx.record, account: ctx.account, health: ctx.health, shadow: ctx.shadow, guard: ctx.guard }
     }
 }
 
@@ -1022,7 +1034,8 @@ impl Finish {
     /// isolate's board, and — as deferred work — settles the ledger hold, sends observations to the
     /// location's board when a sync is due, and exports the record.
     /// A sampled request's shadow is sent last, after the caller has its answer.
-    fn run<H: Host>(self, host: &H) {
+    fn run<H: Host>(mut self, host: &H) {
+        self.record.guard = self.guard.as_ref().and_then(crate::firewall::OutputVerdict::of);
         finish(host, self.record, self.account, self.health, self.shadow);
     }
 }
@@ -1213,6 +1226,11 @@ impl<H: Host> Relay<H> {
                     if let (Some(u), Some(r)) = (usage, self.record()) {
                         r.usage = Some(u);
                     }
+                    // Phase 6, guard, chunk by chunk.
+                    let json = match self.finisher.as_mut() {
+                        Some((_, Finish { guard: Some(g), .. })) => g.chunk(&json),
+                        _ => json,
+                    };
                     if let Some((_, Finish { shadow: Some(job), .. })) = self.finisher.as_mut() {
                         job.primary_text.push_str(&chunk_text(&json));
                     }
@@ -1220,6 +1238,14 @@ impl<H: Host> Relay<H> {
                     self.out.extend(frames);
                 }
                 StreamEvent::Done => {
+                    let rest = match self.finisher.as_mut() {
+                        Some((_, Finish { guard: Some(g), .. })) => g.close(),
+                        _ => None,
+                    };
+                    if let Some(json) = rest {
+                        let frames = self.encoder.chunk(&json, None, false);
+                        self.out.extend(frames);
+                    }
                     let frames = self.encoder.done();
                     self.out.extend(frames);
                     self.ended = true;

@@ -963,6 +963,12 @@ impl Policy {
             .chain(tenants.values().map(|t| (format!("tenants[{}].firewall", t.id), t.firewall.as_ref())))
             .chain(models.iter().map(|(a, r)| (format!("models[{a}].firewall"), r.firewall.as_ref())));
         for (at, f) in firewalls {
+            if f.is_some_and(|f| f.output_pii == Some(Action::Block)) {
+                errors.push(PolicyError {
+                    path: format!("{at}.output_pii"),
+                    message: "answers are redacted or flagged, not blocked; use redact or flag".into(),
+                });
+            }
             if f.is_some_and(|f| f.injection == Some(Action::Redact)) {
                 errors.push(PolicyError {
                     path: format!("{at}.injection"),

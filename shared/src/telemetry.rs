@@ -126,6 +126,9 @@ pub struct RequestRecord {
     /// What the prompt firewall found and did (rule ids, never text), when it found anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall: Option<crate::firewall::Verdict>,
+    /// Personal data the guard phase found in the answer (rule ids), and what it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::firewall::OutputVerdict>,
     /// The shadow request of a sampled request, sent after the answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowRecord>,

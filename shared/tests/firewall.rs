@@ -263,6 +263,49 @@ mod enforcement {
     }
 
     #[test]
+    fn personal_data_in_answers_is_redacted_whole_and_streamed_across_chunk_boundaries() {
+        let doc = json!({
+            "tenants": [{"id": "t"}],
+            "keys": [{"id": "k", "tenant": "t", "hash": key_hash_string("sk")}],
+            "providers": [{"id": "p", "kind": "openai_compatible", "base_url": "http://p.test/v1"}],
+            "models": [{"alias": "m", "firewall": {"output_pii": "redact"}, "targets": [{"provider": "p", "model": "m"}]}]
+        });
+        let h = TestHost::new(1_800_000_000_000, &doc.to_string());
+        let answer = r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Write to jo@example.com"},"finish_reason":"stop"}]}"#;
+        h.script(Scripted::json(200, answer));
+        let ask = |stream: bool| {
+            let body = json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "contact?"}]}).to_string();
+            http::Request::post("https://gw/v1/chat/completions")
+                .header("authorization", "Bearer sk")
+                .body(Bytes::from(body))
+                .unwrap_or_else(|_| unreachable!())
+        };
+        let (_, bytes) = h.call(&Gateway::new(), ask(false));
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        assert_eq!(v["choices"][0]["message"]["content"], "Write to [EMAIL]");
+        let record = serde_json::to_value(h.drain_records().pop()).unwrap_or_default();
+        assert_eq!(record["guard"], json!({"action": "redacted", "rules": ["pii.email"]}));
+
+        let chunk = |content: &str, finish: Option<&str>| {
+            let c = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]});
+            format!("data: {c}\n\n")
+        };
+        let pieces =
+            [chunk("Card 4111 1111 ", None), chunk("1111 1111 on file", None), chunk("", Some("stop")), "data: [DONE]\n\n".to_owned()];
+        h.script(Scripted::sse(&pieces.iter().map(String::as_str).collect::<Vec<_>>()));
+        let (_, bytes) = h.call(&Gateway::new(), ask(true));
+        let text: String = String::from_utf8_lossy(&bytes)
+            .split("\n\n")
+            .filter_map(|f| f.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(text, "Card [CARD_NUMBER] on file");
+        assert!(!String::from_utf8_lossy(&bytes).contains("1111"), "no piece of the number was sent");
+    }
+
+    #[test]
     fn injection_cannot_be_redacted() {
         let doc = json!({"settings": {"firewall": {"injection": "redact"}}});
         let errors = edgegate_core::policy::Policy::compile(doc.to_string().as_bytes()).err().unwrap_or_default();

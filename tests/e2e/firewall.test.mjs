@@ -1,7 +1,8 @@
 // The prompt firewall on the built wasm, in workerd and in the Spin host: a route that blocks
 // injection answers an OpenAI-shaped 400 `prompt_blocked` and sends nothing upstream, its record
 // keeps only the body's hash and the rule ids; personal data is redacted before the provider
-// sees it; an attack hidden in base64 is found like a plain one.
+// sees it; an attack hidden in base64 is found like a plain one; personal data in a streamed
+// answer is redacted across chunk boundaries (the simulator streams word by word).
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -18,6 +19,8 @@ function policy(simUrl) {
     models: [
       { alias: "guarded", firewall: { injection: "block" }, targets: [{ provider: "sim", model: "sim-model" }] },
       { alias: "open", targets: [{ provider: "sim", model: "sim-model" }] },
+      // Lets personal data in (flagged) and redacts it in the answer, which the simulator echoes.
+      { alias: "echo", firewall: { pii: "flag", output_pii: "redact" }, targets: [{ provider: "sim", model: "sim-model" }] },
     ],
     settings: { policy_refresh_seconds: 0 },
   };
@@ -73,6 +76,22 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.ok(!JSON.stringify(rec).includes("password"), "no prompt text in the record");
       }
       assert.equal((await sim.received()).length, 0, "nothing reached the provider");
+    });
+
+    it("redacts personal data in a streamed answer across chunk boundaries", async () => {
+      const r = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "echo", stream: true, messages: [{ role: "user", content: "card 4111 1111 1111 1111 mail jo@example.com ok" }] }),
+      });
+      const text = await r.text();
+      const frames = text.split("\n\n").filter((f) => f.startsWith("data: ") && !f.includes("[DONE]")).map((f) => JSON.parse(f.slice(6)));
+      const answer = frames.map((c) => c.choices?.[0]?.delta?.content ?? "").join("");
+      assert.match(answer, /card \[CARD_NUMBER\] mail \[EMAIL\] ok/);
+      assert.ok(!text.includes("1111") && !text.includes("jo@example.com"), "no piece reached the client");
+      assert.ok(text.trimEnd().endsWith("data: [DONE]"));
+      const rec = await recordOf(r.headers.get("x-request-id"));
+      assert.deepEqual(rec.guard, { action: "redacted", rules: ["pii.card_number", "pii.email"] });
     });
 
     it("redacts personal data before the provider sees it", async () => {

@@ -3,6 +3,7 @@
 //! detectors ([`pii`]). Findings are data — rule id, rule-set version, severity, where — and
 //! policy decides what to do with them; nothing here blocks, logs or rewrites on its own.
 
+pub mod guard;
 pub mod injection;
 pub mod normalize;
 pub mod pii;
@@ -134,6 +135,10 @@ pub struct FirewallPolicy {
     /// Per kind of personal data, overriding `pii`.
     #[serde(default)]
     pub pii_kinds: BTreeMap<pii::Pii, Action>,
+    /// What to do with personal data and secrets in the model's answer: `off` (default), `flag`,
+    /// or `redact` — streams too, across chunk boundaries, holding back at most
+    /// [`guard::WINDOW`] bytes.
+    pub output_pii: Option<Action>,
 }
 
 /// The firewall settings that apply to one request.
@@ -147,6 +152,8 @@ pub struct Effective {
     pub pii: Action,
     /// Overrides by kind.
     pub pii_kinds: BTreeMap<pii::Pii, Action>,
+    /// Personal data in answers.
+    pub output_pii: Action,
 }
 
 impl Effective {
@@ -163,6 +170,18 @@ impl Effective {
             threshold: levels.iter().find_map(|l| l.injection_threshold).unwrap_or(3),
             pii: first(|l| l.pii).unwrap_or(Action::Flag),
             pii_kinds,
+            output_pii: first(|l| l.output_pii).unwrap_or(Action::Off),
+        }
+    }
+
+    /// The guard for answers, if personal data in them is flagged or redacted.
+    pub fn output_guard(&self) -> Option<guard::OutputGuard> {
+        use pii::Pii::*;
+        let all = vec![CardNumber, Iban, Email, Phone, UsSsn, IpAddress, ApiKey, PrivateKey, Jwt];
+        match self.output_pii {
+            Action::Redact => Some(guard::OutputGuard::new(all, true)),
+            Action::Flag => Some(guard::OutputGuard::new(all, false)),
+            Action::Off | Action::Block => None,
         }
     }
 
@@ -171,7 +190,7 @@ impl Effective {
         self.pii_kinds.get(&kind).copied().unwrap_or(self.pii)
     }
 
-    /// Whether anything is looked at.
+    /// Whether anything in the request is looked at.
     pub fn is_off(&self) -> bool {
         self.injection == Action::Off && self.pii == Action::Off && self.pii_kinds.values().all(|a| *a == Action::Off)
     }
@@ -191,6 +210,26 @@ pub struct Verdict {
     /// SHA-256 (hex) of the request body, when it was blocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_sha256: Option<String>,
+}
+
+/// What the guard phase found in an answer, for records: the rules, never the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutputVerdict {
+    /// `redacted` or `flagged`.
+    pub action: &'static str,
+    /// Rule ids found.
+    pub rules: Vec<&'static str>,
+}
+
+impl OutputVerdict {
+    /// The verdict of a guard, if it found anything.
+    pub fn of(guard: &guard::OutputGuard) -> Option<OutputVerdict> {
+        let found = guard.found();
+        (!found.is_empty()).then(|| OutputVerdict {
+            action: if guard.redacts() { "redacted" } else { "flagged" },
+            rules: found.into_iter().map(pii::Pii::rule_id).collect(),
+        })
+    }
 }
 
 /// A finding without its span, for records.
