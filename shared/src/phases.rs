@@ -256,9 +256,9 @@ pub fn ask(plan: &[Candidate], prompt: u64, output: u64) -> Amounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// The provider to call.
-    pub provider: Provider,
+    pub provider: Rc<Provider>,
     /// The model to ask it for.
-    pub target: Target,
+    pub target: Rc<Target>,
 }
 
 #[cfg(test)]
@@ -377,13 +377,13 @@ mod tests {
     fn the_ask_holds_the_dearest_priced_candidate() {
         let p = policy();
         let candidate = |model: &str, price: Option<(u64, u64)>| Candidate {
-            provider: p.provider("m").cloned().unwrap_or_else(|| unreachable!()),
-            target: Target {
+            provider: p.provider_rc("m").cloned().unwrap_or_else(|| unreachable!()),
+            target: Rc::new(Target {
                 provider: "m".into(),
                 model: model.into(),
                 price: price.map(|(i, o)| crate::policy::Price { input_micro_usd_per_mtok: i, output_micro_usd_per_mtok: o }),
                 ..Target::default()
-            },
+            }),
         };
         let plan =
             [candidate("cheap", Some((150_000, 600_000))), candidate("free", None), candidate("dear", Some((2_500_000, 10_000_000)))];

@@ -4,6 +4,7 @@
 //! with the JSON path of the offending value, and precomputes the per-request lookups.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -451,7 +452,7 @@ struct RawShadow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shadow {
     /// Where to mirror.
-    pub target: Target,
+    pub target: Rc<Target>,
     /// Share of requests mirrored, percent.
     pub percent: u8,
 }
@@ -480,7 +481,7 @@ pub enum Degraded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRoute {
     /// Targets, as listed.
-    pub targets: Vec<Target>,
+    pub targets: Vec<Rc<Target>>,
     /// The alias's limits (counters `model:{alias}/...`).
     pub limits: Limits,
     /// How targets are ordered.
@@ -685,7 +686,7 @@ pub struct Policy {
     pub version: String,
     tenants: HashMap<String, Tenant>,
     keys: HashMap<[u8; 32], ApiKey>,
-    providers: HashMap<String, Provider>,
+    providers: HashMap<String, Rc<Provider>>,
     models: BTreeMap<String, ModelRoute>,
     overflow: HashMap<String, String>,
     issuers: HashMap<String, JwtIssuer>,
@@ -804,7 +805,7 @@ impl Policy {
                 quirks: p.quirks,
                 location: p.location,
             };
-            if providers.insert(p.id.clone(), provider).is_some() {
+            if providers.insert(p.id.clone(), Rc::new(provider)).is_some() {
                 err(format!("providers[{i}].id"), format!("duplicate provider id {:?}", p.id));
             }
         }
@@ -832,9 +833,10 @@ impl Policy {
                 });
                 Target { provider: t.provider, model: t.model, price, weight: t.weight.unwrap_or(1), class: t.class }
             };
-            let targets: Vec<Target> =
-                m.targets.into_iter().enumerate().map(|(j, t)| target(t, format!("models[{i}].targets[{j}]"))).collect();
-            let shadow = m.shadow.map(|s| Shadow { target: target(s.target, format!("models[{i}].shadow.target")), percent: s.percent });
+            let targets: Vec<Rc<Target>> =
+                m.targets.into_iter().enumerate().map(|(j, t)| Rc::new(target(t, format!("models[{i}].targets[{j}]")))).collect();
+            let shadow =
+                m.shadow.map(|s| Shadow { target: Rc::new(target(s.target, format!("models[{i}].shadow.target"))), percent: s.percent });
             if let Some(s) = &shadow {
                 if !providers.contains_key(&s.target.provider) {
                     err(format!("models[{i}].shadow.target.provider"), format!("unknown provider {:?}", s.target.provider));
@@ -1008,6 +1010,11 @@ impl Policy {
 
     /// A provider by id.
     pub fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.get(id).map(|p| &**p)
+    }
+
+    /// A provider by id, shared (plans hold it without copying it).
+    pub fn provider_rc(&self, id: &str) -> Option<&Rc<Provider>> {
         self.providers.get(id)
     }
 

@@ -12,6 +12,7 @@
 //! drawn by the caller from the entropy port.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -309,11 +310,11 @@ pub fn plan(policy: &Policy, principal: &Principal, ask: Ask<'_>, board: &Board,
 
     let mut candidates = Vec::with_capacity(route.targets.len());
     for t in &route.targets {
-        let provider = policy.provider(&t.provider).ok_or_else(|| Error::new(ErrorKind::Internal, "route names a missing provider"))?;
+        let provider = policy.provider_rc(&t.provider).ok_or_else(|| Error::new(ErrorKind::Internal, "route names a missing provider"))?;
         let refusal = constraints.iter().find_map(|(who, c)| c.refuses(&provider.location).map(|why| format!("{who} residency: {why}")));
         match refusal {
             Some(reason) => decision.removed.push(Removed { provider: t.provider.clone(), model: t.model.clone(), reason }),
-            None => candidates.push(Candidate { provider: provider.clone(), target: t.clone() }),
+            None => candidates.push(Candidate { provider: Rc::clone(provider), target: Rc::clone(t) }),
         }
     }
     match route.strategy {
@@ -363,12 +364,12 @@ pub fn shadow(policy: &Policy, principal: &Principal, ask: Ask<'_>, random: u64)
     if random % 100 >= u64::from(s.percent) {
         return None;
     }
-    let provider = policy.provider(&s.target.provider)?;
+    let provider = policy.provider_rc(&s.target.provider)?;
     let allowed = [principal.tenant.residency.as_ref(), route.residency.as_ref()]
         .into_iter()
         .flatten()
         .all(|r| r.for_origin(ask.origin).refuses(&provider.location).is_none());
-    allowed.then(|| Candidate { provider: provider.clone(), target: s.target.clone() })
+    allowed.then(|| Candidate { provider: Rc::clone(provider), target: Rc::clone(&s.target) })
 }
 
 /// Orders `candidates` by weighted sampling without replacement, driven by `random`.
