@@ -1210,6 +1210,37 @@ mod tests {
     }
 
     #[test]
+    fn tenant_ids_may_not_take_the_names_reserved_for_health_boards() {
+        assert_eq!(errors(r#"{"tenants":[{"id":"~health/default"}]}"#)[0].0, "tenants[0].id");
+        assert_eq!(errors(r#"{"tenants":[{"id":""}]}"#)[0].0, "tenants[0].id");
+        assert!(errors(r#"{"tenants":[{"id":"acme~1"}]}"#).is_empty());
+    }
+
+    #[test]
+    fn route_settings_are_checked() {
+        let route = |extra: &str| {
+            format!(
+                r#"{{"providers":[{{"id":"p","kind":"mock"}}],"models":[{{"alias":"a","targets":[{{"provider":"p","model":"m"}}]{extra}}},{{"alias":"b","targets":[{{"provider":"p","model":"m"}}]}}]}}"#
+            )
+        };
+        assert_eq!(errors(&route(r#","degraded":{"reply":"busy"}"#))[0].0, "models[0].degraded", "only non-critical routes degrade");
+        assert!(errors(&route(r#","critical":false,"degraded":{"reply":"busy"}"#)).is_empty());
+        assert_eq!(errors(&route(r#","critical":false,"degraded":{"alias":"a"}"#))[0].0, "models[0].degraded.alias");
+        assert_eq!(errors(&route(r#","critical":false,"degraded":{"alias":"b","reply":"x"}"#))[0].0, "models[0].degraded");
+        assert_eq!(errors(&route(r#","retry_budget_percent":101"#))[0].0, "models[0].retry_budget_percent");
+        assert_eq!(errors(&route(r#","shadow":{"percent":0,"target":{"provider":"p","model":"m"}}"#))[0].0, "models[0].shadow.percent");
+        assert_eq!(
+            errors(&route(r#","shadow":{"percent":5,"target":{"provider":"q","model":"m"}}"#))[0].0,
+            "models[0].shadow.target.provider"
+        );
+        let weightless = r#"{"providers":[{"id":"p","kind":"mock"}],"models":[{"alias":"a","strategy":"weighted","targets":[{"provider":"p","model":"m","weight":0}]}]}"#;
+        assert_eq!(
+            errors(weightless),
+            [("models[0].targets".to_owned(), "the weighted strategy needs a target with a weight above 0".to_owned())]
+        );
+    }
+
+    #[test]
     fn unknown_fields_and_wrong_types_name_their_path() {
         assert_eq!(errors(r#"{"tenants":[{"id":"a","color":"red"}]}"#)[0].0, "tenants[0].color");
         assert_eq!(
