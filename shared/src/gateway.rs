@@ -815,8 +815,7 @@ impl Gateway {
             completion.body = Bytes::from(body);
         }
         if let Some(job) = ctx.shadow.as_mut() {
-            let text = serde_json::from_slice::<serde_json::Value>(&completion.body).ok();
-            job.primary_text = text.and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned)).unwrap_or_default();
+            job.primary_text = first_text(&completion.body, "message");
         }
         let body = ctx.dialect.render_completion(&completion).map_err(|e| (Some(status), e))?;
         Ok((status, Reply::Json(StatusCode::OK, body)))
@@ -1120,10 +1119,7 @@ async fn run_shadow<H: Host>(host: &H, job: ShadowJob, request_id: &str, primary
     };
     match answer.await {
         Ok(completion) => {
-            let text = serde_json::from_slice::<serde_json::Value>(&completion.body)
-                .ok()
-                .and_then(|v| v["choices"][0]["message"]["content"].as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let text = first_text(&completion.body, "message");
             record.similarity_permille = Some(crate::telemetry::similarity(&job.primary_text, &text));
             record.usage = completion.usage;
             record.cost_micro_usd = completion.usage.zip(c.target.price).map(|(u, p)| p.cost(u.prompt_tokens(), u.completion_tokens()));
@@ -1134,12 +1130,11 @@ async fn run_shadow<H: Host>(host: &H, job: ShadowJob, request_id: &str, primary
     record
 }
 
-/// The text a stream chunk (OpenAI `chat.completion.chunk` JSON) adds to the first choice.
-fn chunk_text(json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// The first choice's text in OpenAI JSON: `part` is `message` for a completion, `delta` for a
+/// stream chunk.
+fn first_text(json: &[u8], part: &str) -> String {
+    let v = serde_json::from_slice::<serde_json::Value>(json).unwrap_or_default();
+    v["choices"][0][part]["content"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Applies a request's observations to the isolate's board at once; returns what to send to the
@@ -1232,7 +1227,7 @@ impl<H: Host> Relay<H> {
                         _ => json,
                     };
                     if let Some((_, Finish { shadow: Some(job), .. })) = self.finisher.as_mut() {
-                        job.primary_text.push_str(&chunk_text(&json));
+                        job.primary_text.push_str(&first_text(json.as_bytes(), "delta"));
                     }
                     let frames = self.encoder.chunk(&json, usage, usage_only);
                     self.out.extend(frames);

@@ -53,7 +53,8 @@ pub struct Finding {
     /// Where: the folded text (`None`) or a decoded payload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub view: Option<Encoding>,
-    /// Byte range in that view (for personal data: in the text as sent).
+    /// Byte range in that view (for personal data: in the text as sent). Not recorded.
+    #[serde(skip)]
     pub span: Range<usize>,
 }
 
@@ -176,11 +177,9 @@ impl Effective {
 
     /// The guard for answers, if personal data in them is flagged or redacted.
     pub fn output_guard(&self) -> Option<guard::OutputGuard> {
-        use pii::Pii::*;
-        let all = vec![CardNumber, Iban, Email, Phone, UsSsn, IpAddress, ApiKey, PrivateKey, Jwt];
         match self.output_pii {
-            Action::Redact => Some(guard::OutputGuard::new(all, true)),
-            Action::Flag => Some(guard::OutputGuard::new(all, false)),
+            Action::Redact => Some(guard::OutputGuard::new(pii::Pii::ALL.to_vec(), true)),
+            Action::Flag => Some(guard::OutputGuard::new(pii::Pii::ALL.to_vec(), false)),
             Action::Off | Action::Block => None,
         }
     }
@@ -206,7 +205,7 @@ pub struct Verdict {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
     /// Each finding's rule, rule set, severity and text index (no spans, no text).
-    pub findings: Vec<FindingId>,
+    pub findings: Vec<Finding>,
     /// SHA-256 (hex) of the request body, when it was blocked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_sha256: Option<String>,
@@ -230,22 +229,6 @@ impl OutputVerdict {
             rules: found.into_iter().map(pii::Pii::rule_id).collect(),
         })
     }
-}
-
-/// A finding without its span, for records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FindingId {
-    /// Rule id.
-    pub rule: &'static str,
-    /// Rule set version.
-    pub rule_set: &'static str,
-    /// Severity.
-    pub severity: Severity,
-    /// Which text of the request.
-    pub message: usize,
-    /// Where, if hidden in an encoding.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub view: Option<Encoding>,
 }
 
 /// The validate phase's firewall step: inspects `chat` under `rules` and returns the verdict for
@@ -314,7 +297,7 @@ fn decide(inspection: &Inspection, rules: &Effective, body: &[u8]) -> (Verdict, 
         if action == Action::Off {
             continue;
         }
-        verdict.findings.push(FindingId { rule: f.rule, rule_set: f.rule_set, severity: f.severity, message: f.message, view: f.view });
+        verdict.findings.push(f.clone());
         match action {
             Action::Block => blocked.push(f.rule),
             Action::Redact => redact = true,
@@ -339,8 +322,7 @@ fn decide(inspection: &Inspection, rules: &Effective, body: &[u8]) -> (Verdict, 
 }
 
 fn pii_kind(rule: &str) -> Option<pii::Pii> {
-    use pii::Pii::*;
-    [CardNumber, Iban, Email, Phone, UsSsn, IpAddress, ApiKey, PrivateKey, Jwt].into_iter().find(|k| k.rule_id() == rule)
+    pii::Pii::ALL.into_iter().find(|k| k.rule_id() == rule)
 }
 
 /// Replaces, in every message text part and tool-call argument, the personal data whose action

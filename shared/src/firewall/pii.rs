@@ -33,6 +33,10 @@ pub enum Pii {
 }
 
 impl Pii {
+    /// Every kind.
+    pub const ALL: [Pii; 9] =
+        [Pii::CardNumber, Pii::Iban, Pii::Email, Pii::Phone, Pii::UsSsn, Pii::IpAddress, Pii::ApiKey, Pii::PrivateKey, Pii::Jwt];
+
     /// The rule id findings carry.
     pub fn rule_id(self) -> &'static str {
         match self {
