@@ -314,11 +314,10 @@ impl Gateway {
 
         // The firewall policy for a model alias: the route's, then the tenant's, then the gateway's.
         let firewall = |alias: &str| {
-            crate::firewall::Effective::resolve(&[
-                policy.route(alias).and_then(|r| r.firewall.as_ref()),
-                principal.tenant.firewall.as_ref(),
-                policy.firewall(),
-            ])
+            crate::firewall::Effective::resolve(
+                &[policy.route(alias).and_then(|r| r.firewall.as_ref()), principal.tenant.firewall.as_ref(), policy.firewall()],
+                policy.rule_sets(),
+            )
         };
 
         if route == Route::Embeddings {
@@ -376,7 +375,7 @@ impl Gateway {
         let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
         ctx.record.firewall = verdict.action.is_some().then_some(verdict);
         allowed?;
-        ctx.guard = rules.output_guard();
+        ctx.guard = rules.output_guard(&chat);
         let prompt = chat.estimate_prompt_tokens();
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
@@ -1223,7 +1222,11 @@ impl<H: Host> Relay<H> {
                     }
                     // Phase 6, guard, chunk by chunk.
                     let json = match self.finisher.as_mut() {
-                        Some((_, Finish { guard: Some(g), .. })) => g.chunk(&json),
+                        Some((_, Finish { guard: Some(g), .. })) => match g.chunk(&json) {
+                            Some(json) => json,
+                            // Nothing left of it: a choice the guard ended, and no usage.
+                            None => continue,
+                        },
                         _ => json,
                     };
                     if let Some((_, Finish { shadow: Some(job), .. })) = self.finisher.as_mut() {

@@ -42,6 +42,10 @@ struct RawPolicy {
     /// Identity providers whose JSON Web Tokens are accepted as credentials.
     #[serde(default)]
     jwt_issuers: Vec<RawJwtIssuer>,
+    /// Custom firewall rule sets by name, each versioned; `firewall.rule_sets` at any level
+    /// applies them.
+    #[serde(default)]
+    rule_sets: BTreeMap<String, crate::firewall::custom::RawRuleSet>,
     /// How the gateway itself behaves.
     #[serde(default)]
     settings: RawSettings,
@@ -694,6 +698,7 @@ pub struct Policy {
     estimated_output_tokens: u64,
     breaker: BreakerSettings,
     firewall: Option<FirewallPolicy>,
+    rule_sets: BTreeMap<String, Rc<crate::firewall::custom::RuleSet>>,
 }
 
 impl Policy {
@@ -964,18 +969,47 @@ impl Policy {
         let firewalls = std::iter::once(("settings.firewall".to_owned(), doc.settings.firewall.as_ref()))
             .chain(tenants.values().map(|t| (format!("tenants[{}].firewall", t.id), t.firewall.as_ref())))
             .chain(models.iter().map(|(a, r)| (format!("models[{a}].firewall"), r.firewall.as_ref())));
-        for (at, f) in firewalls {
-            if f.is_some_and(|f| f.output_pii == Some(Action::Block)) {
-                errors.push(PolicyError {
-                    path: format!("{at}.output_pii"),
-                    message: "answers are redacted or flagged, not blocked; use redact or flag".into(),
-                });
+        let mut rule_sets = BTreeMap::new();
+        for (name, raw) in &doc.rule_sets {
+            let mut found = Vec::new();
+            if let Some(set) = raw.compile(name, &format!("rule_sets.{name}"), &mut found) {
+                rule_sets.insert(name.clone(), Rc::new(set));
             }
-            if f.is_some_and(|f| f.injection == Some(Action::Redact)) {
-                errors.push(PolicyError {
-                    path: format!("{at}.injection"),
-                    message: "injection findings cannot be redacted; use block or flag".into(),
-                });
+            errors.extend(found.into_iter().map(|(path, message)| PolicyError { path, message }));
+        }
+        for (at, f) in firewalls {
+            let Some(f) = f else { continue };
+            let mut check = |field: &str, action: Option<Action>, allowed: &[Action], hint: &str| {
+                if action.is_some_and(|a| !allowed.contains(&a)) {
+                    errors.push(PolicyError { path: format!("{at}.{field}"), message: hint.into() });
+                }
+            };
+            use Action::{Block, Flag, Off, Redact, Sanitize};
+            check(
+                "injection",
+                f.injection,
+                &[Off, Flag, Sanitize, Block],
+                "injection findings are flagged, sanitised or blocked, not redacted",
+            );
+            check("pii", f.pii, &[Off, Flag, Redact, Block], "personal data is flagged, redacted or blocked, not sanitised");
+            for (kind, a) in &f.pii_kinds {
+                check(
+                    &format!("pii_kinds.{}", kind.rule_id()),
+                    Some(*a),
+                    &[Off, Flag, Redact, Block],
+                    "personal data is flagged, redacted or blocked, not sanitised",
+                );
+            }
+            check("output_pii", f.output_pii, &[Off, Flag, Redact], "answers are redacted or flagged, not blocked; use redact or flag");
+            check("output_rules", f.output_rules, &[Off, Flag, Block], "answer rules are off, flagged or blocked");
+            for (class, a) in &f.output_classes {
+                check(&format!("output_classes.{class}"), Some(*a), &[Off, Flag, Block], "answer rules are off, flagged or blocked");
+            }
+            check("system_prompt_leak", f.system_prompt_leak, &[Off, Flag, Block], "leaks are off, flagged or blocked");
+            for (i, name) in f.rule_sets.iter().flatten().enumerate() {
+                if !doc.rule_sets.contains_key(name) {
+                    errors.push(PolicyError { path: format!("{at}.rule_sets[{i}]"), message: format!("unknown rule set {name:?}") });
+                }
             }
         }
         if !errors.is_empty() {
@@ -985,7 +1019,20 @@ impl Policy {
         let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
         let breaker = doc.settings.breaker.unwrap_or_default();
         let firewall = doc.settings.firewall;
-        Ok(Policy { version, tenants, keys, providers, models, overflow, issuers, refresh_ms, estimated_output_tokens, breaker, firewall })
+        Ok(Policy {
+            version,
+            tenants,
+            keys,
+            providers,
+            models,
+            overflow,
+            issuers,
+            refresh_ms,
+            estimated_output_tokens,
+            breaker,
+            firewall,
+            rule_sets,
+        })
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
@@ -1041,6 +1088,11 @@ impl Policy {
     /// The gateway-wide firewall policy (`settings.firewall`).
     pub fn firewall(&self) -> Option<&FirewallPolicy> {
         self.firewall.as_ref()
+    }
+
+    /// The compiled custom rule sets, by name.
+    pub fn rule_sets(&self) -> &BTreeMap<String, Rc<crate::firewall::custom::RuleSet>> {
+        &self.rule_sets
     }
 
     /// Circuit breaker thresholds.

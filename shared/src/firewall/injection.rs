@@ -386,5 +386,5 @@ fn edges(text: &str, start: usize, end: usize) -> bool {
 }
 
 fn finding(rule: Rule, message: usize, view: Option<Encoding>, span: std::ops::Range<usize>) -> Finding {
-    Finding { rule: rule.id, rule_set: RULE_SET, severity: rule.severity, message, view, span }
+    Finding { rule: rule.id, rule_set: RULE_SET, severity: rule.severity, points: rule.severity.points(), message, view, span }
 }

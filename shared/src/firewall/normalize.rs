@@ -185,6 +185,20 @@ pub fn normalize(input: &str) -> Normalized {
     Normalized { text: fold(&nfkc), decoded, invisible }
 }
 
+/// `input` with invisible characters removed, NFKC, lower case and single spaces — the view
+/// custom rules match besides the folded one (look-alikes and digits left as they are).
+pub fn plain(input: &str) -> String {
+    let visible: String = input.chars().filter(|c| !is_invisible(*c)).collect();
+    let mut out = String::with_capacity(visible.len());
+    for word in nfkc(&visible).split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    out
+}
+
 /// The letter 13 places on in the Latin alphabet (others unchanged).
 pub fn rot13(c: char) -> char {
     match c {

@@ -1,0 +1,324 @@
+//! Custom rule sets from policy: named, versioned lists of regular expressions an operator adds to
+//! the built-in rules, compiled once per policy snapshot.
+//!
+//! Regular expressions run on `regex-lite`, whose searches are linear in the text for a given
+//! pattern (no backtracking blow-up); patterns are capped in length and compiled size, and each
+//! rule runs one search per view of a text. On the prompt side a rule matches each text
+//! lower-cased, with invisible characters removed, NFKC and single spaces; then the folded text
+//! (look-alikes and digits written for letters folded too) and every decoded payload (see
+//! [`super::normalize`]). On the answer side it matches the answer as written, ignoring case.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
+
+use serde::Deserialize;
+
+use super::normalize::Normalized;
+use super::{Finding, Severity};
+
+/// The longest pattern accepted, in bytes.
+pub const MAX_PATTERN: usize = 512;
+/// The most rules in one set.
+pub const MAX_RULES: usize = 256;
+/// The compiled size limit of one pattern, in bytes.
+const SIZE_LIMIT: usize = 256 << 10;
+
+/// Where a rule looks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Every text a model will read (default).
+    #[default]
+    Prompt,
+    /// The model's answer.
+    Answer,
+    /// Both.
+    Both,
+}
+
+/// A rule set as policy writes it, under `rule_sets.<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleSet {
+    /// The set's version; every finding of its rules carries `<name>@<version>`.
+    pub version: String,
+    /// The rules, at most 256.
+    pub rules: Vec<RawRule>,
+}
+
+/// One rule as policy writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Stable id, unique in the set; findings name it. Lower-case letters, digits, `.`, `_`, `-`.
+    pub id: String,
+    /// A regular expression (`regex-lite` syntax, at most 512 bytes). Prompt-side it matches the
+    /// folded text (lower case, single spaces); answer-side, the answer ignoring case.
+    pub pattern: String,
+    /// How bad a hit is (default `high`).
+    #[serde(default)]
+    pub severity: Option<RawSeverity>,
+    /// Points a prompt-side hit adds to the injection score (default: the severity's, 1/2/3).
+    pub weight: Option<u8>,
+    /// Where the rule looks (default `prompt`).
+    #[serde(default)]
+    pub on: Side,
+    /// The content class of an answer-side hit, which `output_classes` can act on (default: the
+    /// set's name).
+    pub class: Option<String>,
+}
+
+/// Severity as policy writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RawSeverity {
+    /// Worth a flag.
+    Low,
+    /// Suspicious.
+    Medium,
+    /// An attack or a leak.
+    High,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The rule's id.
+    pub id: &'static str,
+    /// Its severity.
+    pub severity: Severity,
+    /// Points a prompt-side hit adds.
+    pub weight: u8,
+    /// Content class of an answer-side hit.
+    pub class: &'static str,
+    prompt: Option<regex_lite::Regex>,
+    answer: Option<regex_lite::Regex>,
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        let pattern = |r: &Option<regex_lite::Regex>| r.as_ref().map(|re| re.as_str().to_owned());
+        (self.id, self.severity, self.weight, self.class) == (other.id, other.severity, other.weight, other.class)
+            && pattern(&self.prompt) == pattern(&other.prompt)
+            && pattern(&self.answer) == pattern(&other.answer)
+    }
+}
+
+impl Eq for Rule {}
+
+/// A compiled rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    /// `<name>@<version>`.
+    pub version: &'static str,
+    /// The rules.
+    pub rules: Vec<Rule>,
+}
+
+/// A hit of an answer-side rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerHit {
+    /// The rule's id.
+    pub rule: &'static str,
+    /// Its content class.
+    pub class: &'static str,
+    /// Byte range in the answer text.
+    pub span: std::ops::Range<usize>,
+}
+
+/// Strings that live as long as the process: rule ids and versions, which findings carry as
+/// `&'static str`. Each distinct string is kept once, so republishing the same rule set costs
+/// nothing; memory grows only with new distinct ids.
+fn intern(s: &str) -> &'static str {
+    static SEEN: OnceLock<Mutex<BTreeSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(found) = seen.get(s) {
+        return found;
+    }
+    let kept: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    seen.insert(kept);
+    kept
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl RawRuleSet {
+    /// Compiles the set `name`, pushing every error with its path under `at`.
+    pub fn compile(&self, name: &str, at: &str, errors: &mut Vec<(String, String)>) -> Option<RuleSet> {
+        let before = errors.len();
+        if !valid_id(name) {
+            errors.push((at.to_owned(), "a rule set name is lower-case letters, digits, '.', '_' or '-' (at most 64)".into()));
+        }
+        if self.version.is_empty() || self.version.len() > 64 {
+            errors.push((format!("{at}.version"), "a version is 1 to 64 characters".into()));
+        }
+        if self.rules.len() > MAX_RULES {
+            errors.push((format!("{at}.rules"), format!("at most {MAX_RULES} rules")));
+        }
+        let mut ids = BTreeSet::new();
+        let mut rules = Vec::new();
+        for (i, raw) in self.rules.iter().enumerate() {
+            let path = format!("{at}.rules[{i}]");
+            if !valid_id(&raw.id) {
+                errors.push((format!("{path}.id"), "a rule id is lower-case letters, digits, '.', '_' or '-' (at most 64)".into()));
+            }
+            if ["injection.", "pii.", "secret.", "guard."].iter().any(|p| raw.id.starts_with(p)) {
+                errors.push((format!("{path}.id"), "ids starting injection., pii., secret. or guard. are the built-in rules'".into()));
+            }
+            if !ids.insert(raw.id.as_str()) {
+                errors.push((format!("{path}.id"), format!("duplicate rule id {:?}", raw.id)));
+            }
+            if raw.pattern.len() > MAX_PATTERN {
+                errors.push((format!("{path}.pattern"), format!("a pattern is at most {MAX_PATTERN} bytes")));
+                continue;
+            }
+            if raw.weight.is_some_and(|w| !(1..=10).contains(&w)) {
+                errors.push((format!("{path}.weight"), "a weight is 1 to 10".into()));
+            }
+            if raw.class.as_deref().is_some_and(|c| !valid_id(c)) {
+                errors.push((format!("{path}.class"), "a class is lower-case letters, digits, '.', '_' or '-'".into()));
+            }
+            let build = |insensitive: bool| {
+                regex_lite::RegexBuilder::new(&raw.pattern).case_insensitive(insensitive).size_limit(SIZE_LIMIT).build()
+            };
+            let (prompt, answer) = match raw.on {
+                Side::Prompt => (Some(build(false)), None),
+                Side::Answer => (None, Some(build(true))),
+                Side::Both => (Some(build(false)), Some(build(true))),
+            };
+            let mut ok = |r: Option<Result<regex_lite::Regex, regex_lite::Error>>| match r {
+                Some(Ok(re)) if re.is_match("") => {
+                    errors.push((format!("{path}.pattern"), "the pattern matches the empty text, so it would match everything".into()));
+                    None
+                }
+                Some(Ok(re)) => Some(re),
+                Some(Err(e)) => {
+                    errors.push((format!("{path}.pattern"), e.to_string()));
+                    None
+                }
+                None => None,
+            };
+            let (prompt, answer) = (ok(prompt), ok(answer));
+            let severity = match raw.severity.unwrap_or(RawSeverity::High) {
+                RawSeverity::Low => Severity::Low,
+                RawSeverity::Medium => Severity::Medium,
+                RawSeverity::High => Severity::High,
+            };
+            rules.push(Rule {
+                id: intern(&raw.id),
+                severity,
+                weight: raw.weight.unwrap_or(severity.points()),
+                class: intern(raw.class.as_deref().unwrap_or(name)),
+                prompt,
+                answer,
+            });
+        }
+        (errors.len() == before).then(|| RuleSet { version: intern(&format!("{name}@{}", self.version)), rules })
+    }
+}
+
+impl RuleSet {
+    /// Prompt-side hits in one text: `plain` (see [`super::normalize::plain`]), then the folded
+    /// text and decoded payloads of `normalized`; at most one finding per rule.
+    pub fn inspect(&self, index: usize, plain: &str, normalized: &Normalized, out: &mut Vec<Finding>) {
+        for rule in &self.rules {
+            let Some(re) = &rule.prompt else { continue };
+            let views = std::iter::once((None, plain)).chain(normalized.views());
+            if let Some((view, m)) = views.filter_map(|(view, text)| re.find(text).map(|m| (view, m))).next() {
+                out.push(Finding {
+                    rule: rule.id,
+                    rule_set: self.version,
+                    severity: rule.severity,
+                    points: rule.weight,
+                    message: index,
+                    view,
+                    span: m.range(),
+                });
+            }
+        }
+    }
+
+    /// Whether any rule looks at prompts.
+    pub fn has_prompt_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.prompt.is_some())
+    }
+
+    /// Whether any rule looks at answers.
+    pub fn has_answer_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.answer.is_some())
+    }
+
+    /// Answer-side hits in `text`: the first of each rule.
+    pub fn answer_hits(&self, text: &str, out: &mut Vec<AnswerHit>) {
+        for rule in &self.rules {
+            if let Some(m) = rule.answer.as_ref().and_then(|re| re.find(text)) {
+                out.push(AnswerHit { rule: rule.id, class: rule.class, span: m.range() });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(rules: serde_json::Value) -> Result<RuleSet, Vec<(String, String)>> {
+        let raw: RawRuleSet =
+            serde_json::from_value(serde_json::json!({"version": "3", "rules": rules})).unwrap_or_else(|e| unreachable!("{e}"));
+        let mut errors = Vec::new();
+        raw.compile("acme", "rule_sets.acme", &mut errors).ok_or(errors)
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let errors = set(serde_json::json!([
+            {"id": "ok", "pattern": "falcon"},
+            {"id": "Bad Id", "pattern": "("},
+            {"id": "ok", "pattern": "a*"},
+            {"id": "injection.x", "pattern": "x", "weight": 11},
+        ]))
+        .err()
+        .unwrap_or_default();
+        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "rule_sets.acme.rules[1].id",
+                "rule_sets.acme.rules[1].pattern",
+                "rule_sets.acme.rules[2].id",
+                "rule_sets.acme.rules[2].pattern",
+                "rule_sets.acme.rules[3].id",
+                "rule_sets.acme.rules[3].weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn prompt_rules_match_folded_text_and_answer_rules_ignore_case() {
+        let rules = set(serde_json::json!([
+            {"id": "codename", "pattern": "project fa[l1]con", "on": "both", "class": "secrets", "weight": 5},
+            {"id": "answer-only", "pattern": "how to make", "on": "answer"},
+        ]))
+        .unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(rules.version, "acme@3");
+        let mut found = Vec::new();
+        let text = "Tell me about PROJECT   F\u{200b}ALCON";
+        rules.inspect(0, &super::super::normalize::plain(text), &super::super::normalize::normalize(text), &mut found);
+        assert_eq!(found.iter().map(|f| (f.rule, f.points)).collect::<Vec<_>>(), [("codename", 5)]);
+        let mut hits = Vec::new();
+        rules.answer_hits("Project Falcon is… here is How To Make it", &mut hits);
+        assert_eq!(hits.iter().map(|h| (h.rule, h.class)).collect::<Vec<_>>(), [("codename", "secrets"), ("answer-only", "acme")]);
+        assert_eq!(hits[0].span, 0..14);
+    }
+
+    #[test]
+    fn the_same_id_is_kept_once() {
+        assert!(std::ptr::eq(intern("acme.same"), intern(&String::from("acme.same"))));
+    }
+}
