@@ -391,6 +391,9 @@ pub enum Endpoint {
     RevokeKey(String),
     /// `GET /admin/tenants/{id}/usage`: the tenant's ledger (counters and open holds).
     Usage(String),
+    /// `DELETE /admin/tenants/{id}/containment` with `{"route"?, "note"?}`: lifts containment of
+    /// the tenant (all its scopes), or of one of its routes.
+    ClearContainment(String),
     /// `GET /admin/health/{location}`: a location's provider health board (breakers, latency,
     /// retry use); `default` where the host names no location.
     Health(String),
@@ -417,6 +420,10 @@ impl Endpoint {
                 let tenant = &p["/tenants/".len()..p.len() - "/usage".len()];
                 (!tenant.is_empty() && !tenant.contains('/')).then(|| (Endpoint::Usage(tenant.to_owned()), Role::AuditRead))
             }
+            (p, &M::DELETE) if p.starts_with("/tenants/") && p.ends_with("/containment") => {
+                let tenant = &p["/tenants/".len()..p.len() - "/containment".len()];
+                (!tenant.is_empty() && !tenant.contains('/')).then(|| (Endpoint::ClearContainment(tenant.to_owned()), Role::PolicyWrite))
+            }
             (p, &M::GET) if p.starts_with("/health/") => {
                 let location = &p["/health/".len()..];
                 (!location.is_empty() && !location.contains('/')).then(|| (Endpoint::Health(location.to_owned()), Role::AuditRead))
@@ -434,6 +441,7 @@ impl Endpoint {
             Endpoint::Version(v) => format!("/admin/policy/versions/{v}"),
             Endpoint::RevokeKey(id) => format!("/admin/keys/{id}"),
             Endpoint::Usage(tenant) => format!("/admin/tenants/{tenant}/usage"),
+            Endpoint::ClearContainment(tenant) => format!("/admin/tenants/{tenant}/containment"),
             Endpoint::Health(location) => format!("/admin/health/{location}"),
             _ => template.to_owned(),
         };
@@ -453,6 +461,7 @@ impl Endpoint {
             Endpoint::CreateKey => "POST /admin/keys",
             Endpoint::RevokeKey(_) => "DELETE /admin/keys/{id}",
             Endpoint::Usage(_) => "GET /admin/tenants/{id}/usage",
+            Endpoint::ClearContainment(_) => "DELETE /admin/tenants/{id}/containment",
             Endpoint::Health(_) => "GET /admin/health/{location}",
         }
     }
@@ -532,7 +541,7 @@ pub async fn serve<S: PolicyStore>(
             Ok((201, serde_json::json!(create_key(store, spec, random, actor).await?)))
         }
         Endpoint::RevokeKey(id) => ok(serde_json::json!({"revoked": id, "version": revoke_key(store, &id, actor).await?})),
-        Endpoint::Usage(_) | Endpoint::Health(_) => {
+        Endpoint::Usage(_) | Endpoint::Health(_) | Endpoint::ClearContainment(_) => {
             Err(Error::new(ErrorKind::Internal, "usage and health are read from the counter store, not the policy store"))
         }
     }

@@ -4,7 +4,7 @@
 //! stream, and when a client abandons a stream.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -21,7 +21,7 @@ use crate::embeddings::EmbeddingsRequest;
 use crate::error::{Error, ErrorKind, Side};
 use crate::health::{self, Board, BreakerSettings, Observation, Outcome};
 use crate::jwt;
-use crate::ledger::{Amounts, LedgerAnswer, LedgerOp};
+use crate::ledger::{Amounts, Containment, LedgerAnswer, LedgerOp, Screen};
 use crate::phases::{self, Candidate, RateState};
 use crate::policy::{Degraded, Policy, Price, ProviderKind, Role, Roles, Timeouts, hash_key, hex};
 use crate::ports::{ByteStream, Host};
@@ -61,12 +61,75 @@ pub struct Gateway {
     snapshots: SnapshotCache,
     health: Rc<RefCell<HealthView>>,
     health_refresh_ms: u64,
+    /// The contained scopes of each tenant, as the ledger last said (see [`Contained`]).
+    contained: Contained,
 }
 
 impl Default for Gateway {
     fn default() -> Self {
-        Gateway { snapshots: SnapshotCache::default(), health: Rc::default(), health_refresh_ms: HEALTH_REFRESH_MS }
+        Gateway {
+            snapshots: SnapshotCache::default(),
+            health: Rc::default(),
+            health_refresh_ms: HEALTH_REFRESH_MS,
+            contained: Contained::default(),
+        }
     }
+}
+
+/// An isolate's memory of which tenants' scopes are contained, refreshed from every ledger answer
+/// that carries it (each reservation and screen). A request whose scope is known contained is
+/// screened by the containment firewall from the start; one that learns it at admission is
+/// screened again.
+#[derive(Debug, Clone, Default)]
+struct Contained(Rc<RefCell<HashMap<String, BTreeSet<String>>>>);
+
+impl Contained {
+    /// What the ledger said of a request on `alias`: its contained scopes (of `tenant` and
+    /// `route:<alias>`; other routes' are unchanged).
+    fn remember(&self, tenant: &str, alias: &str, scopes: &[String]) {
+        let mut map = self.0.borrow_mut();
+        let known = map.entry(tenant.to_owned()).or_default();
+        known.remove("tenant");
+        known.remove(&format!("route:{alias}"));
+        known.extend(scopes.iter().cloned());
+        if known.is_empty() {
+            map.remove(tenant);
+        }
+    }
+
+    /// The contained scopes of `tenant` that a request on `alias` falls in.
+    fn scopes(&self, tenant: &str, alias: &str) -> Vec<String> {
+        let route = format!("route:{alias}");
+        let mut scopes: Vec<String> =
+            self.0.borrow().get(tenant).into_iter().flatten().filter(|s| *s == "tenant" || **s == route).cloned().collect();
+        // The ledger's order: the tenant, then the route.
+        scopes.sort_by_key(|s| s != "tenant");
+        scopes
+    }
+}
+
+/// What the route step is asked for a request.
+fn ask<'a>(origin: &'a Origin, alias: &'a str, chat: Option<&'a ChatRequest>, prompt_tokens: u64, output_tokens: u64) -> routing::Ask<'a> {
+    routing::Ask { alias, origin, chat, prompt_tokens, output_tokens }
+}
+
+/// Takes in what the ledger said of containment after a request's screen: the isolate's memory
+/// and the record (the contained scopes, and what the screen engaged — the containment event).
+fn note_containment(ctx: &mut Ctx, contained: &Contained, tenant: &str, alias: &str, answer: Containment) {
+    contained.remember(tenant, alias, &answer.scopes);
+    if answer.is_empty() {
+        return;
+    }
+    let record = ctx.record.containment.get_or_insert_with(Containment::default);
+    record.scopes = answer.scopes;
+    record.engaged.extend(answer.engaged);
+}
+
+/// A prompt screening not yet sent to the tenant's ledger.
+struct PendingScreen {
+    tenant: String,
+    screen: Screen,
+    contained: Contained,
 }
 
 /// How often an isolate sends its health observations to the location's board and reads it back.
@@ -166,6 +229,8 @@ struct Ctx {
     shadow: Option<ShadowJob>,
     /// Phase 6, guard: personal data in the answer, when policy looks for it.
     guard: Option<crate::firewall::guard::OutputGuard>,
+    /// The prompt's screening for containment, until a reservation or the record phase sends it.
+    screen: Option<PendingScreen>,
 }
 
 /// A sampled request's shadow: sent to `candidate` after the answer, compared with it.
@@ -231,6 +296,7 @@ impl Gateway {
                 shadow: None,
                 firewall: None,
                 guard: None,
+                containment: None,
                 duration_ms: 0,
             },
             rate: None,
@@ -238,6 +304,7 @@ impl Gateway {
             health: None,
             shadow: None,
             guard: None,
+            screen: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -310,26 +377,53 @@ impl Gateway {
         }
 
         let origin = routing::origin(req.extensions().get::<Origin>(), req.headers(), principal.key.roles)?;
-        let ask = |alias, chat, prompt_tokens, output_tokens| routing::Ask { alias, origin: &origin, chat, prompt_tokens, output_tokens };
 
-        // The firewall policy for a model alias: the route's, then the tenant's, then the gateway's.
-        let firewall = |alias: &str| {
+        // The firewall policy for a model alias: the route's, then the tenant's, then the
+        // gateway's — under the containment firewall while the tenant or route is contained.
+        let firewall = |alias: &str, contained: bool| {
+            let containment = policy.containment().filter(|_| contained).map(|c| &c.firewall);
             crate::firewall::Effective::resolve(
-                &[policy.route(alias).and_then(|r| r.firewall.as_ref()), principal.tenant.firewall.as_ref(), policy.firewall()],
+                &[
+                    containment,
+                    policy.route(alias).and_then(|r| r.firewall.as_ref()),
+                    principal.tenant.firewall.as_ref(),
+                    policy.firewall(),
+                ],
                 policy.rule_sets(),
             )
+        };
+        // The validate phase's firewall step for a request on `alias`: under the containment
+        // firewall if the scope is known contained; the screening is kept for the ledger.
+        let tenant = principal.tenant.id.as_str();
+        let screen = |ctx: &mut Ctx, alias: &str, verdict: &crate::firewall::Verdict, normal: &crate::firewall::Effective| {
+            ctx.record.firewall = verdict.action.is_some().then(|| verdict.clone());
+            if let Some(c) = policy.containment()
+                && normal.injection != crate::firewall::Action::Off
+            {
+                let screen = Screen { route: alias.to_owned(), suspicious: verdict.score >= normal.threshold, rule: c.rule };
+                ctx.screen = Some(PendingScreen { tenant: tenant.to_owned(), screen, contained: self.contained.clone() });
+            }
+        };
+        let rules_for = |ctx: &mut Ctx, alias: &str| {
+            let scopes = self.contained.scopes(tenant, alias);
+            let normal = firewall(alias, false);
+            if scopes.is_empty() {
+                return (normal.clone(), normal);
+            }
+            ctx.record.containment = Some(Containment { scopes, engaged: Vec::new() });
+            (firewall(alias, true), normal)
         };
 
         if route == Route::Embeddings {
             let mut embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
-            let rules = firewall(&embed.model);
+            let (rules, normal) = rules_for(ctx, &embed.model);
             let (verdict, allowed) = crate::firewall::enforce_embeddings(&mut embed, &rules, req.body());
-            ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+            screen(ctx, &embed.model, &verdict, &normal);
             allowed?;
             let embed = embed;
             let tokens = embed.estimate_tokens();
-            let plan = self.plan(host, ctx, &policy, &principal, ask(&embed.model, None, tokens, 0)).await?;
+            let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &embed.model, None, tokens, 0)).await?;
             let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
             ctx.record.feature = feature.map(str::to_owned);
             let scope = phases::Scope { alias: &embed.model, feature };
@@ -341,14 +435,14 @@ impl Gateway {
             let mut chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
             // Counting sends the prompt to a provider too: the same firewall applies.
-            let rules = firewall(&chat.model);
+            let (rules, normal) = rules_for(ctx, &chat.model);
             let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
-            ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+            screen(ctx, &chat.model, &verdict, &normal);
             allowed?;
             let chat = chat;
             let scope = phases::Scope { alias: &chat.model, feature: phases::feature(&principal.tenant, req.headers(), None) };
             self.admit(host, ctx, &policy, &principal, scope, &[], Amounts::default()).await?;
-            let mut plan = self.plan(host, ctx, &policy, &principal, ask(&chat.model, Some(&chat), 0, 0)).await;
+            let mut plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &chat.model, Some(&chat), 0, 0)).await;
             if let Ok(plan) = &mut plan {
                 let healthy =
                     plan.candidates[..plan.healthy].iter().filter(|c| providers::adapter(c.provider.kind).counts_tokens()).count();
@@ -371,17 +465,17 @@ impl Gateway {
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
         // The firewall (phase 2, validate): every text the model will read.
-        let rules = firewall(&chat.model);
+        let (rules, normal) = rules_for(ctx, &chat.model);
+        let known_contained = ctx.record.containment.is_some();
         let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
-        ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+        screen(ctx, &chat.model, &verdict, &normal);
         allowed?;
         ctx.guard = rules.output_guard(&chat);
         let prompt = chat.estimate_prompt_tokens();
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
         let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
-        let chat = chat;
-        let plan = self.plan(host, ctx, &policy, &principal, ask(&chat.model, Some(&chat), prompt, output)).await?;
+        let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &chat.model, Some(&chat), prompt, output)).await?;
         let scope = phases::Scope { alias: &chat.model, feature };
         let ask_for = |plan: &Plan| phases::ask(&plan.candidates, prompt, output);
         let (alias, plan) = match self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, ask_for(&plan)).await {
@@ -389,25 +483,39 @@ impl Gateway {
             Err(refused) if matches!(refused.kind, ErrorKind::RateLimited { .. } | ErrorKind::BudgetExceeded { .. }) => {
                 match policy.overflow(&chat.model) {
                     Some(over) => {
-                        let plan =
-                            self.plan(host, ctx, &policy, &principal, ask(over, Some(&chat), prompt, output)).await.map_err(|_| refused)?;
+                        let plan = self
+                            .plan(host, ctx, &policy, &principal, ask(&origin, over, Some(&chat), prompt, output))
+                            .await
+                            .map_err(|_| refused)?;
                         let scope = phases::Scope { alias: over, feature };
                         self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, ask_for(&plan)).await?;
                         ctx.record.overflow = Some(over.to_owned());
-                        (over, plan)
+                        (over.to_owned(), plan)
                     }
                     None => return Err(refused),
                 }
             }
             admitted => {
                 admitted?;
-                (chat.model.as_str(), plan)
+                (chat.model.clone(), plan)
             }
         };
+        // Admission found the scope contained (this request may have tripped it): the
+        // containment firewall screens the prompt now.
+        if !known_contained && ctx.record.containment.as_ref().is_some_and(|c| !c.scopes.is_empty()) {
+            let strict = firewall(&chat.model, true);
+            let (verdict, allowed) = crate::firewall::enforce(&mut chat, &strict, req.body());
+            ctx.record.firewall = verdict.action.is_some().then_some(verdict);
+            allowed?;
+        }
+        let chat = chat;
+        let alias = alias.as_str();
 
         let mut random = [0u8; 8];
         host.fill(&mut random);
-        if let Some(candidate) = routing::shadow(&policy, &principal, ask(alias, Some(&chat), prompt, output), u64::from_le_bytes(random)) {
+        if let Some(candidate) =
+            routing::shadow(&policy, &principal, ask(&origin, alias, Some(&chat), prompt, output), u64::from_le_bytes(random))
+        {
             let mut mirrored = chat.clone();
             mirrored.stream = None;
             mirrored.extra.remove("stream_options");
@@ -427,7 +535,7 @@ impl Gateway {
         if quota
             && ctx.record.overflow.is_none()
             && let Some(over) = policy.overflow(alias)
-            && let Ok(plan) = self.plan(host, ctx, &policy, &principal, ask(over, Some(&chat), prompt, output)).await
+            && let Ok(plan) = self.plan(host, ctx, &policy, &principal, ask(&origin, over, Some(&chat), prompt, output)).await
         {
             ctx.record.overflow = Some(over.to_owned());
             self.account_for(ctx, &plan);
@@ -435,7 +543,7 @@ impl Gateway {
         }
         match policy.route(alias).and_then(|r| r.degraded.as_ref()) {
             Some(Degraded::Alias(cheaper)) => {
-                let Ok(plan) = self.plan(host, ctx, &policy, &principal, ask(cheaper, Some(&chat), prompt, output)).await else {
+                let Ok(plan) = self.plan(host, ctx, &policy, &principal, ask(&origin, cheaper, Some(&chat), prompt, output)).await else {
                     return Err(failed);
                 };
                 ctx.record.degraded = Some("alias");
@@ -546,11 +654,29 @@ impl Gateway {
             plan.iter().filter_map(|c| c.target.price.map(|p| (c.provider.id.clone(), c.target.model.clone(), p))).collect();
         let limits = phases::limits(policy, principal, scope);
         if limits.is_empty() {
+            // No reservation to carry the screening: a host with no isolate memory (Spin) sends
+            // it now, so containment applies to this request; others send it when recording.
+            if self.health_refresh_ms == 0
+                && let Some(pending) = ctx.screen.take()
+            {
+                let route = pending.screen.route.clone();
+                let answer = host.apply(&pending.tenant, LedgerOp::Screen { screen: pending.screen }).await;
+                if let Ok(LedgerAnswer::Screened { containment }) = answer {
+                    note_containment(ctx, &pending.contained, &pending.tenant, &route, containment);
+                }
+            }
             return Ok(());
         }
         let tenant = principal.tenant.id.clone();
-        let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask };
+        let pending = ctx.screen.take();
+        let screen = pending.as_ref().map(|p| p.screen.clone());
+        let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask, screen };
         let answer = host.apply(&tenant, op).await?;
+        if let LedgerAnswer::Admitted { containment, .. } | LedgerAnswer::Refused { containment, .. } = &answer
+            && let Some(p) = &pending
+        {
+            note_containment(ctx, &p.contained, &tenant, &p.screen.route, containment.clone());
+        }
         let (state, admitted) = phases::admit(answer, host.now_ms());
         ctx.rate = Some(state);
         admitted?;
@@ -645,6 +771,31 @@ impl Gateway {
                     Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
                 }
                 _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer an inspection")),
+            };
+        }
+        if let admin::Endpoint::ClearContainment(tenant) = &endpoint {
+            #[derive(serde::Deserialize, Default)]
+            #[serde(deny_unknown_fields)]
+            struct Clear {
+                route: Option<String>,
+                #[serde(default)]
+                note: String,
+            }
+            let clear: Clear = if req.body().is_empty() {
+                Clear::default()
+            } else {
+                serde_json::from_slice(req.body())
+                    .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("invalid body: {e}")).with_param("route"))?
+            };
+            let scope = clear.route.map(|r| format!("route:{r}"));
+            let op = LedgerOp::Clear { scope, by: actor.name.clone(), note: clear.note };
+            return match host.apply(tenant, op).await? {
+                LedgerAnswer::Cleared { scopes } => {
+                    self.contained.0.borrow_mut().remove(tenant.as_str());
+                    let body = serde_json::json!({"tenant": tenant, "cleared": scopes, "by": actor.name, "at_ms": now_ms});
+                    Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
+                }
+                _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer a containment change")),
             };
         }
         if let admin::Endpoint::Health(location) = &endpoint {
@@ -1019,11 +1170,12 @@ struct Finish {
     health: Option<HealthReport>,
     shadow: Option<ShadowJob>,
     guard: Option<crate::firewall::guard::OutputGuard>,
+    screen: Option<PendingScreen>,
 }
 
 impl From<Ctx> for Finish {
     fn from(ctx: Ctx) -> Self {
-        Finish { record: ctx.record, account: ctx.account, health: ctx.health, shadow: ctx.shadow, guard: ctx.guard }
+        Finish { record: ctx.record, account: ctx.account, health: ctx.health, shadow: ctx.shadow, guard: ctx.guard, screen: ctx.screen }
     }
 }
 
@@ -1034,11 +1186,18 @@ impl Finish {
     /// A sampled request's shadow is sent last, after the caller has its answer.
     fn run<H: Host>(mut self, host: &H) {
         self.record.guard = self.guard.as_ref().and_then(crate::firewall::OutputVerdict::of);
-        finish(host, self.record, self.account, self.health, self.shadow);
+        finish(host, self.record, self.account, self.health, self.shadow, self.screen);
     }
 }
 
-fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account, health: Option<HealthReport>, shadow: Option<ShadowJob>) {
+fn finish<H: Host>(
+    host: &H,
+    mut record: RequestRecord,
+    account: Account,
+    health: Option<HealthReport>,
+    shadow: Option<ShadowJob>,
+    screen: Option<PendingScreen>,
+) {
     let now = host.now_ms();
     record.duration_ms = now.saturating_sub(record.start_ms);
     let settle = account.settle(&mut record);
@@ -1052,6 +1211,18 @@ fn finish<H: Host>(host: &H, mut record: RequestRecord, account: Account, health
             && let Ok(LedgerAnswer::Settled { alerts }) = worker.apply(&tenant, op).await
         {
             record.budget_alerts = alerts;
+        }
+        // A screening no reservation carried (the prompt was blocked, or nothing limits it).
+        if let Some(p) = screen {
+            let route = p.screen.route.clone();
+            if let Ok(LedgerAnswer::Screened { containment }) = worker.apply(&p.tenant, LedgerOp::Screen { screen: p.screen }).await {
+                p.contained.remember(&p.tenant, &route, &containment.scopes);
+                if !containment.engaged.is_empty() {
+                    let r = record.containment.get_or_insert_with(Containment::default);
+                    r.scopes = containment.scopes;
+                    r.engaged.extend(containment.engaged);
+                }
+            }
         }
         if let Some((view, board_id, breaker, observations)) = sync {
             let answer = worker.apply(&board_id, LedgerOp::Health { observations: observations.clone(), breaker }).await;

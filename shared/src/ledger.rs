@@ -156,6 +156,25 @@ pub enum LedgerOp {
         limits: Vec<Limit>,
         /// What to hold.
         ask: Amounts,
+        /// The request's prompt screening, for the containment watch: observed first, so a
+        /// request that trips containment is already held to its lower rate limits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        screen: Option<Screen>,
+    },
+    /// Observe one screened prompt (a request that made no reservation: blocked, or unlimited).
+    Screen {
+        /// What was screened.
+        screen: Screen,
+    },
+    /// Lift containment (an admin's decision): of one scope (`tenant`, `route:<alias>`), or all.
+    Clear {
+        /// The scope, or `None` for all.
+        scope: Option<String>,
+        /// Who, for the log.
+        by: String,
+        /// Why, for the log.
+        #[serde(default)]
+        note: String,
     },
     /// Settle a hold with what was actually used.
     Commit {
@@ -200,11 +219,27 @@ pub enum LedgerAnswer {
     Admitted {
         /// One state per limit, in the order given.
         states: Vec<LimitState>,
+        /// Containment after the screen: the scopes held to the containment rules.
+        #[serde(default, skip_serializing_if = "Containment::is_empty")]
+        containment: Containment,
     },
     /// Nothing held: this limit has no room.
     Refused {
         /// The limit that refused (the one whose window ends last, if several would).
         state: LimitState,
+        /// Containment after the screen.
+        #[serde(default, skip_serializing_if = "Containment::is_empty")]
+        containment: Containment,
+    },
+    /// A screen was observed.
+    Screened {
+        /// Containment after it.
+        containment: Containment,
+    },
+    /// Containment was lifted from these scopes.
+    Cleared {
+        /// The scopes that were contained and are no longer.
+        scopes: Vec<String>,
     },
     /// A commit or release was applied (or its hold was already gone); with the alerts it raised.
     Settled {
@@ -225,6 +260,14 @@ pub enum LedgerAnswer {
         #[serde(default)]
         events: Vec<BreakerEvent>,
     },
+}
+
+/// `limits` with their per-minute maxima cut to `percent` (at least 1): a contained scope's.
+fn contain(mut limits: Vec<Limit>, percent: u8) -> Vec<Limit> {
+    for l in limits.iter_mut().filter(|l| l.window == Window::Minute) {
+        l.max = (l.max.saturating_mul(u64::from(percent)) / 100).max(1);
+    }
+    limits
 }
 
 /// A counter: `used` (settled plus held) in the window `start_ms..end_ms`.
@@ -269,6 +312,88 @@ pub struct Book {
     /// A location's provider health, in the book named by [`crate::health::board_id`].
     #[serde(default, skip_serializing_if = "Board::is_empty")]
     health: Board,
+    /// Prompt screening per scope (`tenant`, `route:<alias>`), for containment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    watch: BTreeMap<String, Watch>,
+    /// Containment engaged and lifted, newest last (at most [`LOG_ENTRIES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    containment_log: Vec<ContainmentEvent>,
+}
+
+/// Containment entries a book keeps.
+pub const LOG_ENTRIES: usize = 50;
+
+/// When a scope's suspicious prompts contain it (from `settings.containment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainmentRule {
+    /// Suspicious share that trips it, per mille (30 = 3 %).
+    pub ratio_permille: u32,
+    /// The window the share is measured over, milliseconds (ten buckets).
+    pub window_ms: u64,
+    /// Fewest prompts in the window before the share counts.
+    pub min_prompts: u32,
+    /// Per-minute limits of a contained scope, percent of their policy value.
+    pub rate_percent: u8,
+}
+
+/// One screened prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Screen {
+    /// The model alias (the route scope is `route:<alias>`).
+    pub route: String,
+    /// Whether its injection score reached the threshold.
+    pub suspicious: bool,
+    /// The containment rule of the policy it was screened under.
+    pub rule: ContainmentRule,
+}
+
+/// A scope's screening: per bucket of a tenth of the window, its start and the prompts and
+/// suspicious prompts seen; and whether it is contained.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Watch {
+    buckets: Vec<(u64, u32, u32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    contained: Option<ContainmentEvent>,
+}
+
+/// Containment engaged (by the gateway) or lifted (by an admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainmentEvent {
+    /// `tenant` or `route:<alias>`.
+    pub scope: String,
+    /// `engaged` or `cleared`.
+    pub action: String,
+    /// When, epoch milliseconds.
+    pub at_ms: u64,
+    /// `gateway`, or the admin who lifted it.
+    pub by: String,
+    /// Prompts and suspicious prompts in the window when it engaged.
+    #[serde(default)]
+    pub prompts: u32,
+    /// Suspicious prompts in the window.
+    #[serde(default)]
+    pub suspicious: u32,
+    /// Why it was lifted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// Where containment stands for one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Containment {
+    /// Contained scopes of the request (`tenant`, `route:<alias>`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Containment this request's screen engaged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engaged: Vec<ContainmentEvent>,
+}
+
+impl Containment {
+    /// Nothing contained, nothing engaged.
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty() && self.engaged.is_empty()
+    }
 }
 
 impl Book {
@@ -276,7 +401,18 @@ impl Book {
     pub fn apply(&mut self, now_ms: u64, op: LedgerOp) -> LedgerAnswer {
         self.expire(now_ms);
         match op {
-            LedgerOp::Reserve { id, limits, ask } => self.reserve(now_ms, id, &limits, ask),
+            LedgerOp::Reserve { id, limits, ask, screen } => {
+                let containment = screen.as_ref().map(|s| self.screen(now_ms, s)).unwrap_or_default();
+                let rate = screen.as_ref().map_or(100, |s| s.rule.rate_percent);
+                let limits = if containment.scopes.is_empty() { limits } else { contain(limits, rate) };
+                match self.reserve(now_ms, id, &limits, ask) {
+                    LedgerAnswer::Admitted { states, .. } => LedgerAnswer::Admitted { states, containment },
+                    LedgerAnswer::Refused { state, .. } => LedgerAnswer::Refused { state, containment },
+                    other => other,
+                }
+            }
+            LedgerOp::Screen { screen } => LedgerAnswer::Screened { containment: self.screen(now_ms, &screen) },
+            LedgerOp::Clear { scope, by, note } => LedgerAnswer::Cleared { scopes: self.clear(now_ms, scope.as_deref(), by, note) },
             LedgerOp::Commit { id, used } => self.settle(now_ms, &id, Some(used)),
             LedgerOp::Release { id } => self.settle(now_ms, &id, None),
             LedgerOp::Inspect => LedgerAnswer::Book { book: self.clone() },
@@ -316,7 +452,7 @@ impl Book {
             }
         }
         if let Some(state) = refused {
-            return LedgerAnswer::Refused { state };
+            return LedgerAnswer::Refused { state, containment: Containment::default() };
         }
         let mut parts = Vec::with_capacity(limits.len());
         for limit in limits {
@@ -341,7 +477,82 @@ impl Book {
         if let Some(old) = self.holds.insert(id, Hold { at_ms: now_ms, parts }) {
             self.undo(&old, None);
         }
-        LedgerAnswer::Admitted { states }
+        LedgerAnswer::Admitted { states, containment: Containment::default() }
+    }
+
+    /// Observes a screened prompt in its tenant and route scopes; engages containment of a
+    /// scope whose suspicious share over the window reaches the rule's. Returns the request's
+    /// contained scopes and what this screen engaged.
+    fn screen(&mut self, now_ms: u64, screen: &Screen) -> Containment {
+        let rule = screen.rule;
+        let bucket_ms = (rule.window_ms / 10).max(1);
+        let bucket = now_ms - now_ms % bucket_ms;
+        let mut out = Containment::default();
+        for scope in ["tenant".to_owned(), format!("route:{}", screen.route)] {
+            let watch = self.watch.entry(scope.clone()).or_default();
+            watch.buckets.retain(|(start, _, _)| start + rule.window_ms > now_ms);
+            match watch.buckets.last_mut() {
+                Some(last) if last.0 == bucket => {
+                    last.1 += 1;
+                    last.2 += u32::from(screen.suspicious);
+                }
+                _ => watch.buckets.push((bucket, 1, u32::from(screen.suspicious))),
+            }
+            let prompts: u32 = watch.buckets.iter().map(|b| b.1).sum();
+            let suspicious: u32 = watch.buckets.iter().map(|b| b.2).sum();
+            let trips =
+                prompts >= rule.min_prompts.max(1) && u64::from(suspicious) * 1000 >= u64::from(rule.ratio_permille) * u64::from(prompts);
+            if watch.contained.is_none() && trips && rule.ratio_permille > 0 {
+                let event = ContainmentEvent {
+                    scope: scope.clone(),
+                    action: "engaged".into(),
+                    at_ms: now_ms,
+                    by: "gateway".into(),
+                    prompts,
+                    suspicious,
+                    note: String::new(),
+                };
+                watch.contained = Some(event.clone());
+                out.engaged.push(event);
+            }
+            if watch.contained.is_some() {
+                out.scopes.push(scope);
+            }
+        }
+        for event in &out.engaged {
+            self.log(event.clone());
+        }
+        out
+    }
+
+    /// Lifts containment of `scope` (or every scope); the screening counts start again.
+    fn clear(&mut self, now_ms: u64, scope: Option<&str>, by: String, note: String) -> Vec<String> {
+        let mut cleared = Vec::new();
+        for (name, watch) in &mut self.watch {
+            if scope.is_none_or(|s| s == name) && watch.contained.take().is_some() {
+                watch.buckets.clear();
+                cleared.push(name.clone());
+            }
+        }
+        for name in &cleared {
+            let event = ContainmentEvent {
+                scope: name.clone(),
+                action: "cleared".into(),
+                at_ms: now_ms,
+                by: by.clone(),
+                prompts: 0,
+                suspicious: 0,
+                note: note.clone(),
+            };
+            self.log(event);
+        }
+        cleared
+    }
+
+    fn log(&mut self, event: ContainmentEvent) {
+        self.containment_log.push(event);
+        let over = self.containment_log.len().saturating_sub(LOG_ENTRIES);
+        self.containment_log.drain(..over);
     }
 
     fn settle(&mut self, now_ms: u64, id: &str, used: Option<Amounts>) -> LedgerAnswer {
@@ -426,11 +637,103 @@ mod tests {
     }
 
     fn reserve(book: &mut Book, now: u64, id: &str, limits: &[Limit], tokens: u64) -> Result<Vec<u64>, (String, u64)> {
-        match book.apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens, micro_usd: 0 } }) {
-            LedgerAnswer::Admitted { states } => Ok(states.iter().map(|s| s.remaining).collect()),
-            LedgerAnswer::Refused { state } => Err((state.limit.id, state.reset_ms)),
-            LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } | LedgerAnswer::Health { .. } => unreachable!(),
+        match book
+            .apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens, micro_usd: 0 }, screen: None })
+        {
+            LedgerAnswer::Admitted { states, .. } => Ok(states.iter().map(|s| s.remaining).collect()),
+            LedgerAnswer::Refused { state, .. } => Err((state.limit.id, state.reset_ms)),
+            _ => unreachable!(),
         }
+    }
+
+    const RULE: ContainmentRule = ContainmentRule { ratio_permille: 30, window_ms: 600_000, min_prompts: 20, rate_percent: 25 };
+
+    fn screen(b: &mut Book, at: u64, route: &str, suspicious: bool) -> Containment {
+        match b.apply(at, LedgerOp::Screen { screen: Screen { route: route.into(), suspicious, rule: RULE } }) {
+            LedgerAnswer::Screened { containment } => containment,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn containment_engages_once_at_the_ratio_and_holds_until_cleared() {
+        let mut b = Book::default();
+        // 19 clean prompts and 1 suspicious: 5 % of 20, at the minimum count: it trips.
+        for i in 0..19 {
+            assert!(screen(&mut b, T0 + i, "chat", false).is_empty());
+        }
+        let tripped = screen(&mut b, T0 + 19, "chat", true);
+        assert_eq!(tripped.scopes, ["tenant", "route:chat"]);
+        assert_eq!(
+            tripped.engaged.iter().map(|e| (e.scope.as_str(), e.prompts, e.suspicious)).collect::<Vec<_>>(),
+            [("tenant", 20, 1), ("route:chat", 20, 1)]
+        );
+        // Engaged once; it stays when the window has long passed with clean prompts.
+        let later = screen(&mut b, T0 + 3_600_000, "chat", false);
+        assert_eq!((later.scopes.len(), later.engaged.len()), (2, 0));
+        // Other routes are contained through the tenant scope only.
+        assert_eq!(screen(&mut b, T0 + 3_600_001, "embed", false).scopes, ["tenant"]);
+        // Lifting one route leaves the tenant; lifting all leaves nothing, and the log has both.
+        let cleared = b.apply(T0 + 3_700_000, LedgerOp::Clear { scope: Some("route:chat".into()), by: "ops".into(), note: "fp".into() });
+        assert_eq!(cleared, LedgerAnswer::Cleared { scopes: vec!["route:chat".into()] });
+        let cleared = b.apply(T0 + 3_700_001, LedgerOp::Clear { scope: None, by: "ops".into(), note: String::new() });
+        assert_eq!(cleared, LedgerAnswer::Cleared { scopes: vec!["tenant".into()] });
+        assert!(screen(&mut b, T0 + 3_700_002, "chat", false).is_empty());
+        let actions: Vec<(&str, &str, &str)> =
+            b.containment_log.iter().map(|e| (e.scope.as_str(), e.action.as_str(), e.by.as_str())).collect();
+        assert_eq!(
+            actions,
+            [
+                ("tenant", "engaged", "gateway"),
+                ("route:chat", "engaged", "gateway"),
+                ("route:chat", "cleared", "ops"),
+                ("tenant", "cleared", "ops")
+            ]
+        );
+    }
+
+    #[test]
+    fn containment_needs_the_minimum_count_and_forgets_old_buckets() {
+        let mut b = Book::default();
+        // 10 suspicious of 10: under the minimum of 20, nothing trips.
+        for i in 0..10 {
+            assert!(screen(&mut b, T0 + i, "chat", true).is_empty());
+        }
+        // Eleven minutes on, those have left the window: 19 clean ones then 0 % — no trip.
+        for i in 0..20 {
+            assert!(screen(&mut b, T0 + 660_000 + i, "chat", false).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_contained_reservation_gets_a_quarter_of_the_per_minute_limits() {
+        let mut b = Book::default();
+        for i in 0..19 {
+            screen(&mut b, T0 + i, "chat", true);
+        }
+        let rpm = limit("rpm", Meter::Requests, Window::Minute, 8);
+        let day = limit("day", Meter::Tokens, Window::Day, 1_000);
+        let ask = |b: &mut Book, id: &str| {
+            let screen = Some(Screen { route: "chat".into(), suspicious: false, rule: RULE });
+            b.apply(
+                T0 + 100,
+                LedgerOp::Reserve {
+                    id: id.into(),
+                    limits: vec![rpm.clone(), day.clone()],
+                    ask: Amounts { tokens: 10, micro_usd: 0 },
+                    screen,
+                },
+            )
+        };
+        match ask(&mut b, "a") {
+            LedgerAnswer::Admitted { states, containment } => {
+                assert_eq!(containment.engaged.len(), 2, "this reservation's screen tripped it");
+                assert_eq!((states[0].limit.max, states[1].limit.max), (2, 1_000), "per-minute cut to 25 %, budgets kept");
+            }
+            other => unreachable!("{other:?}"),
+        }
+        assert!(matches!(ask(&mut b, "b"), LedgerAnswer::Admitted { .. }));
+        assert!(matches!(ask(&mut b, "c"), LedgerAnswer::Refused { .. }), "2 of 8 per minute while contained");
     }
 
     #[test]
@@ -500,7 +803,7 @@ mod tests {
         let budget = [limit("usd", Meter::Spend, Window::Month, 1_000_000)]; // $1
         let mut b = Book::default();
         let ask = |b: &mut Book, id: &str, micro_usd| {
-            b.apply(T0, LedgerOp::Reserve { id: id.into(), limits: budget.to_vec(), ask: Amounts { tokens: 0, micro_usd } })
+            b.apply(T0, LedgerOp::Reserve { id: id.into(), limits: budget.to_vec(), ask: Amounts { tokens: 0, micro_usd }, screen: None })
         };
         assert!(matches!(ask(&mut b, "a", 700_000), LedgerAnswer::Admitted { .. }));
         assert!(matches!(ask(&mut b, "b", 400_000), LedgerAnswer::Refused { .. }), "would pass $1");
@@ -515,7 +818,10 @@ mod tests {
         let budget = Limit { alerts: vec![50, 80, 100], ..limit("daily", Meter::Tokens, Window::Day, 1_000) };
         let mut b = Book::default();
         let spend = |b: &mut Book, at: u64, id: &str, tokens: u64| {
-            b.apply(at, LedgerOp::Reserve { id: id.into(), limits: vec![budget.clone()], ask: Amounts { tokens, micro_usd: 0 } });
+            b.apply(
+                at,
+                LedgerOp::Reserve { id: id.into(), limits: vec![budget.clone()], ask: Amounts { tokens, micro_usd: 0 }, screen: None },
+            );
             match b.apply(at, LedgerOp::Commit { id: id.into(), used: Amounts { tokens, micro_usd: 0 } }) {
                 LedgerAnswer::Settled { alerts } => {
                     alerts.into_iter().map(|a| (a.percent, a.used, a.projected_exhaustion_ms)).collect::<Vec<_>>()

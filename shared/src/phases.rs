@@ -203,11 +203,15 @@ impl RateState {
 /// wait until the period ends).
 pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>) {
     let state = match answer {
-        LedgerAnswer::Admitted { states } => return (RateState::from_states(&states, now_ms), Ok(())),
-        LedgerAnswer::Settled { .. } | LedgerAnswer::Book { .. } | LedgerAnswer::Health { .. } => {
+        LedgerAnswer::Admitted { states, .. } => return (RateState::from_states(&states, now_ms), Ok(())),
+        LedgerAnswer::Settled { .. }
+        | LedgerAnswer::Book { .. }
+        | LedgerAnswer::Health { .. }
+        | LedgerAnswer::Screened { .. }
+        | LedgerAnswer::Cleared { .. } => {
             return (RateState::default(), Err(Error::new(ErrorKind::Internal, "the ledger did not answer a reservation")));
         }
-        LedgerAnswer::Refused { state } => state,
+        LedgerAnswer::Refused { state, .. } => state,
     };
     let rate = RateState::from_states(std::slice::from_ref(&state), now_ms);
     let wait = state.reset_ms.saturating_sub(now_ms);
@@ -397,7 +401,8 @@ mod tests {
     fn refusals_become_429s_that_say_which_limit_and_when() {
         let refused = |id: &str, meter, window, reset_ms| {
             let state = LimitState { limit: Limit { id: id.into(), meter, window, max: 5, alerts: vec![] }, remaining: 0, reset_ms };
-            let err = admit(LedgerAnswer::Refused { state }, 9_000).1.err().unwrap_or_else(|| unreachable!());
+            let err =
+                admit(LedgerAnswer::Refused { state, containment: Default::default() }, 9_000).1.err().unwrap_or_else(|| unreachable!());
             (err.status(), err.metric_label(), err.retry_after_secs(), err.message)
         };
         assert_eq!(
@@ -439,7 +444,7 @@ mod tests {
                 reset_ms: 86_400_000,
             },
         ];
-        let (rate, ok) = admit(LedgerAnswer::Admitted { states }, 1_000);
+        let (rate, ok) = admit(LedgerAnswer::Admitted { states, containment: Default::default() }, 1_000);
         assert!(ok.is_ok());
         assert_eq!(rate.requests, Some(RateHeader { limit: 10, remaining: 3, reset_in_ms: 59_000 }), "the tightest per-minute limit");
         assert_eq!(rate.tokens, None, "budgets are not per-minute rate headers");

@@ -73,6 +73,40 @@ struct RawSettings {
     /// The prompt firewall for every tenant and route that does not say otherwise (default: flag
     /// injection and personal data, block nothing).
     firewall: Option<FirewallPolicy>,
+    /// When a tenant's or route's share of suspicious prompts contains it (on by default).
+    containment: Option<RawContainment>,
+}
+
+/// Containment: when the share of a tenant's (or one of its routes') prompts whose injection
+/// score reaches the threshold crosses `ratio_percent` over `window_seconds`, the gateway holds
+/// that scope to a stricter firewall and lower per-minute limits until an admin lifts it
+/// (`DELETE /admin/tenants/{id}/containment`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawContainment {
+    /// Whether the gateway watches for it (default true).
+    enabled: Option<bool>,
+    /// The suspicious share that trips it, percent (default 3).
+    ratio_percent: Option<u8>,
+    /// The window the share is measured over, seconds (default 600).
+    window_seconds: Option<u32>,
+    /// Fewest prompts in the window before the share counts (default 20).
+    min_prompts: Option<u32>,
+    /// Per-minute limits of a contained scope, percent of their policy value (default 25).
+    rate_percent: Option<u8>,
+    /// The firewall a contained scope is held to, over every other level (default: injection
+    /// `block` at threshold 2).
+    firewall: Option<FirewallPolicy>,
+}
+
+/// Compiled containment settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainmentPolicy {
+    /// When it trips, and how far limits drop.
+    pub rule: crate::ledger::ContainmentRule,
+    /// The firewall of contained scopes.
+    pub firewall: FirewallPolicy,
 }
 
 /// How long to wait for a provider, per attempt. A timed-out attempt counts against the
@@ -699,6 +733,7 @@ pub struct Policy {
     breaker: BreakerSettings,
     firewall: Option<FirewallPolicy>,
     rule_sets: BTreeMap<String, Rc<crate::firewall::custom::RuleSet>>,
+    containment: Option<ContainmentPolicy>,
 }
 
 impl Policy {
@@ -966,7 +1001,19 @@ impl Policy {
             issuers.insert(issuer.issuer.clone(), issuer);
         }
 
+        let raw_containment = doc.settings.containment.clone().unwrap_or_default();
+        let containment_errors = [
+            ("ratio_percent", raw_containment.ratio_percent.is_some_and(|r| !(1..=100).contains(&r)), "1 to 100"),
+            ("window_seconds", raw_containment.window_seconds.is_some_and(|w| !(10..=86_400).contains(&w)), "10 to 86400"),
+            ("rate_percent", raw_containment.rate_percent.is_some_and(|r| !(1..=100).contains(&r)), "1 to 100"),
+        ];
+        for (field, bad, range) in containment_errors {
+            if bad {
+                errors.push(PolicyError { path: format!("settings.containment.{field}"), message: format!("must be {range}") });
+            }
+        }
         let firewalls = std::iter::once(("settings.firewall".to_owned(), doc.settings.firewall.as_ref()))
+            .chain(std::iter::once(("settings.containment.firewall".to_owned(), raw_containment.firewall.as_ref())))
             .chain(tenants.values().map(|t| (format!("tenants[{}].firewall", t.id), t.firewall.as_ref())))
             .chain(models.iter().map(|(a, r)| (format!("models[{a}].firewall"), r.firewall.as_ref())));
         let mut rule_sets = BTreeMap::new();
@@ -1019,6 +1066,19 @@ impl Policy {
         let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
         let breaker = doc.settings.breaker.unwrap_or_default();
         let firewall = doc.settings.firewall;
+        let containment = (raw_containment.enabled != Some(false)).then(|| ContainmentPolicy {
+            rule: crate::ledger::ContainmentRule {
+                ratio_permille: u32::from(raw_containment.ratio_percent.unwrap_or(3)) * 10,
+                window_ms: u64::from(raw_containment.window_seconds.unwrap_or(600)) * 1000,
+                min_prompts: raw_containment.min_prompts.unwrap_or(20),
+                rate_percent: raw_containment.rate_percent.unwrap_or(25),
+            },
+            firewall: raw_containment.firewall.unwrap_or(FirewallPolicy {
+                injection: Some(Action::Block),
+                injection_threshold: Some(2),
+                ..FirewallPolicy::default()
+            }),
+        });
         Ok(Policy {
             version,
             tenants,
@@ -1032,6 +1092,7 @@ impl Policy {
             breaker,
             firewall,
             rule_sets,
+            containment,
         })
     }
 
@@ -1093,6 +1154,11 @@ impl Policy {
     /// The compiled custom rule sets, by name.
     pub fn rule_sets(&self) -> &BTreeMap<String, Rc<crate::firewall::custom::RuleSet>> {
         &self.rule_sets
+    }
+
+    /// Containment settings, unless turned off.
+    pub fn containment(&self) -> Option<&ContainmentPolicy> {
+        self.containment.as_ref()
     }
 
     /// Circuit breaker thresholds.

@@ -129,6 +129,10 @@ pub struct RequestRecord {
     /// Personal data the guard phase found in the answer (rule ids), and what it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::firewall::OutputVerdict>,
+    /// Containment: the request's contained scopes (it was screened by the containment firewall
+    /// and held to lower limits), and the containment its screening engaged — the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containment: Option<crate::ledger::Containment>,
     /// The shadow request of a sampled request, sent after the answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowRecord>,
