@@ -504,9 +504,20 @@ impl Gateway {
         // containment firewall screens the prompt now.
         if !known_contained && ctx.record.containment.as_ref().is_some_and(|c| !c.scopes.is_empty()) {
             let strict = firewall(&chat.model, true);
-            let (verdict, allowed) = crate::firewall::enforce(&mut chat, &strict, req.body());
-            ctx.record.firewall = verdict.action.is_some().then_some(verdict);
-            allowed?;
+            // Judged on the prompt as sent (the first pass may have cut out what blocks it now),
+            // then applied to the prompt as it goes on.
+            let mut original = phases::validate(ctx.dialect, req.body())?;
+            let (verdict, allowed) = crate::firewall::enforce(&mut original, &strict, req.body());
+            if allowed.is_ok() {
+                let (verdict, allowed) = crate::firewall::enforce(&mut chat, &strict, req.body());
+                if verdict.action.is_some() {
+                    ctx.record.firewall = Some(verdict);
+                }
+                allowed?;
+            } else {
+                ctx.record.firewall = Some(verdict);
+                allowed?;
+            }
         }
         let chat = chat;
         let alias = alias.as_str();
