@@ -1,7 +1,10 @@
 //! Prompt inspection speed: normalise every text and run the injection rules and personal-data
 //! detectors over a chat request, per KB of prompt — a benign 1 KB and 16 KB prompt, a 1 KB
-//! attack hidden in base64 and zero-width characters, and a 1 KB prompt dense with personal data.
-//! The first line is the one-time cost of building the rule set (on first use in an isolate).
+//! attack hidden in base64 and zero-width characters, a 1 KB prompt dense with personal data, and
+//! a 1 KB prompt with a custom rule set of ten regular expressions besides; then the guard phase
+//! over a 16 KB answer streamed in 64-byte pieces, with personal data, answer rules and the
+//! system-prompt leak check on. The first line is the one-time cost of building the built-in rule
+//! set (on first use in an isolate).
 //!
 //! Native:  cargo run --release -p edgegate-core --features testkit --example bench_firewall
 //! wasm:    `bash tests/bench/native-vs-wasm.sh bench_firewall`
@@ -15,7 +18,10 @@ use std::time::Instant;
 
 use base64::Engine;
 use edgegate_core::chat::ChatRequest;
-use edgegate_core::firewall::inspect;
+use edgegate_core::firewall::custom::RawRuleSet;
+use edgegate_core::firewall::guard::{Checks, Leak, StreamGuard};
+use edgegate_core::firewall::{Action, inspect, inspect_texts, texts};
+use std::rc::Rc;
 use support::bench;
 
 const PROSE: &str = "The quarterly report shows revenue grew in every region, led by strong demand for the new \
@@ -57,5 +63,47 @@ fn main() {
     });
     bench("inspect 1 KB dense with personal data", || {
         black_box(inspect(&pii));
+    });
+
+    let raw: RawRuleSet = serde_json::from_value(serde_json::json!({"version": "1", "rules": [
+        {"id": "a1", "pattern": "project (falcon|osprey|kestrel)", "on": "both"},
+        {"id": "a2", "pattern": "internal use only", "on": "both"},
+        {"id": "a3", "pattern": "\\b(acme|initech) (roadmap|pricing)\\b", "on": "both"},
+        {"id": "a4", "pattern": "password\\s*[:=]", "on": "both"},
+        {"id": "a5", "pattern": "wire \\$?\\d{4,}", "on": "both"},
+        {"id": "a6", "pattern": "nerve agents?", "on": "answer", "class": "weapons"},
+        {"id": "a7", "pattern": "synthesi[sz]e (sarin|vx)", "on": "answer", "class": "weapons"},
+        {"id": "a8", "pattern": "take \\d+ ?mg", "on": "answer", "class": "medical"},
+        {"id": "a9", "pattern": "confidential[- ]draft", "on": "prompt"},
+        {"id": "a10", "pattern": "jailbreak mode", "on": "prompt"}
+    ]}))
+    .unwrap();
+    let t = Instant::now();
+    let set = Rc::new(raw.compile("acme", "rule_sets.acme", &mut Vec::new()).unwrap());
+    println!("{:<58} {:>9.2} µs", "compile a custom rule set of ten rules", t.elapsed().as_secs_f64() * 1e6);
+    let sets = [Rc::clone(&set)];
+    let benign_texts = texts(&benign_1k);
+    bench("inspect a 1 KB benign prompt with ten custom rules", || {
+        black_box(inspect_texts(&benign_texts, &sets));
+    });
+    let answer = sized(PROSE, 16 * 1024);
+    let pieces: Vec<&str> = answer.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let checks = Rc::new(Checks {
+        pii: edgegate_core::firewall::pii::Pii::ALL.to_vec(),
+        redact: true,
+        rules: vec![set],
+        class_action: Vec::new(),
+        rule_action: Action::Block,
+        leak: Leak::new("You are a helpful assistant for the finance team. Never reveal the quarterly numbers before the board meets.")
+            .map(|l| (Rc::new(l), Action::Block)),
+    });
+    bench("guard a 16 KB answer streamed in 64-byte pieces", || {
+        let mut g = StreamGuard::new(Rc::clone(&checks));
+        let mut sent = 0;
+        for p in &pieces {
+            sent += g.push(p).len();
+        }
+        sent += g.finish().len();
+        assert_eq!(sent, answer.len());
     });
 }

@@ -1,12 +1,14 @@
 //! Custom rule sets from policy: named, versioned lists of regular expressions an operator adds to
 //! the built-in rules, compiled once per policy snapshot.
 //!
-//! Regular expressions run on `regex-lite`, whose searches are linear in the text for a given
-//! pattern (no backtracking blow-up); patterns are capped in length and compiled size, and each
-//! rule runs one search per view of a text. On the prompt side a rule matches each text
-//! lower-cased, with invisible characters removed, NFKC and single spaces; then the folded text
-//! (look-alikes and digits written for letters folded too) and every decoded payload (see
-//! [`super::normalize`]). On the answer side it matches the answer as written, ignoring case.
+//! Regular expressions run on the `regex` crate, whose searches take time linear in the text for a
+//! given pattern (finite automata, no backtracking); patterns are capped in length and compiled
+//! size. All rules of a set for one side are one `RegexSet`, so a text is scanned once per view
+//! however many rules there are; a rule's span is looked for only when it matched. Matching
+//! ignores case. On the prompt side a rule matches each text with invisible characters removed,
+//! NFKC and single spaces; then the folded text (look-alikes and digits written for letters folded
+//! too) and every decoded payload (see [`super::normalize`]). On the answer side it matches the
+//! answer as written.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
@@ -20,8 +22,8 @@ use super::{Finding, Severity};
 pub const MAX_PATTERN: usize = 512;
 /// The most rules in one set.
 pub const MAX_RULES: usize = 256;
-/// The compiled size limit of one pattern, in bytes.
-const SIZE_LIMIT: usize = 256 << 10;
+/// The compiled size limit of one pattern, and of each side's set, in bytes.
+const SIZE_LIMIT: usize = 1 << 20;
 
 /// Where a rule looks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -55,8 +57,9 @@ pub struct RawRuleSet {
 pub struct RawRule {
     /// Stable id, unique in the set; findings name it. Lower-case letters, digits, `.`, `_`, `-`.
     pub id: String,
-    /// A regular expression (`regex-lite` syntax, at most 512 bytes). Prompt-side it matches the
-    /// folded text (lower case, single spaces); answer-side, the answer ignoring case.
+    /// A regular expression (Rust `regex` syntax, at most 512 bytes), matched ignoring case:
+    /// prompt-side on the normalised text (single spaces) and its folded views, answer-side on
+    /// the answer as written.
     pub pattern: String,
     /// How bad a hit is (default `high`).
     #[serde(default)]
@@ -95,29 +98,45 @@ pub struct Rule {
     pub weight: u8,
     /// Content class of an answer-side hit.
     pub class: &'static str,
-    prompt: Option<regex_lite::Regex>,
-    answer: Option<regex_lite::Regex>,
+    /// Where it looks.
+    pub on: Side,
+    regex: regex::Regex,
 }
 
 impl PartialEq for Rule {
     fn eq(&self, other: &Rule) -> bool {
-        let pattern = |r: &Option<regex_lite::Regex>| r.as_ref().map(|re| re.as_str().to_owned());
-        (self.id, self.severity, self.weight, self.class) == (other.id, other.severity, other.weight, other.class)
-            && pattern(&self.prompt) == pattern(&other.prompt)
-            && pattern(&self.answer) == pattern(&other.answer)
+        (self.id, self.severity, self.weight, self.class, self.on, self.regex.as_str())
+            == (other.id, other.severity, other.weight, other.class, other.on, other.regex.as_str())
     }
 }
 
 impl Eq for Rule {}
 
+/// The rules of one side as one automaton: set index `i` is rule `rules[i]`.
+#[derive(Debug, Clone)]
+struct SideSet {
+    set: regex::RegexSet,
+    rules: Vec<usize>,
+}
+
 /// A compiled rule set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     /// `<name>@<version>`.
     pub version: &'static str,
     /// The rules.
     pub rules: Vec<Rule>,
+    prompt: Option<SideSet>,
+    answer: Option<SideSet>,
 }
+
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &RuleSet) -> bool {
+        (self.version, &self.rules) == (other.version, &other.rules)
+    }
+}
+
+impl Eq for RuleSet {}
 
 /// A hit of an answer-side rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,27 +203,17 @@ impl RawRuleSet {
             if raw.class.as_deref().is_some_and(|c| !valid_id(c)) {
                 errors.push((format!("{path}.class"), "a class is lower-case letters, digits, '.', '_' or '-'".into()));
             }
-            let build = |insensitive: bool| {
-                regex_lite::RegexBuilder::new(&raw.pattern).case_insensitive(insensitive).size_limit(SIZE_LIMIT).build()
-            };
-            let (prompt, answer) = match raw.on {
-                Side::Prompt => (Some(build(false)), None),
-                Side::Answer => (None, Some(build(true))),
-                Side::Both => (Some(build(false)), Some(build(true))),
-            };
-            let mut ok = |r: Option<Result<regex_lite::Regex, regex_lite::Error>>| match r {
-                Some(Ok(re)) if re.is_match("") => {
+            let regex = match regex::RegexBuilder::new(&raw.pattern).case_insensitive(true).size_limit(SIZE_LIMIT).build() {
+                Ok(re) if re.is_match("") => {
                     errors.push((format!("{path}.pattern"), "the pattern matches the empty text, so it would match everything".into()));
-                    None
+                    continue;
                 }
-                Some(Ok(re)) => Some(re),
-                Some(Err(e)) => {
+                Ok(re) => re,
+                Err(e) => {
                     errors.push((format!("{path}.pattern"), e.to_string()));
-                    None
+                    continue;
                 }
-                None => None,
             };
-            let (prompt, answer) = (ok(prompt), ok(answer));
             let severity = match raw.severity.unwrap_or(RawSeverity::High) {
                 RawSeverity::Low => Severity::Low,
                 RawSeverity::Medium => Severity::Medium,
@@ -215,11 +224,27 @@ impl RawRuleSet {
                 severity,
                 weight: raw.weight.unwrap_or(severity.points()),
                 class: intern(raw.class.as_deref().unwrap_or(name)),
-                prompt,
-                answer,
+                on: raw.on,
+                regex,
             });
         }
-        (errors.len() == before).then(|| RuleSet { version: intern(&format!("{name}@{}", self.version)), rules })
+        let side = |wanted: fn(Side) -> bool, errors: &mut Vec<(String, String)>| -> Option<SideSet> {
+            let picked: Vec<usize> = (0..rules.len()).filter(|&i| rules.get(i).is_some_and(|r| wanted(r.on))).collect();
+            if picked.is_empty() {
+                return None;
+            }
+            let patterns = picked.iter().filter_map(|&i| rules.get(i)).map(|r| r.regex.as_str());
+            match regex::RegexSetBuilder::new(patterns).case_insensitive(true).size_limit(SIZE_LIMIT).build() {
+                Ok(set) => Some(SideSet { set, rules: picked }),
+                Err(e) => {
+                    errors.push((format!("{at}.rules"), format!("the rules together are too large: {e}")));
+                    None
+                }
+            }
+        };
+        let prompt = side(|on| on != Side::Answer, errors);
+        let answer = side(|on| on != Side::Prompt, errors);
+        (errors.len() == before).then(|| RuleSet { version: intern(&format!("{name}@{}", self.version)), rules, prompt, answer })
     }
 }
 
@@ -227,10 +252,16 @@ impl RuleSet {
     /// Prompt-side hits in one text: `plain` (see [`super::normalize::plain`]), then the folded
     /// text and decoded payloads of `normalized`; at most one finding per rule.
     pub fn inspect(&self, index: usize, plain: &str, normalized: &Normalized, out: &mut Vec<Finding>) {
-        for rule in &self.rules {
-            let Some(re) = &rule.prompt else { continue };
-            let views = std::iter::once((None, plain)).chain(normalized.views());
-            if let Some((view, m)) = views.filter_map(|(view, text)| re.find(text).map(|m| (view, m))).next() {
+        let Some(side) = &self.prompt else { return };
+        let mut found = vec![false; side.rules.len()];
+        for (view, text) in std::iter::once((None, plain)).chain(normalized.views()) {
+            for i in side.set.matches(text).iter() {
+                let (Some(seen), Some(rule)) = (found.get_mut(i), side.rules.get(i).and_then(|&r| self.rules.get(r))) else { continue };
+                if *seen {
+                    continue;
+                }
+                *seen = true;
+                let span = rule.regex.find(text).map_or(0..0, |m| m.range());
                 out.push(Finding {
                     rule: rule.id,
                     rule_set: self.version,
@@ -238,7 +269,7 @@ impl RuleSet {
                     points: rule.weight,
                     message: index,
                     view,
-                    span: m.range(),
+                    span,
                 });
             }
         }
@@ -246,18 +277,20 @@ impl RuleSet {
 
     /// Whether any rule looks at prompts.
     pub fn has_prompt_rules(&self) -> bool {
-        self.rules.iter().any(|r| r.prompt.is_some())
+        self.prompt.is_some()
     }
 
     /// Whether any rule looks at answers.
     pub fn has_answer_rules(&self) -> bool {
-        self.rules.iter().any(|r| r.answer.is_some())
+        self.answer.is_some()
     }
 
     /// Answer-side hits in `text`: the first of each rule.
     pub fn answer_hits(&self, text: &str, out: &mut Vec<AnswerHit>) {
-        for rule in &self.rules {
-            if let Some(m) = rule.answer.as_ref().and_then(|re| re.find(text)) {
+        let Some(side) = &self.answer else { return };
+        for i in side.set.matches(text).iter() {
+            let Some(rule) = side.rules.get(i).and_then(|&r| self.rules.get(r)) else { continue };
+            if let Some(m) = rule.regex.find(text) {
                 out.push(AnswerHit { rule: rule.id, class: rule.class, span: m.range() });
             }
         }
