@@ -44,6 +44,10 @@ cargo test --locked --quiet -p edgegate-core -p edgegate-jwt -p edgegate-admin -
 cargo build --locked --quiet -p edgegate-admin
 export EDGEGATE_ADMIN_CLI="$ROOT/target/debug/edgegate-admin"
 
+say "fuzzing: every parser and detector of untrusted bytes, 8 s per target (tests/fuzz.sh)"
+(cd fuzz && cargo fmt --check)
+bash tests/fuzz.sh 8
+
 say "building the Worker (worker-build) and the Spin component"
 mkdir -p target
 (cd edge/cloudflare && worker-build --release >"$ROOT/target/worker-build.log" 2>&1) || { cat target/worker-build.log >&2; exit 1; }
