@@ -3,8 +3,10 @@
 //! and invalid checksums. Every row names the rules it must raise (none for benign rows). Rows
 //! marked `"known_miss"` (attacks not caught yet) and `"known_false_alarm"` (benign prompts that
 //! are flagged) record what the rules get wrong today and must stay wrong, so a change in either
-//! direction shows up here. Rows noted "held out" were written after the rules and not used to
-//! tune them. Detection and false-positive rates are printed:
+//! direction shows up here. Held-out sets measure how the rules generalise: "held out 1" was
+//! written after the phrase rules (and later used to tune the heuristics, so it no longer counts
+//! as unseen for them); "held out 2" was written before the heuristics and not used to tune
+//! anything. Detection and false-positive rates are printed:
 //! `cargo test -p edgegate-core --test firewall -- --nocapture`.
 #![allow(clippy::print_stdout)] // the rates are this test's report
 
@@ -27,7 +29,8 @@ fn found(text: &str) -> (Vec<&'static str>, u32) {
 #[test]
 fn the_corpus_gets_exactly_the_findings_it_expects() {
     let (mut attacks, mut caught, mut benign, mut false_alarms, mut pii, mut pii_right) = (0, 0, 0, 0, 0, 0);
-    let (mut held_attacks, mut held_caught, mut held_benign, mut held_alarms) = (0, 0, 0, 0);
+    // Per held-out set: attacks, caught, benign, false alarms.
+    let mut held: std::collections::BTreeMap<&str, [u32; 4]> = std::collections::BTreeMap::new();
     let mut wrong = Vec::new();
     for line in CORPUS.lines().filter(|l| !l.trim().is_empty()) {
         let row: Value = serde_json::from_str(line).unwrap_or_else(|e| unreachable!("{e}: {line}"));
@@ -36,15 +39,23 @@ fn the_corpus_gets_exactly_the_findings_it_expects() {
         expect.sort();
         let known_miss = row["known_miss"].as_bool().unwrap_or(false);
         let (rules, score) = found(text);
-        let held = row["note"].as_str().is_some_and(|n| n.starts_with("held out"));
+        let note = row["note"].as_str().unwrap_or("");
+        let set = if note.starts_with("held out 2") {
+            Some("held out 2")
+        } else if note.starts_with("held out") {
+            Some("held out 1")
+        } else {
+            None
+        };
         match row["label"].as_str() {
             Some("attack") => {
                 attacks += 1;
                 let hit = expect.iter().all(|r| rules.contains(r)) && score >= 2;
                 caught += u32::from(hit);
-                if held {
-                    held_attacks += 1;
-                    held_caught += u32::from(hit);
+                if let Some(set) = set {
+                    let counts = held.entry(set).or_default();
+                    counts[0] += 1;
+                    counts[1] += u32::from(hit);
                 }
                 if hit == known_miss {
                     wrong.push(format!(
@@ -56,9 +67,10 @@ fn the_corpus_gets_exactly_the_findings_it_expects() {
             Some("benign") => {
                 benign += 1;
                 false_alarms += u32::from(!rules.is_empty());
-                if held {
-                    held_benign += 1;
-                    held_alarms += u32::from(!rules.is_empty());
+                if let Some(set) = set {
+                    let counts = held.entry(set).or_default();
+                    counts[2] += 1;
+                    counts[3] += u32::from(!rules.is_empty());
                 }
                 if rules.is_empty() == row["known_false_alarm"].as_bool().unwrap_or(false) {
                     wrong.push(format!("benign {text:?}: got {rules:?}"));
@@ -79,7 +91,9 @@ fn the_corpus_gets_exactly_the_findings_it_expects() {
         100.0 * f64::from(caught) / f64::from(attacks.max(1)),
         100.0 * f64::from(false_alarms) / f64::from(benign.max(1)),
     );
-    println!("  of which held out: {held_caught}/{held_attacks} attacks detected, {held_alarms}/{held_benign} benign prompts flagged");
+    for (set, [attacks, caught, benign, alarms]) in held {
+        println!("  of which {set}: {caught}/{attacks} attacks detected, {alarms}/{benign} benign prompts flagged");
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
