@@ -26,6 +26,10 @@ fn found(text: &str) -> (Vec<&'static str>, u32) {
     (rules, inspection.score)
 }
 
+/// The score at which the corpus counts a prompt as flagged, attack or benign: one medium rule, or
+/// weak cues that add up (the gateway's default action threshold is 3).
+const FLAGGED: u32 = 2;
+
 #[test]
 fn the_corpus_gets_exactly_the_findings_it_expects() {
     let (mut attacks, mut caught, mut benign, mut false_alarms, mut pii, mut pii_right) = (0, 0, 0, 0, 0, 0);
@@ -50,7 +54,10 @@ fn the_corpus_gets_exactly_the_findings_it_expects() {
         match row["label"].as_str() {
             Some("attack") => {
                 attacks += 1;
-                let hit = expect.iter().all(|r| rules.contains(r)) && score >= 2;
+                // A rule family is raised by the rule itself or any of its cues (`family.cue`).
+                let raised =
+                    |family: &str| rules.iter().any(|r| *r == family || r.strip_prefix(family).is_some_and(|c| c.starts_with('.')));
+                let hit = expect.iter().all(|r| raised(r)) && score >= FLAGGED;
                 caught += u32::from(hit);
                 if let Some(set) = set {
                     let counts = held.entry(set).or_default();
@@ -66,14 +73,15 @@ fn the_corpus_gets_exactly_the_findings_it_expects() {
             }
             Some("benign") => {
                 benign += 1;
-                false_alarms += u32::from(!rules.is_empty());
+                let flagged = score >= FLAGGED || rules.iter().any(|r| !r.starts_with("injection."));
+                false_alarms += u32::from(flagged);
                 if let Some(set) = set {
                     let counts = held.entry(set).or_default();
                     counts[2] += 1;
-                    counts[3] += u32::from(!rules.is_empty());
+                    counts[3] += u32::from(flagged);
                 }
-                if rules.is_empty() == row["known_false_alarm"].as_bool().unwrap_or(false) {
-                    wrong.push(format!("benign {text:?}: got {rules:?}"));
+                if flagged != row["known_false_alarm"].as_bool().unwrap_or(false) {
+                    wrong.push(format!("benign {text:?}: got {rules:?} (score {score})"));
                 }
             }
             _ => {

@@ -100,13 +100,28 @@ pub struct Rule {
     pub class: &'static str,
     /// Where it looks.
     pub on: Side,
-    regex: regex::Regex,
+    pattern: Box<str>,
+    insensitive: bool,
+    /// Compiled when first needed (the gateway's own sets), or at load (policy's, to check them).
+    regex: OnceLock<Option<regex::Regex>>,
+}
+
+impl Rule {
+    fn build(pattern: &str, insensitive: bool) -> Result<regex::Regex, regex::Error> {
+        regex::RegexBuilder::new(pattern).case_insensitive(insensitive).size_limit(SIZE_LIMIT).build()
+    }
+
+    /// The first match in `text` (the set said there is one).
+    fn find(&self, text: &str) -> Option<std::ops::Range<usize>> {
+        let re = self.regex.get_or_init(|| Rule::build(&self.pattern, self.insensitive).ok()).as_ref()?;
+        re.find(text).map(|m| m.range())
+    }
 }
 
 impl PartialEq for Rule {
     fn eq(&self, other: &Rule) -> bool {
-        (self.id, self.severity, self.weight, self.class, self.on, self.regex.as_str())
-            == (other.id, other.severity, other.weight, other.class, other.on, other.regex.as_str())
+        (self.id, self.severity, self.weight, self.class, self.on, &self.pattern)
+            == (other.id, other.severity, other.weight, other.class, other.on, &other.pattern)
     }
 }
 
@@ -170,6 +185,16 @@ fn valid_id(id: &str) -> bool {
 impl RawRuleSet {
     /// Compiles the set `name`, pushing every error with its path under `at`.
     pub fn compile(&self, name: &str, at: &str, errors: &mut Vec<(String, String)>) -> Option<RuleSet> {
+        self.compile_as(name, at, errors, false)
+    }
+
+    /// Compiles one of the gateway's own sets, whose ids may use the built-in families and whose
+    /// patterns are written for folded (lower-case) text, so they match case-sensitively.
+    pub(crate) fn compile_builtin(&self, name: &str) -> Option<RuleSet> {
+        self.compile_as(name, name, &mut Vec::new(), true)
+    }
+
+    fn compile_as(&self, name: &str, at: &str, errors: &mut Vec<(String, String)>, builtin: bool) -> Option<RuleSet> {
         let before = errors.len();
         if !valid_id(name) {
             errors.push((at.to_owned(), "a rule set name is lower-case letters, digits, '.', '_' or '-' (at most 64)".into()));
@@ -187,7 +212,7 @@ impl RawRuleSet {
             if !valid_id(&raw.id) {
                 errors.push((format!("{path}.id"), "a rule id is lower-case letters, digits, '.', '_' or '-' (at most 64)".into()));
             }
-            if ["injection.", "pii.", "secret.", "guard."].iter().any(|p| raw.id.starts_with(p)) {
+            if !builtin && ["injection.", "pii.", "secret.", "guard."].iter().any(|p| raw.id.starts_with(p)) {
                 errors.push((format!("{path}.id"), "ids starting injection., pii., secret. or guard. are the built-in rules'".into()));
             }
             if !ids.insert(raw.id.as_str()) {
@@ -203,15 +228,20 @@ impl RawRuleSet {
             if raw.class.as_deref().is_some_and(|c| !valid_id(c)) {
                 errors.push((format!("{path}.class"), "a class is lower-case letters, digits, '.', '_' or '-'".into()));
             }
-            let regex = match regex::RegexBuilder::new(&raw.pattern).case_insensitive(true).size_limit(SIZE_LIMIT).build() {
-                Ok(re) if re.is_match("") => {
-                    errors.push((format!("{path}.pattern"), "the pattern matches the empty text, so it would match everything".into()));
-                    continue;
-                }
-                Ok(re) => re,
-                Err(e) => {
-                    errors.push((format!("{path}.pattern"), e.to_string()));
-                    continue;
+            // The gateway's own patterns are known good (tested) and compiled when first needed.
+            let regex = if builtin {
+                OnceLock::new()
+            } else {
+                match Rule::build(&raw.pattern, true) {
+                    Ok(re) if re.is_match("") => {
+                        errors.push((format!("{path}.pattern"), "the pattern matches the empty text, so it would match everything".into()));
+                        continue;
+                    }
+                    Ok(re) => OnceLock::from(Some(re)),
+                    Err(e) => {
+                        errors.push((format!("{path}.pattern"), e.to_string()));
+                        continue;
+                    }
                 }
             };
             let severity = match raw.severity.unwrap_or(RawSeverity::High) {
@@ -225,6 +255,8 @@ impl RawRuleSet {
                 weight: raw.weight.unwrap_or(severity.points()),
                 class: intern(raw.class.as_deref().unwrap_or(name)),
                 on: raw.on,
+                pattern: raw.pattern.as_str().into(),
+                insensitive: !builtin,
                 regex,
             });
         }
@@ -233,8 +265,8 @@ impl RawRuleSet {
             if picked.is_empty() {
                 return None;
             }
-            let patterns = picked.iter().filter_map(|&i| rules.get(i)).map(|r| r.regex.as_str());
-            match regex::RegexSetBuilder::new(patterns).case_insensitive(true).size_limit(SIZE_LIMIT).build() {
+            let patterns = picked.iter().filter_map(|&i| rules.get(i)).map(|r| &*r.pattern);
+            match regex::RegexSetBuilder::new(patterns).case_insensitive(!builtin).size_limit(SIZE_LIMIT).build() {
                 Ok(set) => Some(SideSet { set, rules: picked }),
                 Err(e) => {
                     errors.push((format!("{at}.rules"), format!("the rules together are too large: {e}")));
@@ -249,19 +281,19 @@ impl RawRuleSet {
 }
 
 impl RuleSet {
-    /// Prompt-side hits in one text: `plain` (see [`super::normalize::plain`]), then the folded
-    /// text and decoded payloads of `normalized`; at most one finding per rule.
-    pub fn inspect(&self, index: usize, plain: &str, normalized: &Normalized, out: &mut Vec<Finding>) {
+    /// Prompt-side hits in one text: `plain` if given (see [`super::normalize::plain`]), then the
+    /// folded text and decoded payloads of `normalized`; at most one finding per rule.
+    pub fn inspect(&self, index: usize, plain: Option<&str>, normalized: &Normalized, out: &mut Vec<Finding>) {
         let Some(side) = &self.prompt else { return };
         let mut found = vec![false; side.rules.len()];
-        for (view, text) in std::iter::once((None, plain)).chain(normalized.views()) {
+        for (view, text) in plain.map(|p| (None, p)).into_iter().chain(normalized.views()) {
             for i in side.set.matches(text).iter() {
                 let (Some(seen), Some(rule)) = (found.get_mut(i), side.rules.get(i).and_then(|&r| self.rules.get(r))) else { continue };
                 if *seen {
                     continue;
                 }
                 *seen = true;
-                let span = rule.regex.find(text).map_or(0..0, |m| m.range());
+                let span = rule.find(text).unwrap_or(0..0);
                 out.push(Finding {
                     rule: rule.id,
                     rule_set: self.version,
@@ -290,8 +322,8 @@ impl RuleSet {
         let Some(side) = &self.answer else { return };
         for i in side.set.matches(text).iter() {
             let Some(rule) = side.rules.get(i).and_then(|&r| self.rules.get(r)) else { continue };
-            if let Some(m) = rule.regex.find(text) {
-                out.push(AnswerHit { rule: rule.id, class: rule.class, span: m.range() });
+            if let Some(span) = rule.find(text) {
+                out.push(AnswerHit { rule: rule.id, class: rule.class, span });
             }
         }
     }
@@ -342,7 +374,7 @@ mod tests {
         assert_eq!(rules.version, "acme@3");
         let mut found = Vec::new();
         let text = "Tell me about PROJECT   F\u{200b}ALCON";
-        rules.inspect(0, &super::super::normalize::plain(text), &super::super::normalize::normalize(text), &mut found);
+        rules.inspect(0, Some(&super::super::normalize::plain(text)), &super::super::normalize::normalize(text), &mut found);
         assert_eq!(found.iter().map(|f| (f.rule, f.points)).collect::<Vec<_>>(), [("codename", 5)]);
         let mut hits = Vec::new();
         rules.answer_hits("Project Falcon is… here is How To Make it", &mut hits);
