@@ -22,7 +22,9 @@ use crate::error::{Error, ErrorKind, Side};
 use crate::health::{self, Board, BreakerSettings, Observation, Outcome};
 use crate::jwt;
 use crate::ledger::{Amounts, Containment, LedgerAnswer, LedgerOp, Screen};
+use crate::metrics::Meter;
 use crate::phases::{self, Candidate, RateState};
+use crate::policy::TelemetrySettings;
 use crate::policy::{Degraded, Policy, Price, ProviderKind, Role, Roles, Timeouts, hash_key, hex};
 use crate::ports::{ByteStream, Host};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
@@ -63,6 +65,18 @@ pub struct Gateway {
     health_refresh_ms: u64,
     /// The contained scopes of each tenant, as the ledger last said (see [`Contained`]).
     contained: Contained,
+    /// Metrics aggregated since the last export.
+    meter: Rc<RefCell<MeterState>>,
+}
+
+/// An isolate's metrics between exports.
+#[derive(Debug, Default)]
+struct MeterState {
+    meter: Option<Meter>,
+    /// When the last export started.
+    exported_ms: u64,
+    /// Names this isolate in exports (`service.instance.id`), drawn on first use.
+    instance: String,
 }
 
 impl Default for Gateway {
@@ -72,6 +86,7 @@ impl Default for Gateway {
             health: Rc::default(),
             health_refresh_ms: HEALTH_REFRESH_MS,
             contained: Contained::default(),
+            meter: Rc::default(),
         }
     }
 }
@@ -231,6 +246,16 @@ struct Ctx {
     guard: Option<crate::firewall::guard::OutputGuard>,
     /// The prompt's screening for containment, until a reservation or the record phase sends it.
     screen: Option<PendingScreen>,
+    /// Where the record phase sends metrics, once a policy that names a collector is known.
+    metrics: Option<MetricsJob>,
+}
+
+/// The record phase's metrics step: fold the record into the isolate's meter, and export when due.
+struct MetricsJob {
+    state: Rc<RefCell<MeterState>>,
+    settings: TelemetrySettings,
+    /// Export after every request (hosts without isolate memory).
+    every_request: bool,
 }
 
 /// A sampled request's shadow: sent to `candidate` after the answer, compared with it.
@@ -297,6 +322,7 @@ impl Gateway {
                 firewall: None,
                 guard: None,
                 containment: None,
+                suspicious: None,
                 duration_ms: 0,
             },
             rate: None,
@@ -305,6 +331,7 @@ impl Gateway {
             shadow: None,
             guard: None,
             screen: None,
+            metrics: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -360,6 +387,11 @@ impl Gateway {
         let secret = phases::credential(req.headers())?;
         let (policy, principal) = self.identify(host, &snapshot, secret, now_ms, Role::Invoke).await?;
         ctx.record.policy_version = Some(policy.version.clone());
+        ctx.metrics = policy.telemetry().map(|settings| MetricsJob {
+            state: Rc::clone(&self.meter),
+            settings: settings.clone(),
+            every_request: self.health_refresh_ms == 0,
+        });
         ctx.record.tenant = Some(principal.tenant.id.clone());
         ctx.record.key_id = Some(principal.key.id.clone());
 
@@ -397,10 +429,13 @@ impl Gateway {
         let tenant = principal.tenant.id.as_str();
         let screen = |ctx: &mut Ctx, alias: &str, verdict: &crate::firewall::Verdict, normal: &crate::firewall::Effective| {
             ctx.record.firewall = verdict.action.is_some().then(|| verdict.clone());
-            if let Some(c) = policy.containment()
-                && normal.injection != crate::firewall::Action::Off
-            {
-                let screen = Screen { route: alias.to_owned(), suspicious: verdict.score >= normal.threshold, rule: c.rule };
+            if normal.injection == crate::firewall::Action::Off {
+                return;
+            }
+            let suspicious = verdict.score >= normal.threshold;
+            ctx.record.suspicious = Some(suspicious);
+            if let Some(c) = policy.containment() {
+                let screen = Screen { route: alias.to_owned(), suspicious, rule: c.rule };
                 ctx.screen = Some(PendingScreen { tenant: tenant.to_owned(), screen, contained: self.contained.clone() });
             }
         };
@@ -1182,11 +1217,20 @@ struct Finish {
     shadow: Option<ShadowJob>,
     guard: Option<crate::firewall::guard::OutputGuard>,
     screen: Option<PendingScreen>,
+    metrics: Option<MetricsJob>,
 }
 
 impl From<Ctx> for Finish {
     fn from(ctx: Ctx) -> Self {
-        Finish { record: ctx.record, account: ctx.account, health: ctx.health, shadow: ctx.shadow, guard: ctx.guard, screen: ctx.screen }
+        Finish {
+            record: ctx.record,
+            account: ctx.account,
+            health: ctx.health,
+            shadow: ctx.shadow,
+            guard: ctx.guard,
+            screen: ctx.screen,
+            metrics: ctx.metrics,
+        }
     }
 }
 
@@ -1197,10 +1241,11 @@ impl Finish {
     /// A sampled request's shadow is sent last, after the caller has its answer.
     fn run<H: Host>(mut self, host: &H) {
         self.record.guard = self.guard.as_ref().and_then(crate::firewall::OutputVerdict::of);
-        finish(host, self.record, self.account, self.health, self.shadow, self.screen);
+        finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish<H: Host>(
     host: &H,
     mut record: RequestRecord,
@@ -1208,6 +1253,7 @@ fn finish<H: Host>(
     health: Option<HealthReport>,
     shadow: Option<ShadowJob>,
     screen: Option<PendingScreen>,
+    metrics: Option<MetricsJob>,
 ) {
     let now = host.now_ms();
     record.duration_ms = now.saturating_sub(record.start_ms);
@@ -1266,8 +1312,45 @@ fn finish<H: Host>(
         if let Some(job) = shadow.filter(|_| record.status == 200) {
             record.shadow = Some(run_shadow(&worker, job, &record.request_id, record.duration_ms).await);
         }
+        if let Some(job) = metrics {
+            export_metrics(&worker, job, &record).await;
+        }
         let _ = worker.export(vec![record]).await;
     }));
+}
+
+/// Folds `record` into the isolate's meter and, when an export is due, posts everything since
+/// the last one to the collector (OTLP/HTTP JSON), waiting at most five seconds. What fails to
+/// export is dropped: metrics never hold a request up or grow without bound.
+async fn export_metrics<H: Host>(host: &H, job: MetricsJob, record: &RequestRecord) {
+    let now = host.now_ms();
+    let body = {
+        let mut state = job.state.borrow_mut();
+        if state.instance.is_empty() {
+            let mut id = [0u8; 8];
+            host.fill(&mut id);
+            state.instance = hex(&id);
+            state.exported_ms = now;
+        }
+        let state = &mut *state;
+        let meter = state.meter.get_or_insert_with(|| Meter::new(now));
+        meter.observe(record);
+        if !job.every_request && now.saturating_sub(state.exported_ms) < job.settings.interval_ms {
+            return;
+        }
+        state.exported_ms = now;
+        meter.take(now, &job.settings.service_name, &state.instance)
+    };
+    let Some(body) = body else { return };
+    let mut request = http::Request::post(&job.settings.metrics_url).header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(name) = &job.settings.authorization_secret
+        && let Ok(Some(value)) = host.secret(name).await
+    {
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let Ok(request) = request.body(Bytes::from(body)) else { return };
+    let timer = std::pin::pin!(host.sleep(5_000));
+    let _ = futures::future::select(std::pin::pin!(host.send(request)), timer).await;
 }
 
 /// Sends a shadow request and compares its answer with the caller's.

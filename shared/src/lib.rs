@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod health;
 pub mod jwt;
 pub mod ledger;
+pub mod metrics;
 pub mod phases;
 pub mod policy;
 pub mod ports;

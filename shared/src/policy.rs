@@ -75,6 +75,38 @@ struct RawSettings {
     firewall: Option<FirewallPolicy>,
     /// When a tenant's or route's share of suspicious prompts contains it (on by default).
     containment: Option<RawContainment>,
+    /// Where metrics go (OTLP/HTTP, JSON encoding); none are exported without it.
+    telemetry: Option<RawTelemetry>,
+}
+
+/// Metrics export.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://otel-collector:4318`; metrics are posted
+    /// to `{otlp_endpoint}/v1/metrics`.
+    otlp_endpoint: String,
+    /// How often an isolate exports what it aggregated, seconds (default 10; hosts that start an
+    /// instance per request, such as Spin, export after each request).
+    export_interval_seconds: Option<u32>,
+    /// `service.name` of the exported resource (default `edgegate`).
+    service_name: Option<String>,
+    /// Name of a host secret holding an `authorization` header value for the collector.
+    authorization_secret: Option<String>,
+}
+
+/// Compiled metrics export settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    /// `{otlp_endpoint}/v1/metrics`.
+    pub metrics_url: String,
+    /// Export interval, milliseconds.
+    pub interval_ms: u64,
+    /// `service.name`.
+    pub service_name: String,
+    /// Secret with the `authorization` header value.
+    pub authorization_secret: Option<String>,
 }
 
 /// Containment: when the share of a tenant's (or one of its routes') prompts whose injection
@@ -734,6 +766,7 @@ pub struct Policy {
     firewall: Option<FirewallPolicy>,
     rule_sets: BTreeMap<String, Rc<crate::firewall::custom::RuleSet>>,
     containment: Option<ContainmentPolicy>,
+    telemetry: Option<TelemetrySettings>,
 }
 
 impl Policy {
@@ -1007,6 +1040,14 @@ impl Policy {
             ("window_seconds", raw_containment.window_seconds.is_some_and(|w| !(10..=86_400).contains(&w)), "10 to 86400"),
             ("rate_percent", raw_containment.rate_percent.is_some_and(|r| !(1..=100).contains(&r)), "1 to 100"),
         ];
+        if let Some(t) = &doc.settings.telemetry
+            && !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"))
+        {
+            errors.push(PolicyError {
+                path: "settings.telemetry.otlp_endpoint".into(),
+                message: "must start with http:// or https://".into(),
+            });
+        }
         for (field, bad, range) in containment_errors {
             if bad {
                 errors.push(PolicyError { path: format!("settings.containment.{field}"), message: format!("must be {range}") });
@@ -1066,6 +1107,12 @@ impl Policy {
         let estimated_output_tokens = doc.settings.estimated_output_tokens.unwrap_or(256);
         let breaker = doc.settings.breaker.unwrap_or_default();
         let firewall = doc.settings.firewall;
+        let telemetry = doc.settings.telemetry.map(|t| TelemetrySettings {
+            metrics_url: format!("{}/v1/metrics", t.otlp_endpoint.trim_end_matches('/')),
+            interval_ms: u64::from(t.export_interval_seconds.unwrap_or(10)) * 1000,
+            service_name: t.service_name.unwrap_or_else(|| "edgegate".into()),
+            authorization_secret: t.authorization_secret,
+        });
         let containment = (raw_containment.enabled != Some(false)).then(|| ContainmentPolicy {
             rule: crate::ledger::ContainmentRule {
                 ratio_permille: u32::from(raw_containment.ratio_percent.unwrap_or(3)) * 10,
@@ -1093,6 +1140,7 @@ impl Policy {
             firewall,
             rule_sets,
             containment,
+            telemetry,
         })
     }
 
@@ -1154,6 +1202,11 @@ impl Policy {
     /// The compiled custom rule sets, by name.
     pub fn rule_sets(&self) -> &BTreeMap<String, Rc<crate::firewall::custom::RuleSet>> {
         &self.rule_sets
+    }
+
+    /// Metrics export settings, when policy names a collector.
+    pub fn telemetry(&self) -> Option<&TelemetrySettings> {
+        self.telemetry.as_ref()
     }
 
     /// Containment settings, unless turned off.

@@ -123,6 +123,10 @@ pub struct RequestRecord {
     /// request's observations (each transition is reported once, by the location's board).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub breaker_events: Vec<BreakerEvent>,
+    /// Whether the prompt's injection score reached the threshold, when it was screened (the
+    /// firewall looks for injection on its route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspicious: Option<bool>,
     /// What the prompt firewall found and did (rule ids, never text), when it found anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall: Option<crate::firewall::Verdict>,

@@ -27,6 +27,8 @@
 //! (`/client/v4/accounts/{account}/storage/kv/namespaces/{ns}/values/{key}`: GET, PUT, DELETE,
 //! Cloudflare's `{"success","errors"}` envelope on failure) from memory, for the admin CLI.
 //!
+//! It accepts `POST /v1/metrics` as an OTLP/HTTP collector would (JSON encoding), answering `{}`.
+//!
 //! `GET /_sim/requests` returns what was received (newest last); `DELETE` clears it.
 //! Usage: `upstream-sim [--listen 127.0.0.1:0] [--latency-ms N] [--require-key KEY]`.
 
@@ -78,7 +80,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !listen.ip().is_loopback() {
         return Err("the simulator only listens on loopback addresses".into());
     }
-    let sim = Arc::new(Sim { config, received: Mutex::new(Vec::new()), cf_kv: Mutex::new(HashMap::new()), faults: Mutex::new(HashMap::new()) });
+    let sim =
+        Arc::new(Sim { config, received: Mutex::new(Vec::new()), cf_kv: Mutex::new(HashMap::new()), faults: Mutex::new(HashMap::new()) });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -328,6 +331,8 @@ impl Sim {
                 let model = p["/model/".len()..].rsplit_once('/').map_or("", |(m, _)| m);
                 bedrock(model, &parsed, p.ends_with("/converse-stream"), &d)
             }
+            // An OTLP/HTTP collector's metrics endpoint: what was posted is in `/_sim/requests`.
+            ("POST", "/v1/metrics") => full(200, "application/json", "{}".to_owned()),
             ("POST", "/v1/embeddings") => embeddings(&parsed),
             ("POST", "/v1/messages/count_tokens") => {
                 let (_, input_tokens, _) = answer(&parsed);
