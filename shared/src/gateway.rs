@@ -73,6 +73,8 @@ pub struct Gateway {
 #[derive(Debug, Default)]
 struct MeterState {
     meter: Option<Meter>,
+    /// Spans of sampled requests not yet exported (at most [`MAX_PENDING_SPANS`]).
+    spans: Vec<serde_json::Value>,
     /// When the last export started.
     exported_ms: u64,
     /// Names this isolate in exports (`service.instance.id`), drawn on first use.
@@ -146,6 +148,9 @@ struct PendingScreen {
     screen: Screen,
     contained: Contained,
 }
+
+/// Spans an isolate keeps between exports; older ones are dropped first.
+const MAX_PENDING_SPANS: usize = 2_000;
 
 /// How often an isolate sends its health observations to the location's board and reads it back.
 pub const HEALTH_REFRESH_MS: u64 = 1_000;
@@ -258,6 +263,13 @@ struct MetricsJob {
     every_request: bool,
 }
 
+impl Ctx {
+    /// Notes that phase `name` ran from `start_ms` to `end_ms` (a span of the request's trace).
+    fn phase(&mut self, name: &'static str, start_ms: u64, end_ms: u64) {
+        self.record.phases.push(crate::telemetry::PhaseTiming { name, start_ms, duration_ms: end_ms.saturating_sub(start_ms) });
+    }
+}
+
 /// A sampled request's shadow: sent to `candidate` after the answer, compared with it.
 struct ShadowJob {
     candidate: Candidate,
@@ -293,10 +305,19 @@ impl Gateway {
         let mut id = [0u8; 12];
         host.fill(&mut id);
         let route = route_of(req.method(), req.uri().path());
+        let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::traces::parse_traceparent);
+        let mut ids = [0u8; 24];
+        host.fill(&mut ids);
+        let (trace_bytes, span_bytes) = ids.split_at(16);
         let mut ctx = Ctx {
             record: RequestRecord {
                 schema: RECORD_SCHEMA,
                 request_id: format!("req_{}", hex(&id)),
+                trace_id: parent.as_ref().map_or_else(|| hex(trace_bytes), |p| p.trace_id.clone()),
+                span_id: hex(span_bytes),
+                parent_span_id: parent.as_ref().map(|p| p.span_id.clone()),
+                sampled: parent.as_ref().map(|p| p.sampled),
+                phases: Vec::new(),
                 start_ms,
                 route: route.as_ref().map_or("unmatched", |r| r.name()),
                 policy_version: None,
@@ -496,24 +517,35 @@ impl Gateway {
             return Ok(Reply::Json(StatusCode::OK, Bytes::from(estimate.to_string())));
         }
 
-        let mut chat = phases::validate(ctx.dialect, req.body())?;
+        let t = host.now_ms();
+        let parsed = phases::validate(ctx.dialect, req.body());
+        ctx.phase("gateway.normalize_prompt", t, host.now_ms());
+        let mut chat = parsed?;
         ctx.record.model = Some(chat.model.clone());
         ctx.record.stream = chat.is_stream();
         // The firewall (phase 2, validate): every text the model will read.
+        let t = host.now_ms();
         let (rules, normal) = rules_for(ctx, &chat.model);
         let known_contained = ctx.record.containment.is_some();
         let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
         screen(ctx, &chat.model, &verdict, &normal);
+        ctx.phase("policy.firewall", t, host.now_ms());
         allowed?;
         ctx.guard = rules.output_guard(&chat);
         let prompt = chat.estimate_prompt_tokens();
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
         let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
-        let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &chat.model, Some(&chat), prompt, output)).await?;
+        let t = host.now_ms();
+        let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &chat.model, Some(&chat), prompt, output)).await;
+        ctx.phase("router.route_decision", t, host.now_ms());
+        let plan = plan?;
         let scope = phases::Scope { alias: &chat.model, feature };
         let ask_for = |plan: &Plan| phases::ask(&plan.candidates, prompt, output);
-        let (alias, plan) = match self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, ask_for(&plan)).await {
+        let t = host.now_ms();
+        let admitted = self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, ask_for(&plan)).await;
+        ctx.phase("router.policy_eval", t, host.now_ms());
+        let (alias, plan) = match admitted {
             // A refused request goes to the alias's overflow route, if it has one the caller may use.
             Err(refused) if matches!(refused.kind, ErrorKind::RateLimited { .. } | ErrorKind::BudgetExceeded { .. }) => {
                 match policy.overflow(&chat.model) {
@@ -866,6 +898,14 @@ impl Gateway {
     /// while the route's retry budget at this location has room. When residency removed
     /// candidates and every allowed one failed, the answer is `residency_unavailable`.
     async fn call_upstream<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, policy: &Policy, plan: &Plan) -> Result<Reply, Error> {
+        let t = host.now_ms();
+        let result = self.walk_plan(host, ctx, op, policy, plan).await;
+        ctx.phase("router.select_provider", t, host.now_ms());
+        result
+    }
+
+    /// [`Gateway::call_upstream`]'s loop.
+    async fn walk_plan<H: Host>(&self, host: &H, ctx: &mut Ctx, op: Op<'_>, policy: &Policy, plan: &Plan) -> Result<Reply, Error> {
         let alias = ctx.health.as_ref().map(|h| h.route.clone()).unwrap_or_default();
         let (critical, budget, timeouts) =
             policy.route(&alias).map_or((true, 20, Timeouts::default()), |r| (r.critical, r.retry_budget_percent, r.timeouts));
@@ -883,7 +923,12 @@ impl Gateway {
             }
             let sent_ms = host.now_ms();
             tried += 1;
-            let result = self.attempt(host, ctx, op, candidate, timeouts).await;
+            let mut span = [0u8; 8];
+            host.fill(&mut span);
+            let span_id = hex(&span);
+            let traceparent =
+                format!("00-{}-{span_id}-{}", ctx.record.trace_id, if ctx.record.sampled == Some(false) { "00" } else { "01" });
+            let result = self.attempt(host, ctx, op, candidate, timeouts, &traceparent).await;
             let elapsed = host.now_ms().saturating_sub(sent_ms);
             let (status, error) = match &result {
                 Ok((status, _)) => (Some(*status), None),
@@ -896,6 +941,8 @@ impl Gateway {
                 error,
                 duration_ms: elapsed,
                 forced,
+                start_ms: sent_ms,
+                span_id,
             });
             if let Some(h) = ctx.health.as_mut() {
                 let outcome = match &result {
@@ -957,8 +1004,9 @@ impl Gateway {
         op: Op<'_>,
         c: &Candidate,
         timeouts: Timeouts,
+        traceparent: &str,
     ) -> Result<(u16, Reply), (Option<u16>, Error)> {
-        let response = exchange(host, op, c, timeouts, &ctx.record.request_id).await.map_err(|e| (None, e))?;
+        let response = exchange(host, op, c, timeouts, &ctx.record.request_id, Some(traceparent)).await.map_err(|e| (None, e))?;
         self.answer(host, ctx, op, &c.provider, response).await
     }
 
@@ -1005,10 +1053,14 @@ impl Gateway {
         let mut completion = adapter.chat_response(&bytes, host.now_ms() / 1000).map_err(|e| (Some(status), e))?;
         ctx.record.usage = completion.usage;
         // Phase 6, guard, for a whole answer.
+        let t = host.now_ms();
         if let Some(guard) = ctx.guard.as_mut()
             && let Some(body) = guard.completion(&completion.body)
         {
             completion.body = Bytes::from(body);
+        }
+        if ctx.guard.is_some() {
+            ctx.phase("response.guardrail", t, host.now_ms());
         }
         if let Some(job) = ctx.shadow.as_mut() {
             job.primary_text = first_text(&completion.body, "message");
@@ -1064,6 +1116,7 @@ async fn exchange<H: Host>(
     c: &Candidate,
     timeouts: Timeouts,
     request_id: &str,
+    traceparent: Option<&str>,
 ) -> Result<http::Response<ByteStream>, Error> {
     let adapter = providers::adapter(c.provider.kind);
     let credential = match &c.provider.api_key_secret {
@@ -1080,6 +1133,11 @@ async fn exchange<H: Host>(
         Op::Count(chat) => adapter.count_tokens_request(&c.provider, &c.target, chat, credential.as_deref()),
     }?;
     adapter.authorize(&c.provider, &mut request, credential.as_deref(), host.now_ms())?;
+    // W3C trace context: the provider sees this attempt's span as its parent. Added after
+    // signing, so a signature (AWS SigV4) covers only what the adapter built.
+    if let Some(v) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        request.headers_mut().insert("traceparent", v);
+    }
     if let Some(ms) = timeouts.connect_ms {
         request.extensions_mut().insert(crate::ports::ConnectTimeout(ms));
     }
@@ -1319,9 +1377,10 @@ fn finish<H: Host>(
     }));
 }
 
-/// Folds `record` into the isolate's meter and, when an export is due, posts everything since
-/// the last one to the collector (OTLP/HTTP JSON), waiting at most five seconds. What fails to
-/// export is dropped: metrics never hold a request up or grow without bound.
+/// Folds `record` into the isolate's meter (and, if its trace is sampled, its spans into the
+/// pending ones) and, when an export is due, posts everything since the last one to the collector
+/// (OTLP/HTTP JSON: metrics, then traces), waiting at most five seconds each. What fails to export
+/// is dropped: telemetry never holds a request up or grows without bound.
 async fn export_metrics<H: Host>(host: &H, job: MetricsJob, record: &RequestRecord) {
     let now = host.now_ms();
     let body = {
@@ -1335,22 +1394,34 @@ async fn export_metrics<H: Host>(host: &H, job: MetricsJob, record: &RequestReco
         let state = &mut *state;
         let meter = state.meter.get_or_insert_with(|| Meter::new(now));
         meter.observe(record);
+        if crate::traces::sampled(record, job.settings.trace_sample_percent) {
+            state.spans.extend(crate::traces::spans(record));
+            let over = state.spans.len().saturating_sub(MAX_PENDING_SPANS);
+            state.spans.drain(..over);
+        }
         if !job.every_request && now.saturating_sub(state.exported_ms) < job.settings.interval_ms {
             return;
         }
         state.exported_ms = now;
-        meter.take(now, &job.settings.service_name, &state.instance)
+        let metrics = meter.take(now, &job.settings.service_name, &state.instance);
+        let spans = std::mem::take(&mut state.spans);
+        let traces = (!spans.is_empty()).then(|| crate::traces::export_body(spans, &job.settings.service_name, &state.instance));
+        [(job.settings.metrics_url.clone(), metrics), (job.settings.traces_url.clone(), traces)]
     };
-    let Some(body) = body else { return };
-    let mut request = http::Request::post(&job.settings.metrics_url).header(http::header::CONTENT_TYPE, "application/json");
-    if let Some(name) = &job.settings.authorization_secret
-        && let Ok(Some(value)) = host.secret(name).await
-    {
-        request = request.header(http::header::AUTHORIZATION, value);
+    let authorization = match &job.settings.authorization_secret {
+        Some(name) => host.secret(name).await.ok().flatten(),
+        None => None,
+    };
+    for (url, body) in body {
+        let Some(body) = body else { continue };
+        let mut request = http::Request::post(url).header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(value) = &authorization {
+            request = request.header(http::header::AUTHORIZATION, value.as_str());
+        }
+        let Ok(request) = request.body(Bytes::from(body)) else { continue };
+        let timer = std::pin::pin!(host.sleep(5_000));
+        let _ = futures::future::select(std::pin::pin!(host.send(request)), timer).await;
     }
-    let Ok(request) = request.body(Bytes::from(body)) else { return };
-    let timer = std::pin::pin!(host.sleep(5_000));
-    let _ = futures::future::select(std::pin::pin!(host.send(request)), timer).await;
 }
 
 /// Sends a shadow request and compares its answer with the caller's.
@@ -1369,7 +1440,7 @@ async fn run_shadow<H: Host>(host: &H, job: ShadowJob, request_id: &str, primary
     };
     let start = host.now_ms();
     let answer = async {
-        let response = exchange(host, Op::Chat(&job.chat), c, job.timeouts, &format!("{request_id}-shadow")).await?;
+        let response = exchange(host, Op::Chat(&job.chat), c, job.timeouts, &format!("{request_id}-shadow"), None).await?;
         let status = response.status().as_u16();
         record.status = Some(status);
         let adapter = providers::adapter(c.provider.kind);

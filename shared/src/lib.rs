@@ -31,6 +31,7 @@ pub mod sse;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod traces;
 
 pub use error::{Error, ErrorKind, Retry, Side};
 pub use gateway::{Body, Gateway, MAX_REQUEST_BYTES};

@@ -75,7 +75,7 @@ struct RawSettings {
     firewall: Option<FirewallPolicy>,
     /// When a tenant's or route's share of suspicious prompts contains it (on by default).
     containment: Option<RawContainment>,
-    /// Where metrics go (OTLP/HTTP, JSON encoding); none are exported without it.
+    /// Where metrics and traces go (OTLP/HTTP, JSON encoding); none are exported without it.
     telemetry: Option<RawTelemetry>,
 }
 
@@ -85,7 +85,7 @@ struct RawSettings {
 #[serde(deny_unknown_fields)]
 struct RawTelemetry {
     /// The collector's OTLP/HTTP base URL, e.g. `http://otel-collector:4318`; metrics are posted
-    /// to `{otlp_endpoint}/v1/metrics`.
+    /// to `{otlp_endpoint}/v1/metrics`, spans to `{otlp_endpoint}/v1/traces`.
     otlp_endpoint: String,
     /// How often an isolate exports what it aggregated, seconds (default 10; hosts that start an
     /// instance per request, such as Spin, export after each request).
@@ -94,6 +94,8 @@ struct RawTelemetry {
     service_name: Option<String>,
     /// Name of a host secret holding an `authorization` header value for the collector.
     authorization_secret: Option<String>,
+    /// Percent of traces kept when the caller's `traceparent` does not decide (default 100).
+    trace_sample_percent: Option<u8>,
 }
 
 /// Compiled metrics export settings.
@@ -107,6 +109,10 @@ pub struct TelemetrySettings {
     pub service_name: String,
     /// Secret with the `authorization` header value.
     pub authorization_secret: Option<String>,
+    /// `{otlp_endpoint}/v1/traces`.
+    pub traces_url: String,
+    /// Percent of traces kept.
+    pub trace_sample_percent: u8,
 }
 
 /// Containment: when the share of a tenant's (or one of its routes') prompts whose injection
@@ -1109,6 +1115,8 @@ impl Policy {
         let firewall = doc.settings.firewall;
         let telemetry = doc.settings.telemetry.map(|t| TelemetrySettings {
             metrics_url: format!("{}/v1/metrics", t.otlp_endpoint.trim_end_matches('/')),
+            traces_url: format!("{}/v1/traces", t.otlp_endpoint.trim_end_matches('/')),
+            trace_sample_percent: t.trace_sample_percent.unwrap_or(100).min(100),
             interval_ms: u64::from(t.export_interval_seconds.unwrap_or(10)) * 1000,
             service_name: t.service_name.unwrap_or_else(|| "edgegate".into()),
             authorization_secret: t.authorization_secret,

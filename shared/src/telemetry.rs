@@ -29,6 +29,22 @@ pub struct AttemptRecord {
     /// had nothing else.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// When it was sent, epoch milliseconds.
+    pub start_ms: u64,
+    /// Its span (`provider.inference`), also sent upstream in `traceparent`.
+    pub span_id: String,
+}
+
+/// How long one phase of a request took (spans of the request's trace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseTiming {
+    /// The span name, e.g. `policy.firewall`.
+    pub name: &'static str,
+    /// Start, epoch milliseconds.
+    pub start_ms: u64,
+    /// Milliseconds. (On Workers the clock advances only across I/O, so pure computation
+    /// shows as 0.)
+    pub duration_ms: u64,
 }
 
 /// A shadow request: the same chat sent to a route's shadow target after the answer, side by side.
@@ -77,6 +93,16 @@ pub struct RequestRecord {
     pub schema: u32,
     /// The `x-request-id` sent to the client.
     pub request_id: String,
+    /// W3C trace id (32 hex): the caller's from `traceparent`, or a new one.
+    pub trace_id: String,
+    /// This request's root span (`gateway.ingress`), 16 hex.
+    pub span_id: String,
+    /// The caller's span, when `traceparent` named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// Whether the trace is sampled (the caller's flag, else the policy's percentage).
+    #[serde(skip)]
+    pub sampled: Option<bool>,
     /// Start of the request, epoch milliseconds.
     pub start_ms: u64,
     /// HTTP method and path (the route template, not the raw URL).
@@ -143,6 +169,9 @@ pub struct RequestRecord {
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,
+    /// The phases the request went through, timed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseTiming>,
     /// Milliseconds from start to the end of the response (end of stream for streams).
     pub duration_ms: u64,
 }

@@ -1,6 +1,7 @@
-//! Metrics through the whole pipeline on the test host: requests, a blocked prompt, a sanitised
-//! one, a failover, token usage and durations are folded into the isolate's meter and exported to
-//! the collector named in policy as one OTLP/HTTP JSON request once the interval has passed.
+//! Metrics and traces through the whole pipeline on the test host: requests, a blocked prompt, a
+//! sanitised one, a failover, token usage and durations are folded into the isolate's meter, spans
+//! are kept, and both are exported to the collector named in policy as OTLP/HTTP JSON once the
+//! interval has passed. The caller's `traceparent` is continued and sent upstream.
 
 use bytes::Bytes;
 use edgegate_core::Gateway;
@@ -59,12 +60,15 @@ fn records_become_otlp_metrics_exported_once_the_interval_has_passed() {
     h.script(Scripted::json(200, OK));
     assert_eq!(h.call(&gw, ask("clean", "hello")).0.status, 200);
     h.drain_records();
-    let to_collector = |h: &TestHost| h.sent().into_iter().filter(|r| r.uri().host() == Some("collector.test")).collect::<Vec<_>>();
+    let to_collector = |h: &TestHost| {
+        h.sent().into_iter().filter(|r| r.uri().host() == Some("collector.test") && r.uri().path() == "/v1/metrics").collect::<Vec<_>>()
+    };
     assert!(to_collector(&h).is_empty(), "nothing before the interval");
 
     h.advance(10_000);
     h.script(Scripted::json(200, OK));
-    h.script(Scripted::json(200, "{}")); // the collector's answer, after the request's
+    h.script(Scripted::json(200, "{}")); // the collector's answers (metrics, traces), after the request's
+    h.script(Scripted::json(200, "{}"));
     assert_eq!(h.call(&gw, ask("clean", "hello again")).0.status, 200);
     h.drain_records();
     let sent = to_collector(&h);
@@ -106,4 +110,61 @@ fn records_become_otlp_metrics_exported_once_the_interval_has_passed() {
     h.call(&gw, ask("clean", "more"));
     h.drain_records();
     assert_eq!(to_collector(&h).len(), 1);
+}
+
+#[test]
+fn spans_follow_the_phases_and_continue_the_callers_trace_upstream() {
+    let doc = json!({
+        "tenants": [{"id": "t"}],
+        "keys": [{"id": "k", "tenant": "t", "hash": key_hash_string("sk")}],
+        "providers": [
+            {"id": "a", "kind": "openai_compatible", "base_url": "http://a.test/v1"},
+            {"id": "b", "kind": "openai_compatible", "base_url": "http://b.test/v1"}
+        ],
+        "models": [{"alias": "m", "targets": [{"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}]}],
+        "settings": {"telemetry": {"otlp_endpoint": "http://collector.test:4318", "export_interval_seconds": 0}}
+    });
+    let h = TestHost::new(1_800_000_000_000, &doc.to_string());
+    h.script(Scripted::json(503, r#"{"error":{"message":"busy"}}"#));
+    h.script(Scripted::json(200, OK));
+    let mut req = ask("m", "hello");
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    req.headers_mut().insert("traceparent", http::HeaderValue::from_static(caller));
+    assert_eq!(h.call(&Gateway::per_request(), req).0.status, 200);
+    h.drain_records();
+    let sent = h.sent();
+    let upstream: Vec<String> = sent
+        .iter()
+        .filter(|r| r.uri().host() != Some("collector.test"))
+        .filter_map(|r| r.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .collect();
+    assert_eq!(upstream.len(), 2, "each attempt carries the trace");
+    let traces =
+        sent.iter().find(|r| r.uri().path() == "/v1/traces").map(|r| serde_json::from_slice::<Value>(r.body()).unwrap_or_default());
+    let spans = traces.map(|t| t["resourceSpans"][0]["scopeSpans"][0]["spans"].clone()).unwrap_or_default();
+    let spans = spans.as_array().cloned().unwrap_or_default();
+    let by_name = |name: &str| spans.iter().filter(|s| s["name"] == name).cloned().collect::<Vec<_>>();
+    let root = by_name("gateway.ingress").pop().unwrap_or_default();
+    assert_eq!(root["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace continues");
+    assert_eq!(root["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(root["kind"], 2);
+    for phase in ["gateway.normalize_prompt", "policy.firewall", "router.route_decision", "router.policy_eval", "router.select_provider"] {
+        let s = by_name(phase);
+        assert_eq!(s.len(), 1, "{phase}");
+        assert_eq!(s[0]["parentSpanId"], root["spanId"], "{phase}");
+    }
+    let select = by_name("router.select_provider").pop().unwrap_or_default();
+    let attempts = by_name("provider.inference");
+    assert_eq!(attempts.len(), 2);
+    for (a, header) in attempts.iter().zip(&upstream) {
+        assert_eq!(a["parentSpanId"], select["spanId"]);
+        assert_eq!(header, &format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", a["spanId"].as_str().unwrap_or("")));
+    }
+    assert_eq!(attempts[0]["status"]["code"], 2, "the failed attempt is an error span");
+    let attrs = |s: &Value| s["attributes"].as_array().cloned().unwrap_or_default();
+    let has = |s: &Value, k: &str, v: Value| attrs(s).iter().any(|a| a["key"] == k && a["value"] == v);
+    assert!(has(&root, "gen_ai.provider.name", json!({"stringValue": "b"})));
+    assert!(has(&root, "gen_ai.usage.input_tokens", json!({"intValue": "5"})));
+    assert!(has(&root, "edgegate.fallback", json!({"boolValue": true})));
+    assert!(has(&attempts[1], "edgegate.attempt", json!({"intValue": "2"})));
 }

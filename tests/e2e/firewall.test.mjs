@@ -10,7 +10,7 @@
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startSimulator, startWorkerd, startSpin, records, sha256, admin } from "./lib.mjs";
+import { startSimulator, startWorkerd, startSpin, sha256, admin, recordOf as logged, chatCompletion } from "./lib.mjs";
 import { SIM_SECRET } from "./fixtures.mjs";
 
 const KEY = "sk-firewall-e2e";
@@ -48,21 +48,10 @@ for (const [name, start] of Object.entries(runtimes)) {
       await sim?.stop();
     });
     const chat = async (model, content) => {
-      const r = await fetch(`${gw.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-        body: JSON.stringify({ model, messages: [{ role: "user", content }] }),
-      });
+      const r = await chatCompletion(gw.url, KEY, model, [{ role: "user", content }]);
       return { status: r.status, id: r.headers.get("x-request-id"), body: await r.json() };
     };
-    const recordOf = async (id) => {
-      for (let i = 0; i < 100; i++) {
-        const rec = records(gw.lines).find((r) => r.request_id === id);
-        if (rec) return rec;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      return null;
-    };
+    const recordOf = (id) => logged(gw, id);
 
     it("blocks an injection on a guarded route with a 400 and records only a hash and rule ids", async () => {
       await sim.clear();
@@ -83,10 +72,8 @@ for (const [name, start] of Object.entries(runtimes)) {
     });
 
     it("redacts personal data in a streamed answer across chunk boundaries", async () => {
-      const r = await fetch(`${gw.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-        body: JSON.stringify({ model: "echo", stream: true, messages: [{ role: "user", content: "card 4111 1111 1111 1111 mail jo@example.com ok" }] }),
+      const r = await chatCompletion(gw.url, KEY, "echo", [{ role: "user", content: "card 4111 1111 1111 1111 mail jo@example.com ok" }], {
+        stream: true,
       });
       const text = await r.text();
       const frames = text.split("\n\n").filter((f) => f.startsWith("data: ") && !f.includes("[DONE]")).map((f) => JSON.parse(f.slice(6)));
@@ -150,20 +137,8 @@ for (const [name, start] of Object.entries(runtimes)) {
       await gw?.stop();
       await sim?.stop();
     });
-    const call = (model, messages, stream = false, key = KEY) =>
-      fetch(`${gw.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-        body: JSON.stringify({ model, stream, messages }),
-      });
-    const recordOf = async (id) => {
-      for (let i = 0; i < 100; i++) {
-        const rec = records(gw.lines).find((r) => r.request_id === id);
-        if (rec) return rec;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      return null;
-    };
+    const call = (model, messages, stream = false, key = KEY) => chatCompletion(gw.url, key, model, messages, { stream });
+    const recordOf = (id) => logged(gw, id);
     const streamed = async (r) => {
       const text = await r.text();
       const frames = text.split("\n\n").filter((f) => f.startsWith("data: ") && !f.includes("[DONE]")).map((f) => JSON.parse(f.slice(6)));

@@ -225,6 +225,25 @@ export function records(lines) {
     .filter((r) => r?.request_id);
 }
 
+/** The record of request `id`, once the gateway `gw` has logged it (waits up to 2 s), or null. */
+export async function recordOf(gw, id) {
+  for (let i = 0; i < 100; i++) {
+    const rec = records(gw.lines).find((r) => r.request_id === id);
+    if (rec) return rec;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return null;
+}
+
+/** POSTs a chat completion with `messages` (and `extra` fields, `headers`) to the gateway at `url` with `key`; the raw Response. */
+export function chatCompletion(url, key, model, messages, extra = {}, headers = {}) {
+  return fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
+    body: JSON.stringify({ model, messages, ...extra }),
+  });
+}
+
 /**
  * Open-loop load: `rps` requests a second for `seconds`, each `send(i)` resolving to an object
  * with a `status`. At most `inFlight` run at once; a request due while that many are running is

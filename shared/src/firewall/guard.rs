@@ -163,19 +163,7 @@ impl StreamGuard {
                 cut = cut.min(open);
             }
         }
-        for f in &findings {
-            if f.span.start < cut && f.span.end > cut {
-                cut = f.span.start;
-            }
-        }
-        while !self.pending.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let out = self.release(cut, &findings);
-        if block.is_some() {
-            self.stop();
-        }
-        out
+        self.cut_at(cut, &findings, block.is_some())
     }
 
     /// Ends the text: returns everything still held, redacted (or, after a blocking hit, what
@@ -187,8 +175,13 @@ impl StreamGuard {
         self.read_words(true);
         let findings = self.findings();
         let block = self.block_at();
-        let mut cut = block.unwrap_or(self.pending.len());
-        for f in &findings {
+        self.cut_at(block.unwrap_or(self.pending.len()), &findings, block.is_some())
+    }
+
+    /// Releases `pending` up to `cut` — moved back to the start of a finding that straddles it and
+    /// to a character boundary — and, after a blocking hit, stops.
+    fn cut_at(&mut self, mut cut: usize, findings: &[pii::Finding], block: bool) -> String {
+        for f in findings {
             if f.span.start < cut && f.span.end > cut {
                 cut = f.span.start;
             }
@@ -196,8 +189,8 @@ impl StreamGuard {
         while !self.pending.is_char_boundary(cut) {
             cut -= 1;
         }
-        let out = self.release(cut, &findings);
-        if block.is_some() {
+        let out = self.release(cut, findings);
+        if block {
             self.stop();
         }
         out
