@@ -344,6 +344,7 @@ impl Gateway {
                 guard: None,
                 containment: None,
                 suspicious: None,
+                first_chunk_ms: None,
                 duration_ms: 0,
             },
             rate: None,
@@ -362,6 +363,8 @@ impl Gateway {
         let (mut resp, stream) = match outcome {
             Ok(Reply::Json(status, body)) => (json_response(status, body), None),
             Ok(Reply::Stream { upstream, decoder, encoder, held }) => {
+                // The first content is in `held`: it goes out with the response head.
+                ctx.record.first_chunk_ms = Some(host.now_ms().saturating_sub(start_ms));
                 let mut resp = http::Response::new(Body::Full(Bytes::new()));
                 let h = resp.headers_mut();
                 h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -1299,6 +1302,16 @@ impl Finish {
     /// A sampled request's shadow is sent last, after the caller has its answer.
     fn run<H: Host>(mut self, host: &H) {
         self.record.guard = self.guard.as_ref().and_then(crate::firewall::OutputVerdict::of);
+        // A streamed answer is guarded from its first chunk to its end.
+        if let (Some(_), Some(first)) = (&self.guard, self.record.first_chunk_ms) {
+            let start = self.record.start_ms + first;
+            let end = host.now_ms().max(start);
+            self.record.phases.push(crate::telemetry::PhaseTiming {
+                name: "response.guardrail",
+                start_ms: start,
+                duration_ms: end - start,
+            });
+        }
         finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics);
     }
 }

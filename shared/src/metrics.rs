@@ -69,6 +69,8 @@ const OVERHEAD: Instrument = Instrument {
     unit: "s",
     description: "Time the gateway added: the request's duration minus its upstream attempts' time to response head.",
 };
+const FIRST_CHUNK: Instrument =
+    Instrument { name: "gateway.time_to_first_chunk", unit: "s", description: "Streams: time from the request to the first content sent." };
 const TOKENS: Instrument =
     Instrument { name: "gen_ai.client.token.usage", unit: "{token}", description: "Tokens per request, by type (input, output)." };
 const SCREENED: Instrument = Instrument {
@@ -184,6 +186,10 @@ impl Meter {
                 let upstream: u64 = r.attempts.iter().map(|a| a.duration_ms).sum();
                 let overhead = r.duration_ms.saturating_sub(upstream);
                 self.record(OVERHEAD, &DURATION_BOUNDS, vec![("gen_ai.operation.name", operation.to_owned())], overhead as f64 / 1000.0);
+            }
+            if let Some(first) = r.first_chunk_ms {
+                let labels = vec![("gen_ai.request.model", alias.clone()), ("gen_ai.provider.name", provider.clone())];
+                self.record(FIRST_CHUNK, &DURATION_BOUNDS, labels, first as f64 / 1000.0);
             }
             if let Some(u) = &r.usage {
                 for (kind, n) in [("input", u.prompt_tokens()), ("output", u.completion_tokens())] {

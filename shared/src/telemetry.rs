@@ -169,6 +169,9 @@ pub struct RequestRecord {
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,
+    /// Milliseconds from start to the first content sent, for streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_chunk_ms: Option<u64>,
     /// The phases the request went through, timed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseTiming>,
