@@ -33,6 +33,14 @@ for t in "${targets[@]}"; do
     echo "fuzz target $t failed; the input is under $EDGEGATE_CACHE/fuzz-artifacts/ — add it to fuzz/regressions/$t/" >&2
     exit 1
   fi
+  # Keep the corpus small enough to replay well within the budget: past 5,000 inputs, keep only
+  # those that add coverage (libFuzzer's merge).
+  if [ "$(ls "$corpus" | wc -l)" -gt 5000 ]; then
+    rm -rf "$corpus.min" && mkdir -p "$corpus.min"
+    if "$bin" -merge=1 -timeout=5 -rss_limit_mb=2048 "$corpus.min" "$corpus" >"$log.merge" 2>&1; then
+      rm -rf "$corpus" && mv "$corpus.min" "$corpus"
+    fi
+  fi
   runs=$(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$')
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
   printf '  fuzz %-16s %9s runs in %ss, %s, corpus %s\n' "$t" "${runs:-?}" "$seconds" "${cov:-cov: ?}" "$(ls "$corpus" | wc -l)" >&2
