@@ -44,6 +44,18 @@ cargo test --locked --quiet -p edgegate-core -p edgegate-jwt -p edgegate-admin -
 cargo build --locked --quiet -p edgegate-admin
 export EDGEGATE_ADMIN_CLI="$ROOT/target/debug/edgegate-admin"
 
+say "telemetry: Prometheus rules checked and unit-tested with promtool (Debian's prometheus package)"
+promtool="$EDGEGATE_CACHE/tools/promtool/promtool"
+if [ ! -x "$promtool" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null 2>&1; }; } \
+    && dpkg-deb -x prometheus_*.deb x) || { echo "could not fetch Debian's prometheus package for promtool" >&2; exit 1; }
+  mkdir -p "$(dirname "$promtool")" && cp "$tmp/x/usr/bin/promtool" "$promtool"
+  rm -rf "$tmp"
+fi
+"$promtool" check rules deploy/telemetry/rules.yaml
+(cd deploy/telemetry && "$promtool" test rules rules.test.yaml)
+
 say "fuzzing: every parser and detector of untrusted bytes, 8 s per target (tests/fuzz.sh)"
 (cd fuzz && cargo fmt --check)
 bash tests/fuzz.sh 8

@@ -58,7 +58,7 @@ const FALLBACKS: Instrument = Instrument {
     description: "Requests answered by a later candidate, an overflow route or degraded mode.",
 };
 const COST: Instrument =
-    Instrument { name: "gateway.cost", unit: "u[USD]", description: "Spend in micro-dollars, by tenant, model alias and provider." };
+    Instrument { name: "gateway.cost", unit: "{micro_usd}", description: "Spend in micro-dollars, by tenant, model alias and provider." };
 const DURATION: Instrument = Instrument {
     name: "gen_ai.client.operation.duration",
     unit: "s",
