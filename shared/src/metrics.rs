@@ -71,6 +71,11 @@ const OVERHEAD: Instrument = Instrument {
 };
 const FIRST_CHUNK: Instrument =
     Instrument { name: "gateway.time_to_first_chunk", unit: "s", description: "Streams: time from the request to the first content sent." };
+const GUARDRAIL: Instrument = Instrument {
+    name: "gateway.guardrail.duration",
+    unit: "s",
+    description: "The guard phase over an answer: a whole one, or a stream from its first chunk to its end.",
+};
 const TOKENS: Instrument =
     Instrument { name: "gen_ai.client.token.usage", unit: "{token}", description: "Tokens per request, by type (input, output)." };
 const SCREENED: Instrument = Instrument {
@@ -186,6 +191,10 @@ impl Meter {
                 let upstream: u64 = r.attempts.iter().map(|a| a.duration_ms).sum();
                 let overhead = r.duration_ms.saturating_sub(upstream);
                 self.record(OVERHEAD, &DURATION_BOUNDS, vec![("gen_ai.operation.name", operation.to_owned())], overhead as f64 / 1000.0);
+            }
+            for p in r.phases.iter().filter(|p| p.name == "response.guardrail") {
+                let labels = vec![("gen_ai.request.model", alias.clone()), ("stream", r.stream.to_string())];
+                self.record(GUARDRAIL, &DURATION_BOUNDS, labels, p.duration_ms as f64 / 1000.0);
             }
             if let Some(first) = r.first_chunk_ms {
                 let labels = vec![("gen_ai.request.model", alias.clone()), ("gen_ai.provider.name", provider.clone())];

@@ -56,7 +56,7 @@ fn records_become_otlp_metrics_exported_once_the_interval_has_passed() {
     let h = host(
         json!([
             {"alias": "guarded", "firewall": {"injection": "block"}, "targets": [{"provider": "a", "model": "m"}]},
-            {"alias": "clean", "firewall": {"injection": "sanitize"}, "targets": [{"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}]}
+            {"alias": "clean", "firewall": {"injection": "sanitize", "output_pii": "flag"}, "targets": [{"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}]}
         ]),
         json!({"otlp_endpoint": "http://collector.test:4318/", "export_interval_seconds": 10, "service_name": "gw-test"}),
     );
@@ -109,6 +109,8 @@ fn records_become_otlp_metrics_exported_once_the_interval_has_passed() {
     let total: f64 = input.iter().filter_map(|p| p["sum"].as_f64()).sum();
     assert_eq!((input.len(), count, total), (2, 3, 15.0), "one series per provider; three answers of 5 input tokens");
     assert_eq!(tokens["histogram"]["aggregationTemporality"], 1, "delta");
+    let guardrail = metrics.iter().find(|m| m["name"] == "gateway.guardrail.duration").cloned().unwrap_or_default();
+    assert_eq!(guardrail["histogram"]["dataPoints"][0]["count"], "3", "each guarded answer of `clean` is timed");
     let text = export.to_string();
     for secret in ["Ignore all previous", "sk", "req_"] {
         assert!(!text.contains(&format!("\"{secret}")), "no prompt, key or request id in labels: {secret}");
