@@ -463,21 +463,22 @@ impl Gateway {
                 ctx.screen = Some(PendingScreen { tenant: tenant.to_owned(), screen, contained: self.contained.clone() });
             }
         };
+        // The containment firewall when the scope is known contained, and the normal one.
         let rules_for = |ctx: &mut Ctx, alias: &str| {
             let scopes = self.contained.scopes(tenant, alias);
-            let normal = firewall(alias, false);
             if scopes.is_empty() {
-                return (normal.clone(), normal);
+                return (None, firewall(alias, false));
             }
             ctx.record.containment = Some(Containment { scopes, engaged: Vec::new() });
-            (firewall(alias, true), normal)
+            (Some(firewall(alias, true)), firewall(alias, false))
         };
 
         if route == Route::Embeddings {
             let mut embed = EmbeddingsRequest::parse(req.body())?;
             ctx.record.model = Some(embed.model.clone());
-            let (rules, normal) = rules_for(ctx, &embed.model);
-            let (verdict, allowed) = crate::firewall::enforce_embeddings(&mut embed, &rules, req.body());
+            let (strict, normal) = rules_for(ctx, &embed.model);
+            let rules = strict.as_ref().unwrap_or(&normal);
+            let (verdict, allowed) = crate::firewall::enforce_embeddings(&mut embed, rules, req.body());
             screen(ctx, &embed.model, &verdict, &normal);
             allowed?;
             let embed = embed;
@@ -494,8 +495,9 @@ impl Gateway {
             let mut chat = dialect::anthropic::parse_count_tokens(req.body())?;
             ctx.record.model = Some(chat.model.clone());
             // Counting sends the prompt to a provider too: the same firewall applies.
-            let (rules, normal) = rules_for(ctx, &chat.model);
-            let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
+            let (strict, normal) = rules_for(ctx, &chat.model);
+            let rules = strict.as_ref().unwrap_or(&normal);
+            let (verdict, allowed) = crate::firewall::enforce(&mut chat, rules, req.body());
             screen(ctx, &chat.model, &verdict, &normal);
             allowed?;
             let chat = chat;
@@ -528,9 +530,10 @@ impl Gateway {
         ctx.record.stream = chat.is_stream();
         // The firewall (phase 2, validate): every text the model will read.
         let t = host.now_ms();
-        let (rules, normal) = rules_for(ctx, &chat.model);
+        let (strict, normal) = rules_for(ctx, &chat.model);
+        let rules = strict.as_ref().unwrap_or(&normal);
         let known_contained = ctx.record.containment.is_some();
-        let (verdict, allowed) = crate::firewall::enforce(&mut chat, &rules, req.body());
+        let (verdict, allowed) = crate::firewall::enforce(&mut chat, rules, req.body());
         screen(ctx, &chat.model, &verdict, &normal);
         ctx.phase("policy.firewall", t, host.now_ms());
         allowed?;

@@ -149,8 +149,7 @@ impl Meter {
         labels.extend([("http.route", r.route.to_owned()), ("http.response.status_class", status), ("error.type", error.to_owned())]);
         self.add(REQUESTS, labels, 1);
 
-        let served = r.attempts.iter().rev().find(|a| a.error.is_none() && a.status.is_some_and(|s| (200..300).contains(&s)));
-        let provider = served.or(r.attempts.last()).map_or_else(|| "-".to_owned(), |a| a.provider.clone());
+        let provider = r.served().or(r.attempts.last()).map_or_else(|| "-".to_owned(), |a| a.provider.clone());
         for a in &r.attempts {
             let outcome = a.error.unwrap_or("ok").to_owned();
             self.add(
@@ -162,8 +161,7 @@ impl Meter {
         if r.attempts.len() > 1 {
             self.add(RETRIES, who(), (r.attempts.len() - 1) as u64);
         }
-        let later = served.zip(r.attempts.first()).is_some_and(|(s, first)| !std::ptr::eq(s, first));
-        if r.status == 200 && (later || r.overflow.is_some() || r.degraded.is_some()) {
+        if r.status == 200 && (r.failed_over() || r.overflow.is_some() || r.degraded.is_some()) {
             self.add(FALLBACKS, who(), 1);
         }
         if let Some(cost) = r.cost_micro_usd.filter(|c| *c > 0) {
@@ -171,11 +169,7 @@ impl Meter {
             labels.push(("gen_ai.provider.name", provider.clone()));
             self.add(COST, labels, cost);
         }
-        let operation = match r.route {
-            "POST /v1/embeddings" => "embeddings",
-            "POST /v1/chat/completions" | "POST /v1/messages" => "chat",
-            _ => "",
-        };
+        let operation = r.operation();
         if !operation.is_empty() {
             let labels = vec![
                 ("gen_ai.operation.name", operation.to_owned()),

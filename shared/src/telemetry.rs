@@ -70,6 +70,27 @@ pub struct ShadowRecord {
     pub similarity_permille: Option<u16>,
 }
 
+impl RequestRecord {
+    /// The GenAI operation of the request's route: `chat`, `embeddings`, or empty for others.
+    pub fn operation(&self) -> &'static str {
+        match self.route {
+            "POST /v1/embeddings" => "embeddings",
+            "POST /v1/chat/completions" | "POST /v1/messages" => "chat",
+            _ => "",
+        }
+    }
+
+    /// The attempt that answered (the last that did not fail).
+    pub fn served(&self) -> Option<&AttemptRecord> {
+        self.attempts.iter().rev().find(|a| a.error.is_none())
+    }
+
+    /// Whether a candidate after the first answered.
+    pub fn failed_over(&self) -> bool {
+        self.served().zip(self.attempts.first()).is_some_and(|(s, first)| !std::ptr::eq(s, first))
+    }
+}
+
 /// How alike two texts are, 0-1000: the Jaccard similarity of their sets of lower-cased words.
 /// Two empty texts are alike.
 pub fn similarity(a: &str, b: &str) -> u16 {

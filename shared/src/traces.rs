@@ -106,12 +106,8 @@ fn span(
 pub fn spans(r: &RequestRecord) -> Vec<Value> {
     let end = r.start_ms + r.duration_ms;
     let alias = r.model.clone().unwrap_or_default();
-    let served = r.attempts.iter().rev().find(|a| a.error.is_none());
-    let operation = match r.route {
-        "POST /v1/embeddings" => "embeddings",
-        "POST /v1/chat/completions" | "POST /v1/messages" => "chat",
-        _ => "",
-    };
+    let served = r.served();
+    let operation = r.operation();
     let mut root = vec![
         attr("http.route", r.route.into()),
         attr("http.response.status_code", u64::from(r.status).into()),
@@ -131,10 +127,7 @@ pub fn spans(r: &RequestRecord) -> Vec<Value> {
         ("edgegate.policy_version", r.policy_version.clone().map(Value::from)),
         ("edgegate.routing.strategy", r.routing.as_ref().and_then(|d| serde_json::to_value(d.strategy).ok())),
         ("edgegate.residency.removed", r.routing.as_ref().map(|d| (d.removed.len() as u64).into())),
-        (
-            "edgegate.fallback",
-            Some((served.is_some_and(|s| r.attempts.first().is_some_and(|f| !std::ptr::eq(s, f))) || r.overflow.is_some()).into()),
-        ),
+        ("edgegate.fallback", Some((r.failed_over() || r.overflow.is_some()).into())),
         ("edgegate.overflow", r.overflow.clone().map(Value::from)),
         ("edgegate.degraded", r.degraded.map(Value::from)),
         ("edgegate.cost_micro_usd", r.cost_micro_usd.map(Value::from)),

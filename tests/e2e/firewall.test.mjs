@@ -10,8 +10,8 @@
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startSimulator, startWorkerd, startSpin, sha256, admin, recordOf as logged, chatCompletion } from "./lib.mjs";
-import { SIM_SECRET } from "./fixtures.mjs";
+import { startSimulator, sha256, admin, recordOf as logged, chatCompletion } from "./lib.mjs";
+import { SIM_SECRET, runtimes } from "./fixtures.mjs";
 
 const KEY = "sk-firewall-e2e";
 
@@ -29,11 +29,6 @@ function policy(simUrl) {
     settings: { policy_refresh_seconds: 0 },
   };
 }
-
-const runtimes = {
-  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET } }),
-  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET } }),
-};
 
 for (const [name, start] of Object.entries(runtimes)) {
   describe(`the prompt firewall on ${name}`, () => {

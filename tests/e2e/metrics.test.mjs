@@ -12,8 +12,8 @@ import { execFile } from "node:child_process";
 import { writeFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startSimulator, startWorkerd, startSpin, sha256, ROOT, chatCompletion } from "./lib.mjs";
-import { SIM_SECRET } from "./fixtures.mjs";
+import { startSimulator, sha256, ROOT, chatCompletion } from "./lib.mjs";
+import { SIM_SECRET, runtimes } from "./fixtures.mjs";
 
 const KEY = "sk-metrics-e2e";
 
@@ -34,11 +34,6 @@ function policy(simUrl, collectorUrl) {
     },
   };
 }
-
-const runtimes = {
-  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET } }),
-  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET } }),
-};
 
 function decode(bodies) {
   const python = process.env.EDGEGATE_PYTHON;
