@@ -7,6 +7,8 @@
 //! in the input and bounded: at most [`MAX_DECODED`] payloads, each at most the input's size.
 //! (Rot13 needs no view of its own: rule sets match the rot13 form of their phrases too.)
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use unicode_normalization::UnicodeNormalization;
 
@@ -110,36 +112,19 @@ pub fn fold_phrase(phrase: &str) -> String {
 }
 
 /// NFKC, skipped for ASCII (which NFKC leaves as it is).
-fn nfkc(text: &str) -> String {
-    if text.is_ascii() { text.to_owned() } else { text.nfkc().collect() }
+fn nfkc(text: &str) -> Cow<'_, str> {
+    if text.is_ascii() { Cow::Borrowed(text) } else { Cow::Owned(text.nfkc().collect()) }
 }
 
-/// Folds an already NFKC-normalised, invisible-free text for matching.
-fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut space = true;
-    for c in text.chars().flat_map(char::to_lowercase) {
-        if c.is_whitespace() {
-            if !space {
-                out.push(' ');
-            }
-            space = true;
-            continue;
-        }
-        space = false;
-        out.push(leet(confusable(c)));
-    }
-    if out.ends_with(' ') {
-        out.pop();
-    }
-    out
-}
-
-/// Normalises `input` (see the module docs).
-pub fn normalize(input: &str) -> Normalized {
+/// `input` without invisible characters, how many there were, and the ASCII that tag characters
+/// among them stood for. ASCII text (most prompts) has none and is borrowed as it is.
+fn visible(input: &str) -> (Cow<'_, str>, usize, String) {
     let mut invisible = 0;
     let mut tags = String::new();
-    let visible: String = input
+    if input.is_ascii() {
+        return (Cow::Borrowed(input), invisible, tags);
+    }
+    let kept = input
         .chars()
         .filter(|&c| {
             if !is_invisible(c) {
@@ -152,12 +137,65 @@ pub fn normalize(input: &str) -> Normalized {
             false
         })
         .collect();
-    let nfkc = nfkc(&visible);
+    (Cow::Owned(kept), invisible, tags)
+}
+
+/// `text` lower-cased with runs of white space made one space (none at either end), each other
+/// character mapped by `map` (which keeps ASCII ASCII). ASCII text (most prompts) is done byte by
+/// byte, skipping decoding and the Unicode tables.
+fn squeeze(text: &str, map: impl Fn(char) -> char) -> String {
+    if text.is_ascii() {
+        let mut out = Vec::with_capacity(text.len());
+        let mut space = true;
+        for &b in text.as_bytes() {
+            if b.is_ascii_whitespace() || b == 0x0B {
+                if !space {
+                    out.push(b' ');
+                }
+                space = true;
+            } else {
+                space = false;
+                let lower = b.to_ascii_lowercase();
+                out.push(u8::try_from(map(char::from(lower))).unwrap_or(lower));
+            }
+        }
+        if out.last() == Some(&b' ') {
+            out.pop();
+        }
+        return String::from_utf8(out).unwrap_or_default();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut space = true;
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_whitespace() {
+            if !space {
+                out.push(' ');
+            }
+            space = true;
+        } else {
+            space = false;
+            out.push(map(c));
+        }
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
+/// Folds an already NFKC-normalised, invisible-free text for matching.
+fn fold(text: &str) -> String {
+    squeeze(text, |c| leet(confusable(c)))
+}
+
+/// Normalises `input` (see the module docs).
+pub fn normalize(input: &str) -> Normalized {
+    let (shown, invisible, tags) = visible(input);
+    let nfkc = nfkc(&shown);
     let mut decoded = Vec::new();
     let mut add = |encoding: Encoding, raw: String| {
         if decoded.len() < MAX_DECODED && !raw.trim().is_empty() {
-            let clean: String = raw.chars().filter(|c| !is_invisible(*c)).collect();
-            decoded.push((encoding, fold_phrase(&clean)));
+            decoded.push((encoding, fold_phrase(&visible(&raw).0)));
         }
     };
     if !tags.is_empty() {
@@ -188,15 +226,7 @@ pub fn normalize(input: &str) -> Normalized {
 /// `input` with invisible characters removed, NFKC, lower case and single spaces — the view
 /// custom rules match besides the folded one (look-alikes and digits left as they are).
 pub fn plain(input: &str) -> String {
-    let visible: String = input.chars().filter(|c| !is_invisible(*c)).collect();
-    let mut out = String::with_capacity(visible.len());
-    for word in nfkc(&visible).split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.extend(word.chars().flat_map(char::to_lowercase));
-    }
-    out
+    squeeze(&nfkc(&visible(input).0), |c| c)
 }
 
 /// The letter 13 places on in the Latin alphabet (others unchanged).
@@ -283,6 +313,20 @@ mod tests {
         check("1gn0r3 pr3v10u5", "ignore previous");
         check("ﬁlter", "filter"); // ligature
         assert_eq!(normalize("a\u{200B}b\u{FEFF}c\u{00AD}").invisible, 3);
+    }
+
+    #[test]
+    fn the_ascii_fast_path_folds_as_the_unicode_path_does() {
+        for b in 0u8..0x80 {
+            let c = char::from(b);
+            for text in [format!("a{c}B {c}"), format!("{c}{c}x\t{c}")] {
+                // A non-ASCII letter at the end sends the same text down the general path.
+                for f in [fold, |t: &str| squeeze(t, |c| c)] {
+                    let general = f(&format!("{text}é"));
+                    assert_eq!(f(&text), general.strip_suffix('é').unwrap_or(&general).trim_end(), "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]

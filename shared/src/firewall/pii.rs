@@ -167,7 +167,16 @@ fn tokens(text: &str, found: &mut Vec<Finding>) {
     }
 }
 
+/// The shortest token a key prefix and its characters make.
+const SHORTEST_KEY: usize = 20;
+
 fn classify(token: &str) -> Option<Pii> {
+    // Most tokens are words: no `@`, `.` or `:`, and too short for a key. They end here.
+    let first = token.bytes().next()?;
+    let marks = token.bytes().any(|b| matches!(b, b'@' | b'.' | b':'));
+    if !marks && token.len() < SHORTEST_KEY {
+        return None;
+    }
     let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
     for (prefix, min) in KEY_PREFIXES {
         if let Some(rest) = token.strip_prefix(prefix)
@@ -179,22 +188,28 @@ fn classify(token: &str) -> Option<Pii> {
             return Some(Pii::ApiKey);
         }
     }
+    if !marks {
+        return None;
+    }
     if is_jwt(token) {
         return Some(Pii::Jwt);
     }
     if is_email(token) {
         return Some(Pii::Email);
     }
-    if token.parse::<std::net::Ipv4Addr>().is_ok() && token.split('.').count() == 4 {
+    if first.is_ascii_digit() && token.parse::<std::net::Ipv4Addr>().is_ok() && token.split('.').count() == 4 {
         return Some(Pii::IpAddress);
     }
-    if token.matches(':').count() >= 2 && token.parse::<std::net::Ipv6Addr>().is_ok() {
+    if (first.is_ascii_hexdigit() || first == b':') && token.matches(':').count() >= 2 && token.parse::<std::net::Ipv6Addr>().is_ok() {
         return Some(Pii::IpAddress);
     }
     None
 }
 
 fn is_jwt(token: &str) -> bool {
+    if !token.starts_with("eyJ") {
+        return false;
+    }
     let parts: Vec<&str> = token.split('.').collect();
     let b64url = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     parts.len() == 3 && token.starts_with("eyJ") && parts.iter().take(2).all(|p| b64url(p) && p.len() >= 10) && b64url(parts[2])
@@ -441,6 +456,11 @@ mod tests {
         let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----";
         assert_eq!(kinds(&format!("x {pem} y")), [(Pii::PrivateKey, pem)]);
         assert_eq!(kinds("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"), []);
+    }
+
+    #[test]
+    fn shortest_key_is_the_shortest_prefix_and_length() {
+        assert_eq!(KEY_PREFIXES.iter().map(|(p, min)| p.len() + min).min(), Some(SHORTEST_KEY));
     }
 
     #[test]
