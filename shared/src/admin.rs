@@ -353,10 +353,13 @@ pub async fn create_key<S: PolicyStore>(store: &S, spec: KeySpec, random: &[u8; 
     Ok(CreatedKey { id: spec.id, key: secret, version: v.version })
 }
 
-/// Removes a key from the active policy and publishes the result; returns the new version.
-pub async fn revoke_key<S: PolicyStore>(store: &S, id: &str, actor: &Actor) -> Result<String, Error> {
+/// Removes a key from the active policy and publishes the result; returns the new version and
+/// the key's tenant.
+pub async fn revoke_key<S: PolicyStore>(store: &S, id: &str, actor: &Actor) -> Result<(String, Option<String>), Error> {
     let (active, mut doc) = editable(store).await?;
     let keys = keys_of(&mut doc)?;
+    let tenant =
+        keys.iter().find(|k| k.get("id").and_then(|v| v.as_str()) == Some(id)).and_then(|k| k.get("tenant")?.as_str().map(str::to_owned));
     let before = keys.len();
     keys.retain(|k| k.get("id").and_then(|v| v.as_str()) != Some(id));
     if keys.len() == before {
@@ -365,7 +368,7 @@ pub async fn revoke_key<S: PolicyStore>(store: &S, id: &str, actor: &Actor) -> R
     let v = validate(serde_json::Value::Object(doc)).map_err(|errors| invalid_policy(&errors))?;
     store.put(&version_key(&v.version), Bytes::from(v.canonical)).await?;
     activate(store, &v.version, Some(active), "key_revoke", actor, &format!("revoke key {id}")).await?;
-    Ok(v.version)
+    Ok((v.version, tenant))
 }
 
 /// An `/admin` endpoint.
@@ -394,6 +397,11 @@ pub enum Endpoint {
     /// `DELETE /admin/tenants/{id}/containment` with `{"route"?, "note"?}`: lifts containment of
     /// the tenant (all its scopes), or of one of its routes.
     ClearContainment(String),
+    /// `GET /admin/tenants/{id}/audit?from&to&type&rule&request_id&policy_version&cursor&limit`:
+    /// one page of the tenant's audit log, newest first (`~admin` is the log of policy actions).
+    Audit(String),
+    /// `GET /admin/tenants/{id}/audit/verify`: checks the tenant's audit chain.
+    AuditVerify(String),
     /// `GET /admin/health/{location}`: a location's provider health board (breakers, latency,
     /// retry use); `default` where the host names no location.
     Health(String),
@@ -424,6 +432,12 @@ impl Endpoint {
                 let tenant = &p["/tenants/".len()..p.len() - "/containment".len()];
                 (!tenant.is_empty() && !tenant.contains('/')).then(|| (Endpoint::ClearContainment(tenant.to_owned()), Role::PolicyWrite))
             }
+            (p, &M::GET) if p.starts_with("/tenants/") && (p.ends_with("/audit") || p.ends_with("/audit/verify")) => {
+                let verify = p.ends_with("/verify");
+                let tenant = &p["/tenants/".len()..p.len() - if verify { "/audit/verify".len() } else { "/audit".len() }];
+                let endpoint = if verify { Endpoint::AuditVerify(tenant.to_owned()) } else { Endpoint::Audit(tenant.to_owned()) };
+                (!tenant.is_empty() && !tenant.contains('/')).then_some((endpoint, Role::AuditRead))
+            }
             (p, &M::GET) if p.starts_with("/health/") => {
                 let location = &p["/health/".len()..];
                 (!location.is_empty() && !location.contains('/')).then(|| (Endpoint::Health(location.to_owned()), Role::AuditRead))
@@ -443,6 +457,8 @@ impl Endpoint {
             Endpoint::Usage(tenant) => format!("/admin/tenants/{tenant}/usage"),
             Endpoint::ClearContainment(tenant) => format!("/admin/tenants/{tenant}/containment"),
             Endpoint::Health(location) => format!("/admin/health/{location}"),
+            Endpoint::Audit(tenant) => format!("/admin/tenants/{tenant}/audit"),
+            Endpoint::AuditVerify(tenant) => format!("/admin/tenants/{tenant}/audit/verify"),
             _ => template.to_owned(),
         };
         (method.parse().unwrap_or(http::Method::GET), path)
@@ -463,6 +479,8 @@ impl Endpoint {
             Endpoint::Usage(_) => "GET /admin/tenants/{id}/usage",
             Endpoint::ClearContainment(_) => "DELETE /admin/tenants/{id}/containment",
             Endpoint::Health(_) => "GET /admin/health/{location}",
+            Endpoint::Audit(_) => "GET /admin/tenants/{id}/audit",
+            Endpoint::AuditVerify(_) => "GET /admin/tenants/{id}/audit/verify",
         }
     }
 }
@@ -540,9 +558,68 @@ pub async fn serve<S: PolicyStore>(
             let spec: KeySpec = serde_json::from_slice(body).map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("key: {e}")))?;
             Ok((201, serde_json::json!(create_key(store, spec, random, actor).await?)))
         }
-        Endpoint::RevokeKey(id) => ok(serde_json::json!({"revoked": id, "version": revoke_key(store, &id, actor).await?})),
-        Endpoint::Usage(_) | Endpoint::Health(_) | Endpoint::ClearContainment(_) => {
-            Err(Error::new(ErrorKind::Internal, "usage and health are read from the counter store, not the policy store"))
+        Endpoint::RevokeKey(id) => {
+            let (version, tenant) = revoke_key(store, &id, actor).await?;
+            ok(serde_json::json!({"revoked": id, "tenant": tenant, "version": version}))
+        }
+        Endpoint::Usage(_) | Endpoint::Health(_) | Endpoint::ClearContainment(_) | Endpoint::Audit(_) | Endpoint::AuditVerify(_) => {
+            Err(Error::new(ErrorKind::Internal, "usage, health, containment and audit live in the counter store, not the policy store"))
         }
     }
+}
+
+/// The audit entry of an admin action that changed something, and the log it goes to: policy
+/// publish, promote and rollback go to [`crate::audit::ADMIN_LOG`]; key changes and containment
+/// lifts to their tenant's log. `body` is the request's, `answer` what the action returned; key
+/// secrets are never copied (only ids, roles and models).
+pub fn audit_entry(endpoint: &Endpoint, body: &[u8], answer: &serde_json::Value, actor: &Actor) -> Option<(String, crate::audit::Draft)> {
+    use serde_json::json;
+    let asked: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let admin_log = || crate::audit::ADMIN_LOG.to_owned();
+    let (log, outcome, version, detail) = match endpoint {
+        Endpoint::Publish => (
+            admin_log(),
+            "publish",
+            text(answer, "version"),
+            json!({"target": answer.get("target"), "active_before": answer.get("active_before"), "canary": asked.get("canary"), "note": asked.get("note")}),
+        ),
+        Endpoint::Promote => {
+            (admin_log(), "promote", answer.get("active").and_then(|a| text(a, "version")), json!({"note": asked.get("note")}))
+        }
+        Endpoint::Rollback => (
+            admin_log(),
+            "rollback",
+            answer.get("active").and_then(|a| text(a, "version")),
+            json!({"to": asked.get("to"), "note": asked.get("note")}),
+        ),
+        Endpoint::CreateKey => (
+            text(&asked, "tenant")?,
+            "key_create",
+            text(answer, "version"),
+            json!({"key_id": answer.get("id"), "roles": asked.get("roles"), "models": asked.get("models"), "expires_at": asked.get("expires_at")}),
+        ),
+        Endpoint::RevokeKey(id) => {
+            (text(answer, "tenant").unwrap_or_else(admin_log), "key_revoke", text(answer, "version"), json!({"key_id": id}))
+        }
+        Endpoint::ClearContainment(tenant) => (
+            tenant.clone(),
+            "containment_clear",
+            None,
+            json!({"cleared": answer.get("cleared"), "route": asked.get("route"), "note": asked.get("note")}),
+        ),
+        _ => return None,
+    };
+    let draft = crate::audit::Draft {
+        at_ms: actor.now_ms,
+        kind: "admin".into(),
+        outcome: outcome.into(),
+        request_id: None,
+        policy_version: version,
+        actor: Some(actor.name.clone()),
+        decisions: Vec::new(),
+        rules: Vec::new(),
+        detail,
+    };
+    Some((log, draft))
 }

@@ -253,6 +253,15 @@ struct Ctx {
     screen: Option<PendingScreen>,
     /// Where the record phase sends metrics, once a policy that names a collector is known.
     metrics: Option<MetricsJob>,
+    /// What the record phase appends to the audit log, once a policy that keeps one is known.
+    audit: Option<AuditJob>,
+}
+
+/// The record phase's audit step: the request's entry (for model routes) or the admin action's.
+struct AuditJob {
+    retention_days: u32,
+    /// An admin action's entry and the log it goes to; requests to `/admin` append nothing else.
+    admin: Option<(String, crate::audit::Draft)>,
 }
 
 /// The record phase's metrics step: fold the record into the isolate's meter, and export when due.
@@ -345,6 +354,8 @@ impl Gateway {
                 containment: None,
                 suspicious: None,
                 first_chunk_ms: None,
+                audit: None,
+                audit_fault: None,
                 duration_ms: 0,
             },
             rate: None,
@@ -354,6 +365,7 @@ impl Gateway {
             guard: None,
             screen: None,
             metrics: None,
+            audit: None,
             dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
         };
         let outcome = match route {
@@ -411,6 +423,7 @@ impl Gateway {
         let secret = phases::credential(req.headers())?;
         let (policy, principal) = self.identify(host, &snapshot, secret, now_ms, Role::Invoke).await?;
         ctx.record.policy_version = Some(policy.version.clone());
+        ctx.audit = policy.audit_retention_days().map(|retention_days| AuditJob { retention_days, admin: None });
         ctx.metrics = policy.telemetry().map(|settings| MetricsJob {
             state: Rc::clone(&self.meter),
             settings: settings.clone(),
@@ -823,11 +836,16 @@ impl Gateway {
         let secret = phases::credential(req.headers())?;
         let snapshot = self.snapshots.current(host, now_ms).await;
         let mut breaker = BreakerSettings::default();
+        // Admin actions are audited unless the active policy turns the log off (and, before
+        // the first policy, with the default retention).
+        let mut retention = Some(crate::audit::DEFAULT_RETENTION_DAYS);
         if let Ok((s, fault)) = &snapshot {
             ctx.record.policy_version = Some(s.active.version.clone());
             ctx.record.policy_fault = fault.as_ref().map(Error::metric_label);
             breaker = *s.active.breaker();
+            retention = s.active.audit_retention_days();
         }
+        ctx.audit = retention.map(|retention_days| AuditJob { retention_days, admin: None });
         let actor = match bootstrap_admin(host, secret).await? {
             Some(roles) if roles.has(needs) => "bootstrap".to_owned(),
             Some(_) => {
@@ -877,6 +895,7 @@ impl Gateway {
                 LedgerAnswer::Cleared { scopes } => {
                     self.contained.0.borrow_mut().remove(tenant.as_str());
                     let body = serde_json::json!({"tenant": tenant, "cleared": scopes, "by": actor.name, "at_ms": now_ms});
+                    note_admin_action(ctx, &endpoint, req.body(), &body, &actor);
                     Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
                 }
                 _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer a containment change")),
@@ -892,7 +911,29 @@ impl Gateway {
                 _ => Err(Error::new(ErrorKind::Internal, "the counter store did not answer a health read")),
             };
         }
+        if let admin::Endpoint::Audit(log) | admin::Endpoint::AuditVerify(log) = &endpoint {
+            let op = match &endpoint {
+                admin::Endpoint::Audit(_) => {
+                    crate::audit::AuditOp::Search { query: crate::audit::Query::from_query_string(req.uri().query().unwrap_or(""))? }
+                }
+                _ => crate::audit::AuditOp::Verify,
+            };
+            let body = match host.audit(log, op).await? {
+                crate::audit::AuditAnswer::Page { entries, next_cursor } => {
+                    serde_json::json!({"tenant": log, "entries": entries, "next_cursor": next_cursor})
+                }
+                crate::audit::AuditAnswer::Verified { report } => serde_json::json!({"tenant": log, "report": report}),
+                crate::audit::AuditAnswer::Appended { .. } => {
+                    return Err(Error::new(ErrorKind::Internal, "the audit log answered a read with an append"));
+                }
+            };
+            return Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())));
+        }
+        let (endpoint_copy, request_body) = (endpoint.clone(), req.body().clone());
         let (status, body) = admin::serve(host, endpoint, req.body(), &actor, &random).await?;
+        if (200..300).contains(&status) {
+            note_admin_action(ctx, &endpoint_copy, &request_body, &body, &actor);
+        }
         Ok(Reply::Json(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Bytes::from(body.to_string())))
     }
 
@@ -1282,6 +1323,7 @@ struct Finish {
     guard: Option<crate::firewall::guard::OutputGuard>,
     screen: Option<PendingScreen>,
     metrics: Option<MetricsJob>,
+    audit: Option<AuditJob>,
 }
 
 impl From<Ctx> for Finish {
@@ -1294,6 +1336,7 @@ impl From<Ctx> for Finish {
             guard: ctx.guard,
             screen: ctx.screen,
             metrics: ctx.metrics,
+            audit: ctx.audit,
         }
     }
 }
@@ -1315,7 +1358,7 @@ impl Finish {
                 duration_ms: end - start,
             });
         }
-        finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics);
+        finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics, self.audit);
     }
 }
 
@@ -1328,6 +1371,7 @@ fn finish<H: Host>(
     shadow: Option<ShadowJob>,
     screen: Option<PendingScreen>,
     metrics: Option<MetricsJob>,
+    audit: Option<AuditJob>,
 ) {
     let now = host.now_ms();
     record.duration_ms = now.saturating_sub(record.start_ms);
@@ -1382,6 +1426,9 @@ fn finish<H: Host>(
                 }
             }
         }
+        if let Some(job) = audit {
+            append_audit(&worker, job, &mut record).await;
+        }
         // The shadow goes last: the caller is long answered, and only answered requests have one.
         if let Some(job) = shadow.filter(|_| record.status == 200) {
             record.shadow = Some(run_shadow(&worker, job, &record.request_id, record.duration_ms).await);
@@ -1391,6 +1438,29 @@ fn finish<H: Host>(
         }
         let _ = worker.export(vec![record]).await;
     }));
+}
+
+/// Keeps an admin action's audit entry for the record phase (when the log is on).
+fn note_admin_action(ctx: &mut Ctx, endpoint: &admin::Endpoint, body: &[u8], answer: &serde_json::Value, actor: &admin::Actor) {
+    if let Some(job) = ctx.audit.as_mut() {
+        job.admin = admin::audit_entry(endpoint, body, answer, actor).map(|(log, mut draft)| {
+            draft.request_id = Some(ctx.record.request_id.clone());
+            (log, draft)
+        });
+    }
+}
+
+/// Appends the request's entry (or, for `/admin`, the action's) to its tenant's audit log; the
+/// head it makes, or why it failed, goes into the record.
+async fn append_audit<H: Host>(host: &H, job: AuditJob, record: &mut RequestRecord) {
+    let entry = if record.route.contains(" /admin/") { job.admin } else { crate::audit::request_entry(record) };
+    let Some((log, draft)) = entry else { return };
+    let op = crate::audit::AuditOp::Append { drafts: vec![draft], retention_days: job.retention_days };
+    match host.audit(&log, op).await {
+        Ok(crate::audit::AuditAnswer::Appended { head }) => record.audit = Some(head),
+        Ok(_) => record.audit_fault = Some("internal_error"),
+        Err(e) => record.audit_fault = Some(e.metric_label()),
+    }
 }
 
 /// Folds `record` into the isolate's meter (and, if its trace is sampled, its spans into the

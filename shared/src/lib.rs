@@ -11,6 +11,7 @@
 //! with pure step functions.
 
 pub mod admin;
+pub mod audit;
 pub mod chat;
 pub mod dialect;
 pub mod embeddings;

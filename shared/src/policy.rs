@@ -77,6 +77,19 @@ struct RawSettings {
     containment: Option<RawContainment>,
     /// Where metrics and traces go (OTLP/HTTP, JSON encoding); none are exported without it.
     telemetry: Option<RawTelemetry>,
+    /// The per-tenant audit log (on by default, entries kept 90 days).
+    audit: Option<RawAudit>,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// Whether requests and admin actions are appended to the audit log (default true).
+    enabled: Option<bool>,
+    /// Days an entry is kept (default 90, 1-3650); older ones are removed as new ones arrive.
+    retention_days: Option<u32>,
 }
 
 /// Metrics export.
@@ -773,6 +786,7 @@ pub struct Policy {
     rule_sets: BTreeMap<String, Rc<crate::firewall::custom::RuleSet>>,
     containment: Option<ContainmentPolicy>,
     telemetry: Option<TelemetrySettings>,
+    audit_retention_days: Option<u32>,
 }
 
 impl Policy {
@@ -843,6 +857,10 @@ impl Policy {
                 firewall: t.firewall,
             };
             tenant_aliases.push((format!("tenants[{i}]"), t.models.unwrap_or_default()));
+            if t.id.is_empty() || t.id.starts_with('~') || t.id.contains('/') {
+                // `~…` names the gateway's own books and logs (health boards, the admin audit log).
+                err(format!("tenants[{i}].id"), "must be non-empty, not start with `~` and contain no `/`".into());
+            }
             if tenants.insert(t.id.clone(), tenant).is_some() {
                 err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
             }
@@ -1046,6 +1064,9 @@ impl Policy {
             ("window_seconds", raw_containment.window_seconds.is_some_and(|w| !(10..=86_400).contains(&w)), "10 to 86400"),
             ("rate_percent", raw_containment.rate_percent.is_some_and(|r| !(1..=100).contains(&r)), "1 to 100"),
         ];
+        if doc.settings.audit.as_ref().and_then(|a| a.retention_days).is_some_and(|d| !(1..=3650).contains(&d)) {
+            errors.push(PolicyError { path: "settings.audit.retention_days".into(), message: "must be 1 to 3650".into() });
+        }
         if let Some(t) = &doc.settings.telemetry
             && !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"))
         {
@@ -1121,6 +1142,9 @@ impl Policy {
             service_name: t.service_name.unwrap_or_else(|| "edgegate".into()),
             authorization_secret: t.authorization_secret,
         });
+        let audit = doc.settings.audit.unwrap_or_default();
+        let audit_retention_days =
+            (audit.enabled != Some(false)).then(|| audit.retention_days.unwrap_or(crate::audit::DEFAULT_RETENTION_DAYS));
         let containment = (raw_containment.enabled != Some(false)).then(|| ContainmentPolicy {
             rule: crate::ledger::ContainmentRule {
                 ratio_permille: u32::from(raw_containment.ratio_percent.unwrap_or(3)) * 10,
@@ -1149,6 +1173,7 @@ impl Policy {
             rule_sets,
             containment,
             telemetry,
+            audit_retention_days,
         })
     }
 
@@ -1215,6 +1240,11 @@ impl Policy {
     /// Metrics export settings, when policy names a collector.
     pub fn telemetry(&self) -> Option<&TelemetrySettings> {
         self.telemetry.as_ref()
+    }
+
+    /// Days audit entries are kept, unless the audit log is turned off.
+    pub fn audit_retention_days(&self) -> Option<u32> {
+        self.audit_retention_days
     }
 
     /// Containment settings, unless turned off.

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::audit::{AuditAnswer, AuditOp};
 use crate::error::Error;
 use crate::jwt::JwtIssuer;
 use crate::ledger::{LedgerAnswer, LedgerOp};
@@ -67,6 +68,16 @@ pub trait Ledger {
     fn apply(&self, tenant: &str, op: LedgerOp) -> impl Future<Output = Result<LedgerAnswer, Error>>;
 }
 
+/// Per-tenant audit logs: SQLite tables the host runs [`crate::audit::apply`] on.
+///
+/// Workers: the tenant's Durable Object (the same one as its ledger) runs each operation in its
+/// single-threaded event, synchronously, so an append is atomic. Spin: one `BEGIN IMMEDIATE`
+/// transaction on the component's database per operation.
+pub trait AuditLog {
+    /// Runs `op` on the log named `log` (a tenant id, or [`crate::audit::ADMIN_LOG`]).
+    fn audit(&self, log: &str, op: AuditOp) -> impl Future<Output = Result<AuditAnswer, Error>>;
+}
+
 /// Provider credentials, looked up by the name policy gives them (never stored in policy).
 pub trait Secrets {
     /// The secret called `name`, or `None` if this host has none by that name.
@@ -116,11 +127,23 @@ pub trait TokenVerifier {
 
 /// Everything the gateway needs from a runtime. Cheap to clone: streams keep a copy until they end.
 pub trait Host:
-    Clock + Timer + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+    Clock + Timer + Entropy + PolicyStore + Ledger + AuditLog + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
 {
 }
 
 impl<T> Host for T where
-    T: Clock + Timer + Entropy + PolicyStore + Ledger + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+    T: Clock
+        + Timer
+        + Entropy
+        + PolicyStore
+        + Ledger
+        + AuditLog
+        + Secrets
+        + Upstream
+        + Telemetry
+        + Deferred
+        + TokenVerifier
+        + Clone
+        + 'static
 {
 }

@@ -190,6 +190,12 @@ pub struct RequestRecord {
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,
+    /// The audit log's head after this request's entry was appended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::Head>,
+    /// Why the audit entry could not be appended, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_fault: Option<&'static str>,
     /// Milliseconds from start to the first content sent, for streams.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_chunk_ms: Option<u64>,

@@ -10,11 +10,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::audit::{AuditAnswer, AuditOp};
 use crate::error::{Error, ErrorKind};
 use crate::gateway::{Body, Gateway};
 use crate::jwt::JwtIssuer;
 use crate::ledger::{Book, LedgerAnswer, LedgerOp};
-use crate::ports::{ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream};
+use crate::ports::{
+    AuditLog, ByteStream, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
+};
 use crate::telemetry::RequestRecord;
 
 /// One scripted upstream answer.
@@ -71,6 +74,8 @@ struct Inner {
     records: RefCell<Vec<RequestRecord>>,
     deferred: RefCell<Vec<Task>>,
     verifier: RefCell<Option<Rc<JwtVerifyFn>>>,
+    audit_db: RefCell<Option<Rc<dyn crate::audit::Sql>>>,
+    audit_ops: RefCell<Vec<(String, AuditOp)>>,
 }
 
 /// A JWT verifier plugged into the test host (the `edgegate-jwt` crate's, in its tests).
@@ -126,6 +131,18 @@ impl TestHost {
     /// Uses `verify` for JSON Web Tokens (by default every token is refused).
     pub fn set_jwt_verifier(&self, verify: Rc<JwtVerifyFn>) {
         *self.0.verifier.borrow_mut() = Some(verify);
+    }
+
+    /// Runs audit operations on `db` (SQLite, in tests that have it); without one, appends are
+    /// kept (see [`TestHost::audit_ops`]) and searches and checks fail as a missing store would.
+    pub fn set_audit_db(&self, db: Rc<dyn crate::audit::Sql>) {
+        *self.0.audit_db.borrow_mut() = Some(db);
+    }
+
+    /// Runs deferred work, then returns every audit operation so far, with the log it was for.
+    pub fn audit_ops(&self) -> Vec<(String, AuditOp)> {
+        self.records();
+        self.0.audit_ops.borrow().clone()
     }
 
     /// Moves the clock.
@@ -234,6 +251,20 @@ impl Ledger for TestHost {
     async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
         let now = self.now_ms();
         Ok(self.0.ledger.borrow_mut().entry(tenant.to_owned()).or_default().apply(now, op))
+    }
+}
+
+impl AuditLog for TestHost {
+    async fn audit(&self, log: &str, op: AuditOp) -> Result<AuditAnswer, Error> {
+        self.0.audit_ops.borrow_mut().push((log.to_owned(), op.clone()));
+        let db = self.0.audit_db.borrow().clone();
+        match (db, op) {
+            (Some(db), op) => crate::audit::apply(db.as_ref(), log, self.now_ms(), op),
+            (None, AuditOp::Append { drafts, .. }) => {
+                Ok(AuditAnswer::Appended { head: crate::audit::Head { seq: drafts.len() as u64, hash: String::new() } })
+            }
+            (None, _) => Err(Error::new(ErrorKind::StoreUnavailable, "this test host has no audit database")),
+        }
     }
 }
 

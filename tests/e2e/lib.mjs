@@ -159,8 +159,9 @@ export async function publish(url, policy) {
 /**
  * The built Worker in workerd, with `policy` published and `secrets` as secret bindings.
  * `faultyKv`: policy KV goes through a wrapper the test can make fail (`setKvFault`).
- * `stateDir`: KV persisted where `wrangler … --local --persist-to stateDir` (and so the admin
- * CLI's `--target local`) reads and writes it.
+ * `stateDir`: KV and Durable Objects persisted where `wrangler … --local --persist-to stateDir`
+ * (and so the admin CLI's `--target local`) reads and writes them; a second start on the same
+ * directory finds them again.
  * `cf`: the `request.cf` object workerd gives the Worker (where the request was received).
  */
 export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null, cf = DEFAULT_CF }) {
@@ -190,7 +191,7 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
     host: "127.0.0.1",
     port: 0,
     kvPersist: stateDir ? join(stateDir, "v3", "kv") : false,
-    durableObjectsPersist: false,
+    durableObjectsPersist: stateDir ? join(stateDir, "v3", "do") : false,
     handleRuntimeStdio(stdout, stderr) {
       stdout.on("data", (d) => logs.push(...String(d).split("\n").filter(Boolean)));
       stderr.on("data", (d) => process.stderr.write(d));
@@ -291,6 +292,7 @@ export async function startSpin({ policy, variables = {} }) {
   return {
     url: host.url,
     lines: host.lines,
+    stateDir: join(dir, "state"),
     setPolicy: (p) => publish(host.url, p),
     stop: async () => {
       await host.stop();

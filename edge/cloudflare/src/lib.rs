@@ -7,15 +7,17 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
+use edgegate_core::audit::{AuditAnswer, AuditOp, Sql, SqlValue};
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{
-    Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
+    AuditLog, Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use worker::SqlStorageValue;
 use worker::{Context, Env, Fetch, Headers, HttpRequest, Method, Request, RequestInit, Response, console_log, durable_object, event};
 
 thread_local! {
@@ -126,6 +128,33 @@ impl LedgerPort for CfHost {
             resp.json::<LedgerAnswer>().await
         };
         call.await.map_err(|e| store_error("tenant ledger", e))
+    }
+}
+
+/// An audit operation as it crosses to the log's Durable Object.
+#[derive(Serialize, Deserialize)]
+struct AuditCall {
+    log: String,
+    op: AuditOp,
+}
+
+impl AuditLog for CfHost {
+    /// One call to the log's Durable Object (the tenant's, shared with its ledger), which runs
+    /// the operation on its SQLite storage.
+    async fn audit(&self, log: &str, op: AuditOp) -> Result<AuditAnswer, Error> {
+        let call = async {
+            let stub = self.0.env.durable_object("LEDGER")?.id_from_name(log)?.get_stub()?;
+            let mut init = RequestInit::new();
+            let body = serde_json::to_string(&AuditCall { log: log.to_owned(), op })?;
+            init.with_method(Method::Post).with_body(Some(body.into()));
+            let mut resp = stub.fetch_with_request(Request::new_with_init("https://ledger/audit", &init)?).await?;
+            Ok::<_, worker::Error>((resp.status_code(), resp.text().await?))
+        };
+        let (status, text) = call.await.map_err(|e| store_error("audit log", e))?;
+        if status != 200 {
+            return Err(store_error("audit log", format!("answered {status}: {text}")));
+        }
+        serde_json::from_str(&text).map_err(|e| store_error("audit log", e))
     }
 }
 
@@ -266,6 +295,14 @@ impl worker::DurableObject for Ledger {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        if req.path() == "/audit" {
+            let call: AuditCall = req.json().await?;
+            let now = worker::Date::now().as_millis();
+            return match edgegate_core::audit::apply(&DoSql(&self.sql), &call.log, now, call.op) {
+                Ok(answer) => Response::from_json(&answer),
+                Err(e) => Response::error(e.message, 500),
+            };
+        }
         let op: LedgerOp = req.json().await?;
         let now = worker::Date::now().as_millis();
         let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
@@ -274,5 +311,40 @@ impl worker::DurableObject for Ledger {
         let json = serde_json::to_string(&book)?;
         self.sql.exec("INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json", vec![json.into()])?;
         Response::from_json(&answer)
+    }
+}
+
+/// The audit log's SQL over a Durable Object's storage.
+struct DoSql<'a>(&'a worker::SqlStorage);
+
+impl Sql for DoSql<'_> {
+    fn run(&self, statement: &str, params: Vec<SqlValue>) -> Result<Vec<Vec<SqlValue>>, Error> {
+        let bindings = params
+            .into_iter()
+            .map(|p| match p {
+                SqlValue::Null => SqlStorageValue::Null,
+                SqlValue::Int(i) => SqlStorageValue::Integer(i),
+                SqlValue::Text(t) => SqlStorageValue::String(t),
+            })
+            .collect::<Vec<_>>();
+        let cursor = self.0.exec(statement, bindings).map_err(|e| store_error("audit SQL", e))?;
+        cursor
+            .raw()
+            .map(|row| {
+                let row = row.map_err(|e| store_error("audit SQL", e))?;
+                Ok(row
+                    .into_iter()
+                    .map(|v| match v {
+                        SqlStorageValue::Integer(i) => SqlValue::Int(i),
+                        // Numbers cross from JavaScript as doubles; ours are integers.
+                        #[allow(clippy::cast_possible_truncation)]
+                        SqlStorageValue::Float(f) => SqlValue::Int(f as i64),
+                        SqlStorageValue::String(s) => SqlValue::Text(s),
+                        SqlStorageValue::Boolean(b) => SqlValue::Int(i64::from(b)),
+                        SqlStorageValue::Null | SqlStorageValue::Blob(_) => SqlValue::Null,
+                    })
+                    .collect())
+            })
+            .collect()
     }
 }

@@ -11,9 +11,12 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use edgegate_core::audit::{AuditAnswer, AuditOp, Sql, SqlValue};
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::ConnectTimeout;
-use edgegate_core::ports::{Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream};
+use edgegate_core::ports::{
+    AuditLog, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
+};
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
 use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
@@ -207,6 +210,56 @@ impl Ledger for SpinHost {
             let _ = db.execute("ROLLBACK", &[]);
             store_error("tenant ledger", e)
         })
+    }
+}
+
+impl AuditLog for SpinHost {
+    /// One `BEGIN IMMEDIATE` transaction per operation on the component's database, so appends
+    /// from concurrent instances serialise and the chain stays whole.
+    async fn audit(&self, log: &str, op: AuditOp) -> Result<AuditAnswer, Error> {
+        let db = Connection::open_default().map_err(|e| store_error("sqlite database `default`", e))?;
+        db.execute("BEGIN IMMEDIATE", &[]).map_err(|e| store_error("audit log", e))?;
+        match edgegate_core::audit::apply(&SpinSql(&db), log, self.now_ms(), op) {
+            Ok(answer) => {
+                db.execute("COMMIT", &[]).map_err(|e| store_error("audit log", e))?;
+                Ok(answer)
+            }
+            Err(e) => {
+                let _ = db.execute("ROLLBACK", &[]);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The audit log's SQL over a Spin SQLite connection.
+struct SpinSql<'a>(&'a Connection);
+
+impl Sql for SpinSql<'_> {
+    fn run(&self, statement: &str, params: Vec<SqlValue>) -> Result<Vec<Vec<SqlValue>>, Error> {
+        let params: Vec<Value> = params
+            .into_iter()
+            .map(|p| match p {
+                SqlValue::Null => Value::Null,
+                SqlValue::Int(i) => Value::Integer(i),
+                SqlValue::Text(t) => Value::Text(t),
+            })
+            .collect();
+        let result = self.0.execute(statement, &params).map_err(|e| store_error("audit SQL", e))?;
+        Ok(result
+            .rows
+            .into_iter()
+            .map(|row| {
+                row.values
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Integer(i) => SqlValue::Int(i),
+                        Value::Text(t) => SqlValue::Text(t),
+                        _ => SqlValue::Null,
+                    })
+                    .collect()
+            })
+            .collect())
     }
 }
 
