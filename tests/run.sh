@@ -44,7 +44,7 @@ cargo test --locked --quiet -p edgegate-core -p edgegate-jwt -p edgegate-admin -
 cargo build --locked --quiet -p edgegate-admin
 export EDGEGATE_ADMIN_CLI="$ROOT/target/debug/edgegate-admin"
 
-say "telemetry: Prometheus rules checked and unit-tested with promtool (Debian's prometheus package)"
+say "telemetry: Prometheus rules and Grafana dashboards checked, rules unit-tested, with promtool (Debian's prometheus package)"
 promtool="$EDGEGATE_CACHE/tools/promtool/promtool"
 if [ ! -x "$promtool" ]; then
   tmp=$(mktemp -d)
@@ -55,6 +55,7 @@ if [ ! -x "$promtool" ]; then
 fi
 "$promtool" check rules deploy/telemetry/rules.yaml
 (cd deploy/telemetry && "$promtool" test rules rules.test.yaml)
+node deploy/dashboards/check.mjs "$promtool"
 
 say "fuzzing: every parser and detector of untrusted bytes, 8 s per target (tests/fuzz.sh)"
 (cd fuzz && cargo fmt --check)

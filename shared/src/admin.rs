@@ -246,6 +246,29 @@ pub async fn promote<S: PolicyStore>(store: &S, actor: &Actor, note: &str) -> Re
     activate(store, &canary.version, active, "promote", actor, note).await
 }
 
+/// Ends the running canary without promoting it (everyone is served the active version again).
+/// With `only`, ends it only if it is that version (`Ok(None)` otherwise).
+pub async fn abort_canary<S: PolicyStore>(
+    store: &S,
+    only: Option<&str>,
+    actor: &Actor,
+    note: &str,
+) -> Result<Option<CanaryPointer>, Error> {
+    let (active, canary) = pointers(store).await?;
+    let Some(canary) = canary else {
+        return match only {
+            Some(_) => Ok(None),
+            None => Err(Error::new(ErrorKind::Conflict, "no canary is running")),
+        };
+    };
+    if only.is_some_and(|v| v != canary.version) {
+        return Ok(None);
+    }
+    store.delete(CANARY).await?;
+    append_history(store, entry("canary_abort", &canary.version, active.as_ref().map(|a| a.version.as_str()), actor, note)).await?;
+    Ok(Some(canary))
+}
+
 /// Moves the active pointer back: to `to` if given (any stored version), else to the version
 /// active before the current one. Ends any canary.
 pub async fn rollback<S: PolicyStore>(store: &S, to: Option<&str>, actor: &Actor, note: &str) -> Result<ActivePointer, Error> {
@@ -388,6 +411,8 @@ pub enum Endpoint {
     Promote,
     /// `POST /admin/policy/rollback` with `{"to"?, "note"?}`.
     Rollback,
+    /// `DELETE /admin/policy/canary` with `{"note"?}`: ends the canary without promoting it.
+    AbortCanary,
     /// `POST /admin/keys` with a [`KeySpec`].
     CreateKey,
     /// `DELETE /admin/keys/{id}`.
@@ -402,6 +427,9 @@ pub enum Endpoint {
     Audit(String),
     /// `GET /admin/tenants/{id}/audit/verify`: checks the tenant's audit chain.
     AuditVerify(String),
+    /// `GET /admin/tenants/{id}/spend?from&to`: what the tenant's answered requests cost, by
+    /// route, feature and model (from its audit log).
+    Spend(String),
     /// `GET /admin/health/{location}`: a location's provider health board (breakers, latency,
     /// retry use); `default` where the host names no location.
     Health(String),
@@ -420,6 +448,7 @@ impl Endpoint {
             ("/policy/publish", &M::POST) => Some((Endpoint::Publish, Role::PolicyWrite)),
             ("/policy/promote", &M::POST) => Some((Endpoint::Promote, Role::PolicyWrite)),
             ("/policy/rollback", &M::POST) => Some((Endpoint::Rollback, Role::PolicyWrite)),
+            ("/policy/canary", &M::DELETE) => Some((Endpoint::AbortCanary, Role::PolicyWrite)),
             ("/keys", &M::POST) => Some((Endpoint::CreateKey, Role::KeysAdmin)),
             (p, &M::GET) if p.starts_with("/policy/versions/") => {
                 Some((Endpoint::Version(p["/policy/versions/".len()..].to_owned()), Role::PolicyRead))
@@ -437,6 +466,10 @@ impl Endpoint {
                 let tenant = &p["/tenants/".len()..p.len() - if verify { "/audit/verify".len() } else { "/audit".len() }];
                 let endpoint = if verify { Endpoint::AuditVerify(tenant.to_owned()) } else { Endpoint::Audit(tenant.to_owned()) };
                 (!tenant.is_empty() && !tenant.contains('/')).then_some((endpoint, Role::AuditRead))
+            }
+            (p, &M::GET) if p.starts_with("/tenants/") && p.ends_with("/spend") => {
+                let tenant = &p["/tenants/".len()..p.len() - "/spend".len()];
+                (!tenant.is_empty() && !tenant.contains('/')).then(|| (Endpoint::Spend(tenant.to_owned()), Role::AuditRead))
             }
             (p, &M::GET) if p.starts_with("/health/") => {
                 let location = &p["/health/".len()..];
@@ -459,6 +492,7 @@ impl Endpoint {
             Endpoint::Health(location) => format!("/admin/health/{location}"),
             Endpoint::Audit(tenant) => format!("/admin/tenants/{tenant}/audit"),
             Endpoint::AuditVerify(tenant) => format!("/admin/tenants/{tenant}/audit/verify"),
+            Endpoint::Spend(tenant) => format!("/admin/tenants/{tenant}/spend"),
             _ => template.to_owned(),
         };
         (method.parse().unwrap_or(http::Method::GET), path)
@@ -474,6 +508,7 @@ impl Endpoint {
             Endpoint::Publish => "POST /admin/policy/publish",
             Endpoint::Promote => "POST /admin/policy/promote",
             Endpoint::Rollback => "POST /admin/policy/rollback",
+            Endpoint::AbortCanary => "DELETE /admin/policy/canary",
             Endpoint::CreateKey => "POST /admin/keys",
             Endpoint::RevokeKey(_) => "DELETE /admin/keys/{id}",
             Endpoint::Usage(_) => "GET /admin/tenants/{id}/usage",
@@ -481,6 +516,7 @@ impl Endpoint {
             Endpoint::Health(_) => "GET /admin/health/{location}",
             Endpoint::Audit(_) => "GET /admin/tenants/{id}/audit",
             Endpoint::AuditVerify(_) => "GET /admin/tenants/{id}/audit/verify",
+            Endpoint::Spend(_) => "GET /admin/tenants/{id}/spend",
         }
     }
 }
@@ -554,6 +590,10 @@ pub async fn serve<S: PolicyStore>(
             let req: Request = parse_body(body)?;
             ok(serde_json::json!({"active": rollback(store, req.to.as_deref(), actor, &req.note).await?}))
         }
+        Endpoint::AbortCanary => {
+            let req: Request = parse_body(body)?;
+            ok(serde_json::json!({"aborted": abort_canary(store, None, actor, &req.note).await?}))
+        }
         Endpoint::CreateKey => {
             let spec: KeySpec = serde_json::from_slice(body).map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("key: {e}")))?;
             Ok((201, serde_json::json!(create_key(store, spec, random, actor).await?)))
@@ -562,7 +602,12 @@ pub async fn serve<S: PolicyStore>(
             let (version, tenant) = revoke_key(store, &id, actor).await?;
             ok(serde_json::json!({"revoked": id, "tenant": tenant, "version": version}))
         }
-        Endpoint::Usage(_) | Endpoint::Health(_) | Endpoint::ClearContainment(_) | Endpoint::Audit(_) | Endpoint::AuditVerify(_) => {
+        Endpoint::Usage(_)
+        | Endpoint::Health(_)
+        | Endpoint::ClearContainment(_)
+        | Endpoint::Audit(_)
+        | Endpoint::AuditVerify(_)
+        | Endpoint::Spend(_) => {
             Err(Error::new(ErrorKind::Internal, "usage, health, containment and audit live in the counter store, not the policy store"))
         }
     }
@@ -620,6 +665,7 @@ pub fn audit_entry(endpoint: &Endpoint, body: &[u8], answer: &serde_json::Value,
         decisions: Vec::new(),
         rules: Vec::new(),
         detail,
+        spend: None,
     };
     Some((log, draft))
 }

@@ -76,8 +76,8 @@ pub trait Sql {
 /// The tables, created on first use.
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS edgegate_audit (tenant TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL, \
-     types TEXT NOT NULL, rules TEXT NOT NULL, request_id TEXT, policy_version TEXT, body TEXT NOT NULL, prev TEXT NOT NULL, \
-     hash TEXT NOT NULL, PRIMARY KEY (tenant, seq))",
+     types TEXT NOT NULL, rules TEXT NOT NULL, request_id TEXT, policy_version TEXT, spend_key TEXT, cost INTEGER, tokens INTEGER, \
+     body TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (tenant, seq))",
     "CREATE INDEX IF NOT EXISTS edgegate_audit_request ON edgegate_audit (tenant, request_id)",
     "CREATE TABLE IF NOT EXISTS edgegate_audit_anchor (tenant TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)",
 ];
@@ -112,6 +112,35 @@ pub struct Draft {
     /// What else an admin action carries (its note, the key id, the route).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
+    /// What an answered request spent, for the spend report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Spend>,
+}
+
+/// What one answered request spent, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spend {
+    /// The model alias.
+    pub route: String,
+    /// The product feature the request named, if the tenant declares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// The provider that answered.
+    pub provider: String,
+    /// The model it was sent.
+    pub model: String,
+    /// Its cost, micro-dollars (0 when the model has no price).
+    pub micro_usd: u64,
+    /// Tokens, prompt and output.
+    pub tokens: u64,
+}
+
+impl Spend {
+    /// The grouping key stored beside the entry: route, feature, provider and model.
+    fn key(&self) -> String {
+        let clean = |s: &str| s.replace('|', "/");
+        format!("{}|{}|{}|{}", clean(&self.route), clean(self.feature.as_deref().unwrap_or("")), clean(&self.provider), clean(&self.model))
+    }
 }
 
 impl Draft {
@@ -280,6 +309,13 @@ pub enum AuditOp {
     },
     /// Check the whole chain.
     Verify,
+    /// Sum what answered requests spent from `from_ms` (inclusive) to `to_ms` (exclusive).
+    Spend {
+        /// Start, epoch milliseconds.
+        from_ms: u64,
+        /// End, epoch milliseconds.
+        to_ms: u64,
+    },
 }
 
 /// The answer to an [`AuditOp`].
@@ -304,6 +340,30 @@ pub enum AuditAnswer {
         /// What the check found.
         report: Report,
     },
+    /// Spend per route, feature, provider and model.
+    Spent {
+        /// One row per combination that spent anything.
+        rows: Vec<SpendRow>,
+    },
+}
+
+/// What one route, feature, provider and model spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRow {
+    /// The model alias.
+    pub route: String,
+    /// The feature (empty when none was named).
+    pub feature: String,
+    /// The provider.
+    pub provider: String,
+    /// The model sent.
+    pub model: String,
+    /// Answered requests.
+    pub requests: u64,
+    /// Their cost, micro-dollars.
+    pub micro_usd: u64,
+    /// Their tokens.
+    pub tokens: u64,
 }
 
 /// Runs `op` on the log of `tenant` in `db` (inside one transaction the host holds). `now_ms`
@@ -320,7 +380,63 @@ pub fn apply(db: &dyn Sql, tenant: &str, now_ms: u64, op: AuditOp) -> Result<Aud
         }
         AuditOp::Search { query } => search(db, tenant, &query),
         AuditOp::Verify => Ok(AuditAnswer::Verified { report: verify(db, tenant)? }),
+        AuditOp::Spend { from_ms, to_ms } => spent(db, tenant, from_ms, to_ms),
     }
+}
+
+fn spent(db: &dyn Sql, tenant: &str, from_ms: u64, to_ms: u64) -> Result<AuditAnswer, Error> {
+    let rows = db.run(
+        "SELECT spend_key, COUNT(*), SUM(cost), SUM(tokens) FROM edgegate_audit \
+         WHERE tenant = ? AND spend_key IS NOT NULL AND at_ms >= ? AND at_ms < ? GROUP BY spend_key ORDER BY spend_key",
+        vec![text(tenant), int(from_ms), int(to_ms)],
+    )?;
+    let number = |v: Option<&SqlValue>| v.and_then(SqlValue::int).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    let rows = rows
+        .iter()
+        .filter_map(|row| {
+            let key = row.first().and_then(SqlValue::text)?;
+            let mut parts = key.splitn(4, '|').map(str::to_owned);
+            Some(SpendRow {
+                route: parts.next()?,
+                feature: parts.next()?,
+                provider: parts.next()?,
+                model: parts.next()?,
+                requests: number(row.get(1)),
+                micro_usd: number(row.get(2)),
+                tokens: number(row.get(3)),
+            })
+        })
+        .collect();
+    Ok(AuditAnswer::Spent { rows })
+}
+
+/// The spend report of `rows`: totals overall and by route, feature and `provider/model`.
+pub fn spend_report(rows: &[SpendRow]) -> serde_json::Value {
+    use std::collections::BTreeMap;
+    #[derive(Default, Serialize)]
+    struct Sum {
+        requests: u64,
+        micro_usd: u64,
+        usd: f64,
+        tokens: u64,
+    }
+    impl Sum {
+        fn add(&mut self, r: &SpendRow) {
+            self.requests += r.requests;
+            self.micro_usd += r.micro_usd;
+            self.tokens += r.tokens;
+            self.usd = self.micro_usd as f64 / 1e6;
+        }
+    }
+    let mut total = Sum::default();
+    let (mut by_route, mut by_feature, mut by_model) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::<String, Sum>::new());
+    for r in rows {
+        total.add(r);
+        by_route.entry(r.route.clone()).or_insert_with(Sum::default).add(r);
+        by_feature.entry(r.feature.clone()).or_insert_with(Sum::default).add(r);
+        by_model.entry(format!("{}/{}", r.provider, r.model)).or_default().add(r);
+    }
+    serde_json::json!({"total": total, "by_route": by_route, "by_feature": by_feature, "by_model": by_model, "rows": rows})
 }
 
 fn text(s: &str) -> SqlValue {
@@ -389,8 +505,8 @@ fn append(db: &dyn Sql, tenant: &str, drafts: &[Draft]) -> Result<Head, Error> {
             .map_err(|e| Error::new(ErrorKind::Internal, format!("audit entry: {e}")))?;
         let hash = chain_hash(&head.hash, &body);
         db.run(
-            "INSERT INTO edgegate_audit (tenant, seq, at_ms, types, rules, request_id, policy_version, body, prev, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO edgegate_audit (tenant, seq, at_ms, types, rules, request_id, policy_version, spend_key, cost, tokens, body, prev, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             vec![
                 text(tenant),
                 int(seq),
@@ -399,6 +515,9 @@ fn append(db: &dyn Sql, tenant: &str, drafts: &[Draft]) -> Result<Head, Error> {
                 text(&tags(draft.rules.iter().map(String::as_str))),
                 opt(draft.request_id.as_ref()),
                 opt(draft.policy_version.as_ref()),
+                draft.spend.as_ref().map_or(SqlValue::Null, |s| text(&s.key())),
+                draft.spend.as_ref().map_or(SqlValue::Null, |s| int(s.micro_usd)),
+                draft.spend.as_ref().map_or(SqlValue::Null, |s| int(s.tokens)),
                 text(&body),
                 text(&head.hash),
                 text(&hash),
@@ -498,8 +617,8 @@ fn verify(db: &dyn Sql, tenant: &str) -> Result<Report, Error> {
     let mut checked = 0;
     loop {
         let rows = db.run(
-            "SELECT seq, at_ms, types, rules, request_id, policy_version, body, prev, hash FROM edgegate_audit \
-             WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, at_ms, types, rules, request_id, policy_version, body, prev, hash, spend_key, cost, tokens \
+             FROM edgegate_audit WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
             vec![text(tenant), int(head.seq), SqlValue::Int(VERIFY_BATCH)],
         )?;
         for row in &rows {
@@ -539,7 +658,10 @@ fn check_row(tenant: &str, head: &Head, row: &[SqlValue]) -> Result<(), String> 
         && col(2) == Some(tags(d.types()).as_str())
         && col(3) == Some(tags(d.rules.iter().map(String::as_str)).as_str())
         && col(4) == d.request_id.as_deref()
-        && col(5) == d.policy_version.as_deref();
+        && col(5) == d.policy_version.as_deref()
+        && col(9) == d.spend.as_ref().map(Spend::key).as_deref()
+        && row.get(10).and_then(SqlValue::int) == d.spend.as_ref().and_then(|s| i64::try_from(s.micro_usd).ok())
+        && row.get(11).and_then(SqlValue::int) == d.spend.as_ref().and_then(|s| i64::try_from(s.tokens).ok());
     if !columns_hold {
         return Err("its searchable columns do not match its content".into());
     }
@@ -631,6 +753,14 @@ pub fn request_entry(record: &RequestRecord) -> Option<(String, Draft)> {
         200..=299 if record.error.is_none() => "served",
         _ => "failed",
     };
+    let spend = record.served().filter(|_| outcome == "served").map(|a| Spend {
+        route: record.model.clone().unwrap_or_default(),
+        feature: record.feature.clone(),
+        provider: a.provider.clone(),
+        model: a.model.clone(),
+        micro_usd: record.cost_micro_usd.unwrap_or(0),
+        tokens: record.usage.map_or(0, |u| u.prompt_tokens() + u.completion_tokens()),
+    });
     let draft = Draft {
         at_ms: record.start_ms,
         kind: "request".into(),
@@ -641,6 +771,7 @@ pub fn request_entry(record: &RequestRecord) -> Option<(String, Draft)> {
         decisions,
         rules,
         detail: json!({"route": record.route, "status": record.status, "error": record.error}),
+        spend,
     };
     Some((tenant, draft))
 }

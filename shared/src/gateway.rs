@@ -178,6 +178,9 @@ struct HealthReport {
     attempts: Vec<(String, Outcome)>,
 }
 
+/// The feedback endpoint's route template.
+const FEEDBACK_ROUTE: &str = "POST /v1/feedback";
+
 /// The endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -187,6 +190,7 @@ enum Route {
     Messages,
     CountTokens,
     Embeddings,
+    Feedback,
     Admin(&'static str),
 }
 
@@ -199,6 +203,7 @@ impl Route {
             Route::Messages => "POST /v1/messages",
             Route::Embeddings => "POST /v1/embeddings",
             Route::CountTokens => "POST /v1/messages/count_tokens",
+            Route::Feedback => FEEDBACK_ROUTE,
             Route::Admin(name) => name,
         }
     }
@@ -207,7 +212,9 @@ impl Route {
     fn dialect(self) -> &'static dyn Dialect {
         match self {
             Route::Messages | Route::CountTokens => &dialect::anthropic::Anthropic,
-            Route::Health | Route::Models | Route::ChatCompletions | Route::Embeddings | Route::Admin(_) => &dialect::openai::OpenAi,
+            Route::Health | Route::Models | Route::ChatCompletions | Route::Embeddings | Route::Feedback | Route::Admin(_) => {
+                &dialect::openai::OpenAi
+            }
         }
     }
 }
@@ -222,6 +229,7 @@ fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
         "/v1/chat/completions" => (Route::ChatCompletions, Method::POST),
         "/v1/messages" => (Route::Messages, Method::POST),
         "/v1/embeddings" => (Route::Embeddings, Method::POST),
+        "/v1/feedback" => (Route::Feedback, Method::POST),
         "/v1/messages/count_tokens" => (Route::CountTokens, Method::POST),
         _ => return Err(Error::new(ErrorKind::RouteNotFound, format!("no such endpoint: {path}"))),
     };
@@ -354,6 +362,7 @@ impl Gateway {
                 containment: None,
                 suspicious: None,
                 first_chunk_ms: None,
+                feedback: None,
                 audit: None,
                 audit_fault: None,
                 duration_ms: 0,
@@ -431,6 +440,10 @@ impl Gateway {
         });
         ctx.record.tenant = Some(principal.tenant.id.clone());
         ctx.record.key_id = Some(principal.key.id.clone());
+
+        if route == Route::Feedback {
+            return self.feedback(host, ctx, &snapshot, &policy, &principal, req.body()).await;
+        }
 
         if route == Route::Models {
             let data: Vec<_> = policy
@@ -828,6 +841,108 @@ impl Gateway {
         verify(chosen).await
     }
 
+    /// `POST /v1/feedback`: scores an answer of the caller's tenant (found in its audit log, once
+    /// per request), tallies it for the policy version and route that produced it, and ends that
+    /// version's canary when its mean falls below the quality SLO over enough scores.
+    async fn feedback<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        snapshot: &crate::snapshot::Snapshot,
+        policy: &Policy,
+        principal: &phases::Principal,
+        body: &[u8],
+    ) -> Result<Reply, Error> {
+        use crate::audit::{AuditAnswer, AuditOp, Draft, Query};
+        let started = host.now_ms();
+        let feedback = crate::feedback::Feedback::parse(body)?;
+        let retention_days = policy.audit_retention_days().ok_or_else(|| {
+            Error::new(ErrorKind::Conflict, "feedback needs the audit log, which this policy turns off (`settings.audit`)")
+        })?;
+        let tenant = principal.tenant.id.as_str();
+        let query = Query { request_id: Some(feedback.request_id.clone()), ..Query::default() };
+        let entries = match host.audit(tenant, AuditOp::Search { query }).await? {
+            AuditAnswer::Page { entries, .. } => entries,
+            _ => return Err(Error::new(ErrorKind::Internal, "the audit log did not answer a search")),
+        };
+        let judged = crate::feedback::judged(&feedback.request_id, &entries)?;
+        ctx.record.model = Some(judged.route.clone());
+        let op =
+            LedgerOp::Feedback { route: judged.route.clone(), score_permille: feedback.score_permille(), escalated: feedback.escalated };
+        let (route_quality, total) = match host.apply(&crate::ledger::quality_book(&judged.version), op).await? {
+            LedgerAnswer::Quality { route, total } => (route, total),
+            _ => return Err(Error::new(ErrorKind::Internal, "the counter store did not answer a feedback")),
+        };
+        let now_ms = host.now_ms();
+        let draft = Draft {
+            at_ms: now_ms,
+            kind: "feedback".into(),
+            outcome: "recorded".into(),
+            request_id: Some(feedback.request_id.clone()),
+            policy_version: Some(judged.version.clone()),
+            actor: Some(principal.key.id.clone()),
+            decisions: Vec::new(),
+            rules: Vec::new(),
+            detail: serde_json::json!({"route": judged.route, "score": feedback.score, "label": feedback.label,
+                "escalated": feedback.escalated, "feedback_request_id": ctx.record.request_id}),
+            spend: None,
+        };
+        host.audit(tenant, AuditOp::Append { drafts: vec![draft], retention_days }).await?;
+        // The gateway's SLO is the active policy's: a canary does not set the bar it is held to.
+        let settings = *snapshot.active.quality();
+        let canary = snapshot.canary.as_ref().map(|(pointer, _)| pointer.version.clone());
+        let mut rolled_back = None;
+        if settings.auto_rollback && canary.as_deref() == Some(judged.version.as_str()) && crate::feedback::below_slo(&total, &settings) {
+            let mean = total.mean_permille().unwrap_or(0);
+            let note = format!(
+                "quality {}.{:03} below the SLO {}.{:03} over {} scores",
+                mean / 1000,
+                mean % 1000,
+                settings.slo_permille / 1000,
+                settings.slo_permille % 1000,
+                total.count
+            );
+            let actor = admin::Actor { name: "edgegate:quality".into(), now_ms };
+            if let Some(aborted) = admin::abort_canary(host, Some(&judged.version), &actor, &note).await? {
+                let draft = Draft {
+                    at_ms: now_ms,
+                    kind: "canary".into(),
+                    outcome: "rollback".into(),
+                    request_id: Some(ctx.record.request_id.clone()),
+                    policy_version: Some(aborted.version.clone()),
+                    actor: Some(actor.name.clone()),
+                    decisions: Vec::new(),
+                    rules: Vec::new(),
+                    detail: serde_json::json!({"note": note, "mean_permille": mean, "scores": total.count,
+                        "slo_permille": settings.slo_permille, "min_feedback": settings.min_feedback}),
+                    spend: None,
+                };
+                host.audit(crate::audit::ADMIN_LOG, AuditOp::Append { drafts: vec![draft], retention_days }).await?;
+                rolled_back = Some(aborted.version);
+            }
+        }
+        ctx.phase("response.feedback", started, host.now_ms());
+        ctx.record.feedback = Some(crate::feedback::FeedbackRecord {
+            request_id: feedback.request_id.clone(),
+            route: judged.route.clone(),
+            policy_version: judged.version.clone(),
+            score_permille: feedback.score_permille(),
+            escalated: feedback.escalated,
+            total,
+            canary_rolled_back: rolled_back.clone(),
+        });
+        let mean = |q: &crate::ledger::Quality| q.mean_permille().map(|m| m as f64 / 1000.0);
+        let body = serde_json::json!({
+            "object": "feedback",
+            "request_id": feedback.request_id,
+            "score": feedback.score,
+            "quality": {"policy_version": judged.version, "route": judged.route, "route_mean": mean(&route_quality),
+                "route_scores": route_quality.count, "version_mean": mean(&total), "version_scores": total.count},
+            "canary_rolled_back": rolled_back,
+        });
+        Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
+    }
+
     /// The `/admin` API: authenticates an admin key (or the host's bootstrap key) for the role the
     /// endpoint needs, then runs the operation against the policy store.
     async fn admin<H: Host>(&self, host: &H, ctx: &mut Ctx, req: http::Request<Bytes>) -> Result<Reply, Error> {
@@ -911,10 +1026,18 @@ impl Gateway {
                 _ => Err(Error::new(ErrorKind::Internal, "the counter store did not answer a health read")),
             };
         }
-        if let admin::Endpoint::Audit(log) | admin::Endpoint::AuditVerify(log) = &endpoint {
+        if let admin::Endpoint::Audit(log) | admin::Endpoint::AuditVerify(log) | admin::Endpoint::Spend(log) = &endpoint {
+            let query = crate::audit::Query::from_query_string(req.uri().query().unwrap_or(""))?;
+            // The spend window: the last 30 days unless asked.
+            let to_ms = query.to_ms.unwrap_or(now_ms + 1);
+            let window = (query.from_ms.unwrap_or(to_ms.saturating_sub(30 * 86_400_000)), to_ms);
             let op = match &endpoint {
-                admin::Endpoint::Audit(_) => {
-                    crate::audit::AuditOp::Search { query: crate::audit::Query::from_query_string(req.uri().query().unwrap_or(""))? }
+                admin::Endpoint::Audit(_) => crate::audit::AuditOp::Search { query },
+                admin::Endpoint::Spend(_) => {
+                    if (crate::audit::Query { from_ms: None, to_ms: None, ..query }) != crate::audit::Query::default() {
+                        return Err(Error::new(ErrorKind::InvalidRequest, "spend takes `from` and `to` only").with_param("from"));
+                    }
+                    crate::audit::AuditOp::Spend { from_ms: window.0, to_ms: window.1 }
                 }
                 _ => crate::audit::AuditOp::Verify,
             };
@@ -923,6 +1046,13 @@ impl Gateway {
                     serde_json::json!({"tenant": log, "entries": entries, "next_cursor": next_cursor})
                 }
                 crate::audit::AuditAnswer::Verified { report } => serde_json::json!({"tenant": log, "report": report}),
+                crate::audit::AuditAnswer::Spent { rows } => {
+                    let mut report = crate::audit::spend_report(&rows);
+                    report["tenant"] = serde_json::json!(log);
+                    report["from_ms"] = serde_json::json!(window.0);
+                    report["to_ms"] = serde_json::json!(window.1);
+                    report
+                }
                 crate::audit::AuditAnswer::Appended { .. } => {
                     return Err(Error::new(ErrorKind::Internal, "the audit log answered a read with an append"));
                 }
@@ -1453,7 +1583,9 @@ fn note_admin_action(ctx: &mut Ctx, endpoint: &admin::Endpoint, body: &[u8], ans
 /// Appends the request's entry (or, for `/admin`, the action's) to its tenant's audit log; the
 /// head it makes, or why it failed, goes into the record.
 async fn append_audit<H: Host>(host: &H, job: AuditJob, record: &mut RequestRecord) {
-    let entry = if record.route.contains(" /admin/") { job.admin } else { crate::audit::request_entry(record) };
+    // Admin actions and feedback write their own entries; other routes, the request's.
+    let entry =
+        if record.route.contains(" /admin/") || record.route == FEEDBACK_ROUTE { job.admin } else { crate::audit::request_entry(record) };
     let Some((log, draft)) = entry else { return };
     let op = crate::audit::AuditOp::Append { drafts: vec![draft], retention_days: job.retention_days };
     match host.audit(&log, op).await {
@@ -1543,7 +1675,7 @@ async fn run_shadow<H: Host>(host: &H, job: ShadowJob, request_id: &str, primary
             let text = first_text(&completion.body, "message");
             record.similarity_permille = Some(crate::telemetry::similarity(&job.primary_text, &text));
             record.usage = completion.usage;
-            record.cost_micro_usd = completion.usage.zip(c.target.price).map(|(u, p)| p.cost(u.prompt_tokens(), u.completion_tokens()));
+            record.cost_micro_usd = completion.usage.zip(c.target.price).map(|(u, p)| p.charge(&u));
         }
         Err(e) => record.error = Some(e.metric_label()),
     }
@@ -1598,7 +1730,7 @@ impl Account {
     fn settle(self, record: &mut RequestRecord) -> Option<(String, LedgerOp)> {
         let served = record.attempts.iter().rev().find(|a| a.status.is_some_and(|s| (200..300).contains(&s)));
         let price = served.and_then(|a| self.prices.iter().find(|(p, m, _)| *p == a.provider && *m == a.model)).map(|(_, _, p)| *p);
-        record.cost_micro_usd = record.usage.zip(price).map(|(u, p)| p.cost(u.prompt_tokens(), u.completion_tokens()));
+        record.cost_micro_usd = record.usage.zip(price).map(|(u, p)| p.charge(&u));
         let (tenant, held) = self.hold?;
         let id = record.request_id.clone();
         let op = match (&record.usage, served.is_some()) {

@@ -190,6 +190,16 @@ pub enum LedgerOp {
     },
     /// Read the book (for the admin usage endpoint).
     Inspect,
+    /// Count one feedback score against a route, in a policy version's quality book (named by
+    /// [`quality_book`]).
+    Feedback {
+        /// The model alias the request used.
+        route: String,
+        /// The score, per mille (0–1000).
+        score_permille: u16,
+        /// Whether the user escalated (asked for a human, reported the answer).
+        escalated: bool,
+    },
     /// Apply a batch of health observations to a location's board (see [`crate::health`]) and
     /// return it; with no observations, just read it.
     Health {
@@ -251,6 +261,13 @@ pub enum LedgerAnswer {
     Book {
         /// Counters and open holds.
         book: Book,
+    },
+    /// The quality tallies after [`LedgerOp::Feedback`].
+    Quality {
+        /// The route's.
+        route: Quality,
+        /// All routes' together.
+        total: Quality,
     },
     /// The health board after [`LedgerOp::Health`].
     Health {
@@ -318,6 +335,38 @@ pub struct Book {
     /// Containment engaged and lifted, newest last (at most [`LOG_ENTRIES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     containment_log: Vec<ContainmentEvent>,
+    /// Feedback per route, in a policy version's quality book.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    quality: BTreeMap<String, Quality>,
+}
+
+/// The book that tallies feedback on requests policy `version` decided.
+pub fn quality_book(version: &str) -> String {
+    format!("~quality/{version}")
+}
+
+/// Feedback scores counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quality {
+    /// Scores given.
+    pub count: u64,
+    /// Their sum, per mille.
+    pub score_sum_permille: u64,
+    /// How many escalated.
+    pub escalations: u64,
+}
+
+impl Quality {
+    fn add(&mut self, score_permille: u16, escalated: bool) {
+        self.count += 1;
+        self.score_sum_permille += u64::from(score_permille.min(1000));
+        self.escalations += u64::from(escalated);
+    }
+
+    /// The mean score, per mille (`None` before any).
+    pub fn mean_permille(&self) -> Option<u64> {
+        self.score_sum_permille.checked_div(self.count)
+    }
 }
 
 /// Containment entries a book keeps.
@@ -416,6 +465,18 @@ impl Book {
             LedgerOp::Commit { id, used } => self.settle(now_ms, &id, Some(used)),
             LedgerOp::Release { id } => self.settle(now_ms, &id, None),
             LedgerOp::Inspect => LedgerAnswer::Book { book: self.clone() },
+            LedgerOp::Feedback { route, score_permille, escalated } => {
+                let tally = self.quality.entry(route).or_default();
+                tally.add(score_permille, escalated);
+                let route = *tally;
+                let mut total = Quality::default();
+                for q in self.quality.values() {
+                    total.count += q.count;
+                    total.score_sum_permille += q.score_sum_permille;
+                    total.escalations += q.escalations;
+                }
+                LedgerAnswer::Quality { route, total }
+            }
             LedgerOp::Health { observations, breaker } => {
                 let events = observations.iter().flat_map(|o| self.health.observe(o, &breaker)).collect();
                 LedgerAnswer::Health { board: self.health.clone(), events }

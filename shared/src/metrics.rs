@@ -57,8 +57,11 @@ const FALLBACKS: Instrument = Instrument {
     unit: "{request}",
     description: "Requests answered by a later candidate, an overflow route or degraded mode.",
 };
-const COST: Instrument =
-    Instrument { name: "gateway.cost", unit: "{micro_usd}", description: "Spend in micro-dollars, by tenant, model alias and provider." };
+const COST: Instrument = Instrument {
+    name: "gateway.cost",
+    unit: "{micro_usd}",
+    description: "Spend in micro-dollars, by tenant, model alias, provider and feature.",
+};
 const DURATION: Instrument = Instrument {
     name: "gen_ai.client.operation.duration",
     unit: "s",
@@ -98,6 +101,19 @@ const CONTAINMENT: Instrument = Instrument {
     unit: "{event}",
     description: "Times containment engaged, by tenant and scope kind.",
 };
+
+const FEEDBACK: Instrument = Instrument {
+    name: "gateway.feedback.score",
+    unit: "{score}",
+    description: "Feedback scores (0-1) on answers, by model alias, the policy version that decided them, and escalation.",
+};
+const CANARY_ROLLBACKS: Instrument = Instrument {
+    name: "gateway.canary.rollbacks",
+    unit: "{rollback}",
+    description: "Canary policies ended for falling below the quality SLO.",
+};
+/// Feedback score buckets.
+pub const SCORE_BOUNDS: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
 /// Counters and histograms of one interval.
 #[derive(Debug, Clone, Default)]
@@ -146,7 +162,12 @@ impl Meter {
         let status = format!("{}xx", r.status / 100);
         let who = || vec![("tenant", tenant.clone()), ("gen_ai.request.model", alias.clone())];
         let mut labels = who();
-        labels.extend([("http.route", r.route.to_owned()), ("http.response.status_class", status), ("error.type", error.to_owned())]);
+        labels.extend([
+            ("http.route", r.route.to_owned()),
+            ("http.response.status_class", status),
+            ("error.type", error.to_owned()),
+            ("policy_version", r.policy_version.clone().unwrap_or_default()),
+        ]);
         self.add(REQUESTS, labels, 1);
 
         let provider = r.served().or(r.attempts.last()).map_or_else(|| "-".to_owned(), |a| a.provider.clone());
@@ -154,7 +175,12 @@ impl Meter {
             let outcome = a.error.unwrap_or("ok").to_owned();
             self.add(
                 ATTEMPTS,
-                vec![("gen_ai.provider.name", a.provider.clone()), ("gen_ai.response.model", a.model.clone()), ("outcome", outcome)],
+                vec![
+                    ("gen_ai.request.model", alias.clone()),
+                    ("gen_ai.provider.name", a.provider.clone()),
+                    ("gen_ai.response.model", a.model.clone()),
+                    ("outcome", outcome),
+                ],
                 1,
             );
         }
@@ -167,6 +193,7 @@ impl Meter {
         if let Some(cost) = r.cost_micro_usd.filter(|c| *c > 0) {
             let mut labels = who();
             labels.push(("gen_ai.provider.name", provider.clone()));
+            labels.push(("feature", r.feature.clone().unwrap_or_default()));
             self.add(COST, labels, cost);
         }
         let operation = r.operation();
@@ -241,6 +268,18 @@ impl Meter {
         for e in r.containment.iter().flat_map(|c| &c.engaged) {
             let kind = if e.scope == "tenant" { "tenant" } else { "route" };
             self.add(CONTAINMENT, vec![("tenant", tenant.clone()), ("scope", kind.to_owned())], 1);
+        }
+        if let Some(f) = &r.feedback {
+            let labels = vec![
+                ("tenant", tenant.clone()),
+                ("gen_ai.request.model", f.route.clone()),
+                ("policy_version", f.policy_version.clone()),
+                ("escalated", f.escalated.to_string()),
+            ];
+            self.record(FEEDBACK, &SCORE_BOUNDS, labels, f64::from(f.score_permille) / 1000.0);
+            if let Some(version) = &f.canary_rolled_back {
+                self.add(CANARY_ROLLBACKS, vec![("policy_version", version.clone())], 1);
+            }
         }
     }
 

@@ -208,7 +208,8 @@ pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>
         | LedgerAnswer::Book { .. }
         | LedgerAnswer::Health { .. }
         | LedgerAnswer::Screened { .. }
-        | LedgerAnswer::Cleared { .. } => {
+        | LedgerAnswer::Cleared { .. }
+        | LedgerAnswer::Quality { .. } => {
             return (RateState::default(), Err(Error::new(ErrorKind::Internal, "the ledger did not answer a reservation")));
         }
         LedgerAnswer::Refused { state, .. } => state,
@@ -385,7 +386,7 @@ mod tests {
             target: Rc::new(Target {
                 provider: "m".into(),
                 model: model.into(),
-                price: price.map(|(i, o)| crate::policy::Price { input_micro_usd_per_mtok: i, output_micro_usd_per_mtok: o }),
+                price: price.map(|(i, o)| crate::policy::Price::flat(i, o)),
                 ..Target::default()
             }),
         };

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::chat::Usage;
 use crate::firewall::{Action, FirewallPolicy};
 use crate::health::BreakerSettings;
 use crate::jwt::{JwtIssuer, RawJwtIssuer};
@@ -46,6 +47,10 @@ struct RawPolicy {
     /// applies them.
     #[serde(default)]
     rule_sets: BTreeMap<String, crate::firewall::custom::RawRuleSet>,
+    /// Prices by model name (the name sent to providers), over the embedded list prices; a
+    /// target's own `price` wins over both.
+    #[serde(default)]
+    prices: BTreeMap<String, RawPrice>,
     /// How the gateway itself behaves.
     #[serde(default)]
     settings: RawSettings,
@@ -79,6 +84,32 @@ struct RawSettings {
     telemetry: Option<RawTelemetry>,
     /// The per-tenant audit log (on by default, entries kept 90 days).
     audit: Option<RawAudit>,
+    /// Feedback quality: the SLO a canary policy is held to.
+    quality: Option<RawQuality>,
+}
+
+/// Quality of answers, from `POST /v1/feedback`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawQuality {
+    /// The lowest acceptable mean feedback score, 0-1 (default 0.92).
+    slo: Option<f64>,
+    /// Feedback scores on a canary version before its mean counts (default 50).
+    min_feedback: Option<u32>,
+    /// Whether a canary whose mean falls below the SLO is rolled back automatically (default true).
+    auto_rollback: Option<bool>,
+}
+
+/// Compiled quality settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QualitySettings {
+    /// The SLO, per mille.
+    pub slo_permille: u64,
+    /// Scores before a canary's mean counts.
+    pub min_feedback: u64,
+    /// Whether a canary below the SLO is rolled back.
+    pub auto_rollback: bool,
 }
 
 /// The audit log.
@@ -276,6 +307,19 @@ struct RawLimits {
 }
 
 /// US dollars as integer micro-dollars; `None` for a negative or non-finite amount.
+impl RawPrice {
+    fn compile(&self) -> Option<Price> {
+        let input = micro_usd(self.input_usd_per_mtok)?;
+        let or_input = |v: Option<f64>| v.map_or(Some(input), micro_usd);
+        Some(Price {
+            input_micro_usd_per_mtok: input,
+            cache_read_micro_usd_per_mtok: or_input(self.cache_read_usd_per_mtok)?,
+            cache_write_micro_usd_per_mtok: or_input(self.cache_write_usd_per_mtok)?,
+            output_micro_usd_per_mtok: micro_usd(self.output_usd_per_mtok)?,
+        })
+    }
+}
+
 fn micro_usd(usd: f64) -> Option<u64> {
     // Amounts are at most a few million dollars, far inside f64's exact integer range.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -609,30 +653,61 @@ struct RawTarget {
 }
 
 /// A model's price, in US dollars per million tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawPrice {
-    /// Input (prompt) tokens, USD per million.
+    /// Input (prompt) tokens read fresh, USD per million.
     input_usd_per_mtok: f64,
-    /// Output tokens, USD per million.
+    /// Output tokens (reasoning included), USD per million.
     output_usd_per_mtok: f64,
+    /// Prompt tokens read from the provider's cache (default: the input price).
+    cache_read_usd_per_mtok: Option<f64>,
+    /// Prompt tokens written into the provider's cache (default: the input price).
+    cache_write_usd_per_mtok: Option<f64>,
 }
 
-/// A price, in integer micro-dollars per million tokens.
+/// A price, in integer micro-dollars per million tokens of each usage bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Price {
-    /// Input tokens.
+    /// Input tokens read fresh.
     pub input_micro_usd_per_mtok: u64,
-    /// Output tokens.
+    /// Prompt tokens read from the provider's cache.
+    pub cache_read_micro_usd_per_mtok: u64,
+    /// Prompt tokens written into the provider's cache.
+    pub cache_write_micro_usd_per_mtok: u64,
+    /// Output tokens, reasoning included.
     pub output_micro_usd_per_mtok: u64,
 }
 
 impl Price {
-    /// The cost of `input` and `output` tokens in micro-dollars, rounded up.
+    /// A price with cache reads and writes at the input price.
+    pub fn flat(input_micro_usd_per_mtok: u64, output_micro_usd_per_mtok: u64) -> Price {
+        Price {
+            input_micro_usd_per_mtok,
+            cache_read_micro_usd_per_mtok: input_micro_usd_per_mtok,
+            cache_write_micro_usd_per_mtok: input_micro_usd_per_mtok,
+            output_micro_usd_per_mtok,
+        }
+    }
+
+    /// An estimate for `input` prompt and `output` tokens (all prompt tokens fresh), micro-dollars
+    /// rounded up — for routing by cost and for holds before the usage is known.
     pub fn cost(&self, input: u64, output: u64) -> u64 {
-        let total =
-            u128::from(input) * u128::from(self.input_micro_usd_per_mtok) + u128::from(output) * u128::from(self.output_micro_usd_per_mtok);
+        self.charge(&Usage { input, output, ..Usage::default() })
+    }
+
+    /// What `usage` costs, each bucket at its price, micro-dollars rounded up.
+    pub fn charge(&self, usage: &Usage) -> u64 {
+        let total = [
+            (usage.input, self.input_micro_usd_per_mtok),
+            (usage.cache_read, self.cache_read_micro_usd_per_mtok),
+            (usage.cache_write, self.cache_write_micro_usd_per_mtok),
+            (usage.output + usage.reasoning, self.output_micro_usd_per_mtok),
+        ]
+        .iter()
+        .map(|(tokens, price)| u128::from(*tokens) * u128::from(*price))
+        .sum::<u128>();
         u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }
 }
@@ -787,6 +862,7 @@ pub struct Policy {
     containment: Option<ContainmentPolicy>,
     telemetry: Option<TelemetrySettings>,
     audit_retention_days: Option<u32>,
+    quality: QualitySettings,
 }
 
 impl Policy {
@@ -907,6 +983,15 @@ impl Policy {
             }
         }
 
+        let mut prices = BTreeMap::new();
+        for (model, raw) in &doc.prices {
+            match raw.compile() {
+                Some(price) => {
+                    prices.insert(model.clone(), price);
+                }
+                None => err(format!("prices.{model}"), "prices must be non-negative amounts".into()),
+            }
+        }
         let mut models = BTreeMap::new();
         let mut overflow_checks = Vec::new();
         let mut degraded_checks = Vec::new();
@@ -921,13 +1006,14 @@ impl Policy {
                 }
             }
             let mut target = |t: RawTarget, at: String| {
-                let price = t.price.and_then(|p| match (micro_usd(p.input_usd_per_mtok), micro_usd(p.output_usd_per_mtok)) {
-                    (Some(input), Some(output)) => Some(Price { input_micro_usd_per_mtok: input, output_micro_usd_per_mtok: output }),
-                    _ => {
+                let price = match t.price {
+                    Some(raw) => raw.compile().or_else(|| {
                         err(format!("{at}.price"), "prices must be non-negative amounts".into());
                         None
-                    }
-                });
+                    }),
+                    // Unpriced targets take the document's price for their model, else the list price.
+                    None => prices.get(&t.model).copied().or_else(|| crate::prices::list_price(&t.model)),
+                };
                 Target { provider: t.provider, model: t.model, price, weight: t.weight.unwrap_or(1), class: t.class }
             };
             let targets: Vec<Rc<Target>> =
@@ -1064,6 +1150,13 @@ impl Policy {
             ("window_seconds", raw_containment.window_seconds.is_some_and(|w| !(10..=86_400).contains(&w)), "10 to 86400"),
             ("rate_percent", raw_containment.rate_percent.is_some_and(|r| !(1..=100).contains(&r)), "1 to 100"),
         ];
+        let raw_quality = doc.settings.quality.clone().unwrap_or_default();
+        if raw_quality.slo.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+            errors.push(PolicyError { path: "settings.quality.slo".into(), message: "must be 0 to 1".into() });
+        }
+        if raw_quality.min_feedback == Some(0) {
+            errors.push(PolicyError { path: "settings.quality.min_feedback".into(), message: "must be at least 1".into() });
+        }
         if doc.settings.audit.as_ref().and_then(|a| a.retention_days).is_some_and(|d| !(1..=3650).contains(&d)) {
             errors.push(PolicyError { path: "settings.audit.retention_days".into(), message: "must be 1 to 3650".into() });
         }
@@ -1142,6 +1235,13 @@ impl Policy {
             service_name: t.service_name.unwrap_or_else(|| "edgegate".into()),
             authorization_secret: t.authorization_secret,
         });
+        // The SLO is 0-1 (checked above), so its per-mille value fits.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let quality = QualitySettings {
+            slo_permille: (raw_quality.slo.unwrap_or(0.92) * 1000.0).round() as u64,
+            min_feedback: u64::from(raw_quality.min_feedback.unwrap_or(50)),
+            auto_rollback: raw_quality.auto_rollback != Some(false),
+        };
         let audit = doc.settings.audit.unwrap_or_default();
         let audit_retention_days =
             (audit.enabled != Some(false)).then(|| audit.retention_days.unwrap_or(crate::audit::DEFAULT_RETENTION_DAYS));
@@ -1174,6 +1274,7 @@ impl Policy {
             containment,
             telemetry,
             audit_retention_days,
+            quality,
         })
     }
 
@@ -1240,6 +1341,11 @@ impl Policy {
     /// Metrics export settings, when policy names a collector.
     pub fn telemetry(&self) -> Option<&TelemetrySettings> {
         self.telemetry.as_ref()
+    }
+
+    /// The quality SLO canaries are held to.
+    pub fn quality(&self) -> &QualitySettings {
+        &self.quality
     }
 
     /// Days audit entries are kept, unless the audit log is turned off.

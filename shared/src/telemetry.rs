@@ -190,6 +190,9 @@ pub struct RequestRecord {
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,
+    /// What a `POST /v1/feedback` scored, and the canary it ended, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<crate::feedback::FeedbackRecord>,
     /// The audit log's head after this request's entry was appended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<crate::audit::Head>,

@@ -3,7 +3,9 @@
 // leave one hash-chained entry with their decisions; the admin API finds them by request id, type
 // and rule id and pages through them; an admin action joins the tenant's chain; the chain
 // verifies; then an entry is changed on disk (the runtime stopped, for workerd) and `verify`
-// names the entry where the chain breaks.
+// names the entry where the chain breaks. Then feedback: low scores on a canary's answers, once
+// enough are in, end the canary — everyone is back on the active version, the admin log has the
+// rollback, the history names the gateway, and the feedback's record carries the event.
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -154,6 +156,11 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.deepEqual([page1.body.entries[0].request_id, page1.body.next_cursor], [ids.failover, 2]);
       const page2 = await search(`?limit=1&cursor=${page1.body.next_cursor}`);
       assert.deepEqual([page2.body.entries[0].request_id, page2.body.next_cursor], [ids.blocked, null]);
+      const spend = await admin(gw.url, "GET", "/tenants/t/spend");
+      assert.equal(spend.status, 200, JSON.stringify(spend.body));
+      assert.equal(spend.body.total.requests, 1, "only the answered request spent");
+      assert.equal(spend.body.by_model["sim/sim-backup"].requests, 1);
+      assert.ok(spend.body.total.tokens > 0);
       const bad = await search("?tenant=other");
       assert.equal(bad.status, 400);
       assert.equal(bad.body.error.param, "tenant");
@@ -183,6 +190,81 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.equal(v.body.report.broken.seq, 1);
       assert.match(v.body.report.broken.reason, /hash does not match/);
       assert.equal(v.body.report.checked, 0);
+    });
+  });
+}
+
+function canaryPolicy(model) {
+  return {
+    tenants: [{ id: "t" }],
+    keys: [{ id: "k", tenant: "t", hash: sha256(KEY) }],
+    providers: [{ id: "builtin", kind: "mock" }],
+    models: [{ alias: "chat", targets: [{ provider: "builtin", model }] }],
+    settings: { policy_refresh_seconds: 0, quality: { slo: 0.9, min_feedback: 2 } },
+  };
+}
+
+const plain = {
+  workerd: () => startWorkerd({ policy: canaryPolicy("mock-1") }),
+  spin: () => startSpin({ policy: canaryPolicy("mock-1") }),
+};
+
+for (const [name, start] of Object.entries(plain)) {
+  describe(`feedback and the canary's quality SLO on ${name}`, () => {
+    let gw;
+    before(async () => {
+      gw = await start();
+    });
+    after(async () => gw?.stop());
+    const ask = async () => {
+      const r = await chatCompletion(gw.url, KEY, "chat", [{ role: "user", content: "hello" }]);
+      assert.equal(r.status, 200);
+      return { id: r.headers.get("x-request-id"), version: r.headers.get("x-edgegate-policy-version") };
+    };
+    const feedback = async (body) => {
+      const r = await fetch(`${gw.url}/v1/feedback`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      return { status: r.status, id: r.headers.get("x-request-id"), body: await r.json() };
+    };
+    // The request's audit entry is appended after its response: feedback waits for it.
+    const scored = async (body) => {
+      for (let i = 0; i < 100; i++) {
+        const r = await feedback(body);
+        if (r.status !== 404) return r;
+        await new Promise((res) => setTimeout(res, 30));
+      }
+      assert.fail(`request ${body.request_id} never reached the audit log`);
+    };
+
+    it("ends a canary whose answers score below the SLO", async () => {
+      const published = await admin(gw.url, "POST", "/policy/publish", { policy: canaryPolicy("mock-2"), canary: { tenants: ["t"] }, note: "try mock-2" });
+      assert.equal(published.status, 200, JSON.stringify(published.body));
+      const canary = published.body.version;
+      const answers = [await ask(), await ask()];
+      assert.deepEqual(answers.map((a) => a.version), [canary, canary]);
+
+      const bad = await feedback({ request_id: answers[0].id, score: 7 });
+      assert.deepEqual([bad.status, bad.body.error.param], [400, "score"]);
+      const first = await scored({ request_id: answers[0].id, score: 0.1, label: "thumbs_down" });
+      assert.equal(first.status, 200, JSON.stringify(first.body));
+      assert.deepEqual([first.body.quality.version_scores, first.body.canary_rolled_back], [1, null]);
+      const second = await scored({ request_id: answers[1].id, score: 0.2, escalated: true });
+      assert.equal(second.status, 200, JSON.stringify(second.body));
+      assert.equal(second.body.canary_rolled_back, canary);
+      assert.equal((await feedback({ request_id: answers[1].id, score: 1 })).status, 409, "once per request");
+
+      const state = await admin(gw.url, "GET", "/policy");
+      assert.equal(state.body.canary, null);
+      assert.notEqual((await ask()).version, canary, "everyone is on the active version again");
+      const history = await admin(gw.url, "GET", "/policy/history");
+      assert.deepEqual([history.body.history[0].action, history.body.history[0].by], ["canary_abort", "edgegate:quality"]);
+      const log = await admin(gw.url, "GET", "/tenants/~admin/audit?type=canary");
+      assert.deepEqual([log.body.entries[0].outcome, log.body.entries[0].policy_version], ["rollback", canary]);
+      const rec = await recordOf(gw, second.id);
+      assert.deepEqual([rec.feedback.canary_rolled_back, rec.feedback.total.count, rec.feedback.total.escalations], [canary, 2, 1]);
     });
   });
 }

@@ -97,10 +97,11 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.equal(statuses.filter((s) => s === 429).length, CLIENTS - N);
       const ledger = await settled("counted", name === "workerd" ? abandoned.size : 0);
       if (name === "workerd") {
-        // workerd (this Miniflare) neither cancels nor drains a response stream whose client has
-        // hung up, so the Worker never learns of it: those holds, and only those, wait for the
-        // ledger's expiry (HOLD_TTL_MS), which charges their estimate.
-        assert.deepEqual(new Set(Object.keys(ledger.holds)), abandoned, "only abandoned streams are unsettled");
+        // workerd (this Miniflare) does not always cancel a response stream whose client has hung
+        // up, so the Worker may never learn of it: those holds wait for the ledger's expiry
+        // (HOLD_TTL_MS), which charges their estimate. Every other hold is settled.
+        const open = Object.keys(ledger.holds);
+        assert.ok(open.every((id) => abandoned.has(id)), `only abandoned streams may be unsettled: ${open}`);
       } else {
         assert.deepEqual(ledger.holds, {}, "no hold left open");
       }

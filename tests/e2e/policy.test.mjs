@@ -125,6 +125,15 @@ for (const [name, start] of Object.entries(runtimes)) {
         ["promote", v2, "writer"],
         ["canary", v2, "writer"],
       ]);
+
+      // A canary can also be ended without promoting it.
+      assert.equal((await gateway(["publish", v2file, "--canary-tenants", "acme"])).status, 0);
+      assert.equal((await chat(gw.url, ACME)).version, v2);
+      const aborted = await gateway(["abort-canary", "--note", "e2e"]);
+      assert.equal(aborted.status, 0, aborted.stderr);
+      assert.match(aborted.stdout, new RegExp(`canary ${v2} ended`));
+      assert.equal((await chat(gw.url, ACME)).version, v1, "the canary tenant is back on v1");
+      assert.notEqual((await gateway(["abort-canary"])).status, 0, "no canary runs");
     });
 
     test("keys are created with the secret shown once, then revoked", async () => {

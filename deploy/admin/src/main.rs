@@ -24,6 +24,7 @@ commands:
   publish FILE [--note TEXT] [--canary-tenants a,b] [--canary-groups g,h] [--canary-percent N]
                                 publish to everyone, or (with a canary option) to a canary
   promote [--note TEXT]         make the running canary active for everyone
+  abort-canary [--note TEXT]    end the running canary without promoting it
   rollback [--to VERSION] [--note TEXT]
                                 move the active pointer back (default: to the previous version)
   history                       admin operations, newest first
@@ -184,6 +185,7 @@ fn run(args: Args) -> Result<ExitCode, Fail> {
             (Endpoint::Publish, body)
         }
         ["promote"] => (Endpoint::Promote, json!({"note": args.note})),
+        ["abort-canary"] => (Endpoint::AbortCanary, json!({"note": args.note})),
         ["rollback"] => (Endpoint::Rollback, json!({"to": args.to, "note": args.note})),
         ["history"] => (Endpoint::History, Value::Null),
         ["show"] => (Endpoint::Read, Value::Null),
@@ -298,6 +300,7 @@ fn print_human(endpoint: &Endpoint, a: &Value) {
             out!("secret (shown once, store it now): {}", s(&a["key"]));
         }
         Endpoint::RevokeKey(_) => out!("key {} revoked; active version {}", s(&a["revoked"]), s(&a["version"])),
+        Endpoint::AbortCanary => out!("canary {} ended; everyone is on the active version", s(&a["aborted"]["version"])),
         _ => out!("{}", serde_json::to_string_pretty(a).unwrap_or_default()),
     }
 }
