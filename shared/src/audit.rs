@@ -676,8 +676,12 @@ pub fn request_entry(record: &RequestRecord) -> Option<(String, Draft)> {
     let mut decisions = Vec::new();
     let mut rules: Vec<String> = Vec::new();
     let refused = matches!(record.error, Some("rate_limit_exceeded" | "budget_exceeded"));
-    let denied = record.error == Some("permission_denied");
-    decisions.push(json!({"type": "auth", "result": if denied { "denied" } else { "allowed" }, "key_id": record.key_id}));
+    let denied = matches!(record.error, Some("permission_denied" | "invalid_api_key"));
+    let mut auth = json!({"type": "auth", "result": if denied { "denied" } else { "allowed" }, "key_id": record.key_id});
+    if denied {
+        auth["reason"] = json!(record.error);
+    }
+    decisions.push(auth);
     // Admission runs after the firewall and the route decision; it ran if it refused, or if
     // anything was sent or answered after it.
     if refused || !record.attempts.is_empty() || record.status == 200 {

@@ -430,7 +430,24 @@ impl Gateway {
         ctx.record.policy_version = Some(snapshot.active.version.clone());
 
         let secret = phases::credential(req.headers())?;
-        let (policy, principal) = self.identify(host, &snapshot, secret, now_ms, Role::Invoke).await?;
+        let (policy, principal) = match self.identify(host, &snapshot, secret, now_ms, Role::Invoke).await {
+            Ok(found) => found,
+            Err(e) => {
+                // A known key that may not be used (expired, or without the role) is its tenant's
+                // to audit; an unknown one is no one's.
+                let known =
+                    snapshot.active.key_by_secret(secret).or_else(|| snapshot.canary.as_ref().and_then(|(_, p)| p.key_by_secret(secret)));
+                if let Some(key) = known {
+                    ctx.record.tenant = Some(key.tenant.clone());
+                    ctx.record.key_id = Some(key.id.clone());
+                    ctx.audit = snapshot
+                        .for_tenant(&key.tenant)
+                        .audit_retention_days()
+                        .map(|retention_days| AuditJob { retention_days, admin: None });
+                }
+                return Err(e);
+            }
+        };
         ctx.record.policy_version = Some(policy.version.clone());
         ctx.audit = policy.audit_retention_days().map(|retention_days| AuditJob { retention_days, admin: None });
         ctx.metrics = policy.telemetry().map(|settings| MetricsJob {

@@ -393,3 +393,23 @@ fn spend_is_reported_by_route_feature_and_model_from_the_log() {
     // The chain still verifies with the spend columns checked against the bodies.
     assert_eq!(read(&h, &gw, "/admin/tenants/acme/audit/verify")["report"]["valid"], true);
 }
+
+#[test]
+fn a_known_key_refused_is_its_tenants_to_audit_and_an_unknown_one_is_no_ones() {
+    let mut doc: Value = serde_json::from_str(&gateway_policy()).unwrap_or_default();
+    if let Some(keys) = doc["keys"].as_array_mut() {
+        keys.push(json!({"id": "old", "tenant": "acme", "hash": edgegate_core::policy::key_hash_string("sk-old"), "expires_at": 1}));
+    }
+    let h = TestHost::new(T0, &doc.to_string());
+    h.set_audit_db(db());
+    let gw = Gateway::new();
+    for key in ["sk-old", "sk-nobody"] {
+        let (parts, _) = h.call(&gw, request("POST", "/v1/chat/completions", key, &chat("hello")));
+        assert_eq!(parts.status, 401);
+    }
+    let page = read(&h, &gw, "/admin/tenants/acme/audit?type=auth");
+    let entries = page["entries"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{page}");
+    assert_eq!((entries[0]["outcome"].as_str(), entries[0]["actor"].as_str()), (Some("denied"), Some("old")));
+    assert_eq!(entries[0]["decisions"][0]["reason"], "invalid_api_key");
+}
