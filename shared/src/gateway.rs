@@ -526,10 +526,11 @@ impl Gateway {
             allowed?;
             let embed = embed;
             let tokens = embed.estimate_tokens();
-            let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &embed.model, None, tokens, 0)).await?;
             let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
             ctx.record.feature = feature.map(str::to_owned);
             let scope = phases::Scope { alias: &embed.model, feature };
+            phases::cap_prompt(&policy, &principal, scope, tokens, "input")?;
+            let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &embed.model, None, tokens, 0)).await?;
             self.admit(host, ctx, &policy, &principal, scope, &plan.candidates, phases::ask(&plan.candidates, tokens, 0)).await?;
             return self.call_upstream(host, ctx, Op::Embed(&embed), &policy, &plan).await;
         }

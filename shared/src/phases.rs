@@ -130,9 +130,24 @@ pub fn limits(policy: &Policy, principal: &Principal, scope: Scope<'_>) -> Vec<L
     scopes(policy, principal, scope).flat_map(|l| l.counters.iter().cloned()).collect()
 }
 
+/// Refuses a prompt over the smallest `max_prompt_tokens` of every scope that applies (400
+/// `context_length_exceeded`, naming `param`): chat messages and embedding inputs alike.
+pub fn cap_prompt(policy: &Policy, principal: &Principal, scope: Scope<'_>, prompt_tokens: u64, param: &str) -> Result<(), Error> {
+    if let Some(max) = scopes(policy, principal, scope).filter_map(|l| l.max_prompt_tokens).min()
+        && prompt_tokens > max
+    {
+        return Err(Error::new(
+            ErrorKind::PromptTooLong,
+            format!("the prompt is about {prompt_tokens} tokens; at most {max} are allowed here"),
+        )
+        .with_param(param));
+    }
+    Ok(())
+}
+
 /// Applies the token caps of every scope (the smallest wins): a prompt over `max_prompt_tokens`
-/// is refused (400 `context_length_exceeded`); an output cap over `max_output_tokens`, or none,
-/// is set to it. Returns the output tokens to reserve.
+/// is refused (see [`cap_prompt`]); an output cap over `max_output_tokens`, or none, is set to it.
+/// Returns the output tokens to reserve.
 pub fn cap(
     policy: &Policy,
     principal: &Principal,
@@ -142,18 +157,9 @@ pub fn cap(
 ) -> Result<u64, Error> {
     let alias = chat.model.clone();
     let scope = Scope { alias: &alias, feature };
-    let min = |f: fn(&Limits) -> Option<u64>| scopes(policy, principal, scope).filter_map(f).min();
-    if let Some(max) = min(|l| l.max_prompt_tokens)
-        && prompt_tokens > max
-    {
-        return Err(Error::new(
-            ErrorKind::PromptTooLong,
-            format!("the prompt is about {prompt_tokens} tokens; at most {max} are allowed here"),
-        )
-        .with_param("messages"));
-    }
+    cap_prompt(policy, principal, scope, prompt_tokens, "messages")?;
     let asked = chat.max_output_tokens();
-    match min(|l| l.max_output_tokens) {
+    match scopes(policy, principal, scope).filter_map(|l| l.max_output_tokens).min() {
         Some(cap) if asked.is_none_or(|a| a > cap) => {
             let field = if chat.extra.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
             chat.extra.insert(field.into(), cap.into());

@@ -172,6 +172,17 @@ fn token_caps_refuse_long_prompts_and_clamp_output_to_the_smallest_cap() {
         (400, Some("context_length_exceeded"), Some("messages"))
     );
     assert!(h.sent().is_empty() && h.open_holds("acme") == 0, "nothing sent, nothing held");
+    // Embedding inputs count against the same cap, all of them together.
+    let (parts, body) = h.call(
+        &gw,
+        http::Request::post("https://gw/v1/embeddings")
+            .header("authorization", "Bearer sk-1")
+            .body(Bytes::from(json!({"model": "up", "input": ["word ".repeat(30), "word ".repeat(30)]}).to_string()))
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!((parts.status.as_u16(), body["error"]["param"].as_str()), (400, Some("input")), "{body}");
+    assert!(h.sent().is_empty() && h.open_holds("acme") == 0, "nothing sent, nothing held");
 
     let sent_cap = |extra: Value| {
         h.script(Scripted::json(200, r#"{"id":"c","object":"chat.completion","created":1,"model":"u","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#));
