@@ -66,6 +66,7 @@ const boards = [
       ts("Latency p95 by tenant", "s", [q(`histogram_quantile(0.95, sum by (le, tenant) (rate(gen_ai_client_operation_duration_seconds_bucket{${T}}[$__rate_interval])))`, "{{tenant}}")]),
       ts("Refused by limits and budgets", "reqps", [q(`sum by (tenant, error_type) (rate(gateway_requests_total{${T},error_type=~"rate_limit_exceeded|budget_exceeded"}[$__rate_interval]))`, "{{tenant}} {{error_type}}")]),
       ts("Tokens / s by type (all tenants)", "short", [q(`sum by (gen_ai_token_type) (rate(gen_ai_client_token_usage_sum[$__rate_interval]))`, "{{gen_ai_token_type}}")]),
+      ts("Queue wait p95 (routes with queue_ms)", "s", [q(`histogram_quantile(0.95, sum by (le, tenant) (rate(gateway_queue_duration_seconds_bucket{${T}}[$__rate_interval])))`, "{{tenant}}")]),
       ts("Spend rate by tenant (USD / h)", "currencyUSD", [q(`sum by (tenant) (rate(gateway_cost_total{${T}}[$__rate_interval])) * 3600 / 1e6`, "{{tenant}}")]),
     ],
   },

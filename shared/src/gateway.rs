@@ -178,6 +178,9 @@ struct HealthReport {
     attempts: Vec<(String, Outcome)>,
 }
 
+/// How often a queued reservation asks again, milliseconds.
+const QUEUE_POLL_MS: u64 = 25;
+
 /// The feedback endpoint's route template.
 const FEEDBACK_ROUTE: &str = "POST /v1/feedback";
 
@@ -363,6 +366,7 @@ impl Gateway {
                 suspicious: None,
                 first_chunk_ms: None,
                 feedback: None,
+                queued_ms: None,
                 audit: None,
                 audit_fault: None,
                 duration_ms: 0,
@@ -797,13 +801,45 @@ impl Gateway {
         }
         let tenant = principal.tenant.id.clone();
         let pending = ctx.screen.take();
-        let screen = pending.as_ref().map(|p| p.screen.clone());
-        let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask, screen };
-        let answer = host.apply(&tenant, op).await?;
-        if let LedgerAnswer::Admitted { containment, .. } | LedgerAnswer::Refused { containment, .. } = &answer
-            && let Some(p) = &pending
-        {
-            note_containment(ctx, &p.contained, &tenant, &p.screen.route, containment.clone());
+        let mut screen = pending.as_ref().map(|p| p.screen.clone());
+        // A route with a queue waits in turn for room under per-minute and concurrency limits.
+        let started = host.now_ms();
+        let queue_ms = policy.route(scope.alias).map_or(0, |r| r.queue_ms);
+        let queue_until_ms = (queue_ms > 0).then_some(started + queue_ms);
+        let mut polls = 0u32;
+        let answer = loop {
+            // The screening is observed once, with the first attempt.
+            let op =
+                LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits: limits.clone(), ask, screen: screen.take(), queue_until_ms };
+            let answer = host.apply(&tenant, op).await?;
+            if let LedgerAnswer::Admitted { containment, .. }
+            | LedgerAnswer::Refused { containment, .. }
+            | LedgerAnswer::Queued { containment, .. } = &answer
+                && let Some(p) = &pending
+                && polls == 0
+            {
+                note_containment(ctx, &p.contained, &tenant, &p.screen.route, containment.clone());
+            }
+            let now = host.now_ms();
+            let wait = match (&answer, queue_until_ms) {
+                (LedgerAnswer::Queued { .. }, Some(until)) => QUEUE_POLL_MS.min(until.saturating_sub(now)),
+                (LedgerAnswer::Refused { state, .. }, Some(until))
+                    if state.limit.meter == crate::ledger::Meter::Concurrent || state.limit.window == crate::ledger::Window::Minute =>
+                {
+                    // A minute window frees room when it resets; a concurrency slot when a request ends.
+                    let room_at = if state.limit.meter == crate::ledger::Meter::Concurrent { now + QUEUE_POLL_MS } else { state.reset_ms };
+                    if room_at >= until { 0 } else { room_at.saturating_sub(now).clamp(1, QUEUE_POLL_MS) }
+                }
+                _ => 0,
+            };
+            if wait == 0 || now >= queue_until_ms.unwrap_or(0) {
+                break answer;
+            }
+            host.sleep(wait).await;
+            polls += 1;
+        };
+        if queue_until_ms.is_some() && polls > 0 {
+            ctx.record.queued_ms = Some(host.now_ms().saturating_sub(started));
         }
         let (state, admitted) = phases::admit(answer, host.now_ms());
         ctx.rate = Some(state);

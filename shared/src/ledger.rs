@@ -160,6 +160,10 @@ pub enum LedgerOp {
         /// request that trips containment is already held to its lower rate limits.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         screen: Option<Screen>,
+        /// Wait in the book's queue until then (epoch ms) when a per-minute or concurrency limit
+        /// has no room: first come, first served (see [`Book::apply`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue_until_ms: Option<u64>,
     },
     /// Observe one screened prompt (a request that made no reservation: blocked, or unlimited).
     Screen {
@@ -230,6 +234,14 @@ pub enum LedgerAnswer {
         /// One state per limit, in the order given.
         states: Vec<LimitState>,
         /// Containment after the screen: the scopes held to the containment rules.
+        #[serde(default, skip_serializing_if = "Containment::is_empty")]
+        containment: Containment,
+    },
+    /// Nothing held yet: requests that queued earlier come first; retry (see [`Book::apply`]).
+    Queued {
+        /// How many wait ahead.
+        ahead: u32,
+        /// Containment after the screen.
         #[serde(default, skip_serializing_if = "Containment::is_empty")]
         containment: Containment,
     },
@@ -338,7 +350,13 @@ pub struct Book {
     /// Feedback per route, in a policy version's quality book.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     quality: BTreeMap<String, Quality>,
+    /// Requests waiting for room, in order of arrival: id and until when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    queue: Vec<(String, u64)>,
 }
+
+/// Most requests a book keeps waiting.
+pub const MAX_QUEUE: usize = 256;
 
 /// The book that tallies feedback on requests policy `version` decided.
 pub fn quality_book(version: &str) -> String {
@@ -450,13 +468,18 @@ impl Book {
     pub fn apply(&mut self, now_ms: u64, op: LedgerOp) -> LedgerAnswer {
         self.expire(now_ms);
         match op {
-            LedgerOp::Reserve { id, limits, ask, screen } => {
+            LedgerOp::Reserve { id, limits, ask, screen, queue_until_ms } => {
                 let containment = screen.as_ref().map(|s| self.screen(now_ms, s)).unwrap_or_default();
                 let rate = screen.as_ref().map_or(100, |s| s.rule.rate_percent);
                 let limits = if containment.scopes.is_empty() { limits } else { contain(limits, rate) };
-                match self.reserve(now_ms, id, &limits, ask) {
+                let answer = match queue_until_ms {
+                    Some(until_ms) => self.reserve_in_turn(now_ms, id, &limits, ask, until_ms),
+                    None => self.reserve(now_ms, id, &limits, ask),
+                };
+                match answer {
                     LedgerAnswer::Admitted { states, .. } => LedgerAnswer::Admitted { states, containment },
                     LedgerAnswer::Refused { state, .. } => LedgerAnswer::Refused { state, containment },
+                    LedgerAnswer::Queued { ahead, .. } => LedgerAnswer::Queued { ahead, containment },
                     other => other,
                 }
             }
@@ -493,6 +516,35 @@ impl Book {
     pub fn used(&self, id: &str, window: Window, now_ms: u64) -> u64 {
         let start = window.bounds(now_ms).0;
         self.counters.get(id).filter(|c| c.start_ms == start).map_or(0, |c| c.used)
+    }
+
+    /// A reservation that may wait: requests that queued before this one and still wait come
+    /// first (this one joins the queue and is answered `Queued`); at the head, it is tried, and
+    /// if a per-minute or concurrency limit has no room it keeps its place until `until_ms`. A
+    /// budget (day or month) refuses at once: waiting a few seconds cannot help.
+    fn reserve_in_turn(&mut self, now_ms: u64, id: String, limits: &[Limit], ask: Amounts, until_ms: u64) -> LedgerAnswer {
+        self.queue.retain(|(_, until)| *until > now_ms);
+        let place = self.queue.iter().position(|(waiting, _)| *waiting == id);
+        let ahead = place.unwrap_or(self.queue.len());
+        let join = |q: &mut Vec<(String, u64)>| {
+            if place.is_none() && q.len() < MAX_QUEUE && until_ms > now_ms {
+                q.push((id.clone(), until_ms));
+            }
+        };
+        if ahead > 0 {
+            join(&mut self.queue);
+            return LedgerAnswer::Queued { ahead: u32::try_from(ahead).unwrap_or(u32::MAX), containment: Containment::default() };
+        }
+        let answer = self.reserve(now_ms, id.clone(), limits, ask);
+        match &answer {
+            LedgerAnswer::Refused { state, .. }
+                if matches!(state.limit.window, Window::Minute) || state.limit.meter == Meter::Concurrent =>
+            {
+                join(&mut self.queue);
+            }
+            _ => self.queue.retain(|(waiting, _)| *waiting != id),
+        }
+        answer
     }
 
     fn reserve(&mut self, now_ms: u64, id: String, limits: &[Limit], ask: Amounts) -> LedgerAnswer {
@@ -698,9 +750,16 @@ mod tests {
     }
 
     fn reserve(book: &mut Book, now: u64, id: &str, limits: &[Limit], tokens: u64) -> Result<Vec<u64>, (String, u64)> {
-        match book
-            .apply(now, LedgerOp::Reserve { id: id.into(), limits: limits.to_vec(), ask: Amounts { tokens, micro_usd: 0 }, screen: None })
-        {
+        match book.apply(
+            now,
+            LedgerOp::Reserve {
+                id: id.into(),
+                limits: limits.to_vec(),
+                ask: Amounts { tokens, micro_usd: 0 },
+                screen: None,
+                queue_until_ms: None,
+            },
+        ) {
             LedgerAnswer::Admitted { states, .. } => Ok(states.iter().map(|s| s.remaining).collect()),
             LedgerAnswer::Refused { state, .. } => Err((state.limit.id, state.reset_ms)),
             _ => unreachable!(),
@@ -783,6 +842,7 @@ mod tests {
                     limits: vec![rpm.clone(), day.clone()],
                     ask: Amounts { tokens: 10, micro_usd: 0 },
                     screen,
+                    queue_until_ms: None,
                 },
             )
         };
@@ -826,6 +886,51 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_serves_waiting_requests_in_order_of_arrival_and_forgets_the_expired() {
+        let one = [limit("inflight", Meter::Concurrent, Window::Open, 1)];
+        let mut b = Book::default();
+        let ask = |b: &mut Book, now: u64, id: &str, until: Option<u64>| {
+            let op =
+                LedgerOp::Reserve { id: id.into(), limits: one.to_vec(), ask: Amounts::default(), screen: None, queue_until_ms: until };
+            match b.apply(now, op) {
+                LedgerAnswer::Admitted { .. } => "admitted".to_owned(),
+                LedgerAnswer::Refused { .. } => "refused".to_owned(),
+                LedgerAnswer::Queued { ahead, .. } => format!("queued behind {ahead}"),
+                other => format!("{other:?}"),
+            }
+        };
+        assert_eq!(ask(&mut b, T0, "a", None), "admitted");
+        assert_eq!(ask(&mut b, T0, "b", Some(T0 + 1_000)), "refused", "b heads the queue: it is tried, finds no room and keeps its place");
+        assert_eq!(ask(&mut b, T0 + 1, "c", Some(T0 + 2_000)), "queued behind 1");
+        b.apply(T0 + 2, LedgerOp::Release { id: "a".into() });
+        assert_eq!(ask(&mut b, T0 + 3, "c", Some(T0 + 2_000)), "queued behind 1", "the free slot is b's");
+        assert_eq!(ask(&mut b, T0 + 3, "d", None), "admitted", "a request that does not queue is not held back by those that do");
+        b.apply(T0 + 4, LedgerOp::Release { id: "d".into() });
+        assert_eq!(ask(&mut b, T0 + 5, "b", Some(T0 + 1_000)), "admitted");
+        assert_eq!(ask(&mut b, T0 + 6, "c", Some(T0 + 2_000)), "refused", "now c heads the queue");
+        b.apply(T0 + 7, LedgerOp::Release { id: "b".into() });
+        assert_eq!(ask(&mut b, T0 + 8, "c", Some(T0 + 2_000)), "admitted");
+        assert!(b.queue.is_empty());
+
+        // A waiter that gives up (its time passes) no longer holds anyone back.
+        assert_eq!(ask(&mut b, T0 + 10, "e", Some(T0 + 100)), "refused");
+        assert_eq!(ask(&mut b, T0 + 11, "f", Some(T0 + 5_000)), "queued behind 1");
+        b.apply(T0 + 200, LedgerOp::Release { id: "c".into() });
+        assert_eq!(ask(&mut b, T0 + 201, "f", Some(T0 + 5_000)), "admitted");
+        // A budget refuses at once and keeps no place.
+        let budget = [limit("tpd", Meter::Requests, Window::Day, 0)];
+        let op = LedgerOp::Reserve {
+            id: "g".into(),
+            limits: budget.to_vec(),
+            ask: Amounts::default(),
+            screen: None,
+            queue_until_ms: Some(T0 + 9_000),
+        };
+        assert!(matches!(b.apply(T0 + 300, op), LedgerAnswer::Refused { .. }));
+        assert!(b.queue.is_empty(), "{:?}", b.queue);
+    }
+
+    #[test]
     fn concurrency_is_a_gauge_and_a_refusal_holds_nothing() {
         let limits = [limit("inflight", Meter::Concurrent, Window::Open, 2), limit("tpm", Meter::Tokens, Window::Minute, 100)];
         let mut b = Book::default();
@@ -864,7 +969,16 @@ mod tests {
         let budget = [limit("usd", Meter::Spend, Window::Month, 1_000_000)]; // $1
         let mut b = Book::default();
         let ask = |b: &mut Book, id: &str, micro_usd| {
-            b.apply(T0, LedgerOp::Reserve { id: id.into(), limits: budget.to_vec(), ask: Amounts { tokens: 0, micro_usd }, screen: None })
+            b.apply(
+                T0,
+                LedgerOp::Reserve {
+                    id: id.into(),
+                    limits: budget.to_vec(),
+                    ask: Amounts { tokens: 0, micro_usd },
+                    screen: None,
+                    queue_until_ms: None,
+                },
+            )
         };
         assert!(matches!(ask(&mut b, "a", 700_000), LedgerAnswer::Admitted { .. }));
         assert!(matches!(ask(&mut b, "b", 400_000), LedgerAnswer::Refused { .. }), "would pass $1");
@@ -881,7 +995,13 @@ mod tests {
         let spend = |b: &mut Book, at: u64, id: &str, tokens: u64| {
             b.apply(
                 at,
-                LedgerOp::Reserve { id: id.into(), limits: vec![budget.clone()], ask: Amounts { tokens, micro_usd: 0 }, screen: None },
+                LedgerOp::Reserve {
+                    id: id.into(),
+                    limits: vec![budget.clone()],
+                    ask: Amounts { tokens, micro_usd: 0 },
+                    screen: None,
+                    queue_until_ms: None,
+                },
             );
             match b.apply(at, LedgerOp::Commit { id: id.into(), used: Amounts { tokens, micro_usd: 0 } }) {
                 LedgerAnswer::Settled { alerts } => {

@@ -112,6 +112,11 @@ const CANARY_ROLLBACKS: Instrument = Instrument {
     unit: "{rollback}",
     description: "Canary policies ended for falling below the quality SLO.",
 };
+const QUEUE: Instrument = Instrument {
+    name: "gateway.queue.duration",
+    unit: "s",
+    description: "Time requests on routes with a queue waited in turn for room under a limit, by whether they were then admitted.",
+};
 /// Feedback score buckets.
 pub const SCORE_BOUNDS: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
@@ -268,6 +273,11 @@ impl Meter {
         for e in r.containment.iter().flat_map(|c| &c.engaged) {
             let kind = if e.scope == "tenant" { "tenant" } else { "route" };
             self.add(CONTAINMENT, vec![("tenant", tenant.clone()), ("scope", kind.to_owned())], 1);
+        }
+        if let Some(q) = r.queued_ms {
+            let admitted = r.error != Some("rate_limit_exceeded");
+            let labels = vec![("tenant", tenant.clone()), ("gen_ai.request.model", alias.clone()), ("admitted", admitted.to_string())];
+            self.record(QUEUE, &DURATION_BOUNDS, labels, q as f64 / 1000.0);
         }
         if let Some(f) = &r.feedback {
             let labels = vec![

@@ -219,6 +219,13 @@ pub fn admit(answer: LedgerAnswer, now_ms: u64) -> (RateState, Result<(), Error>
             return (RateState::default(), Err(Error::new(ErrorKind::Internal, "the ledger did not answer a reservation")));
         }
         LedgerAnswer::Refused { state, .. } => state,
+        LedgerAnswer::Queued { ahead, .. } => {
+            let e = Error::new(
+                ErrorKind::RateLimited { retry_after_ms: 1000 },
+                format!("{ahead} earlier requests are still waiting for room; retry"),
+            );
+            return (RateState::default(), Err(e));
+        }
     };
     let rate = RateState::from_states(std::slice::from_ref(&state), now_ms);
     let wait = state.reset_ms.saturating_sub(now_ms);

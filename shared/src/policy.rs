@@ -559,6 +559,10 @@ struct RawModel {
     /// Share of this route's requests (per location, over 10 s) that may be retries on another
     /// target, percent (default 20; ten retries a second are always allowed).
     retry_budget_percent: Option<u8>,
+    /// When a per-minute or concurrency limit has no room, wait up to this long for it, in turn
+    /// (first come, first served) instead of answering 429 at once, milliseconds (0-10000;
+    /// default 0: no waiting).
+    queue_ms: Option<u32>,
     /// How long to wait for each target (default: `settings.timeouts`).
     timeouts: Option<RawTimeouts>,
     /// Mirror a sample of this route's chat requests to another target after the answer is sent,
@@ -627,6 +631,9 @@ pub struct ModelRoute {
     pub degraded: Option<Degraded>,
     /// Retry budget, percent of requests.
     pub retry_budget_percent: u8,
+    /// How long a request may wait in turn for room under a per-minute or concurrency limit,
+    /// milliseconds (0: not at all).
+    pub queue_ms: u64,
     /// How long to wait for each attempt.
     pub timeouts: Timeouts,
     /// Shadow traffic.
@@ -1055,6 +1062,9 @@ impl Policy {
             if m.retry_budget_percent.is_some_and(|p| p > 100) {
                 err(format!("models[{i}].retry_budget_percent"), "must be 0-100".into());
             }
+            if m.queue_ms.is_some_and(|q| q > 10_000) {
+                err(format!("models[{i}].queue_ms"), "must be 0-10000".into());
+            }
             let route = ModelRoute {
                 targets,
                 limits,
@@ -1063,6 +1073,7 @@ impl Policy {
                 critical,
                 degraded,
                 retry_budget_percent: m.retry_budget_percent.unwrap_or(20),
+                queue_ms: u64::from(m.queue_ms.unwrap_or(0)),
                 timeouts: m.timeouts.unwrap_or_default().over(default_timeouts),
                 shadow,
                 firewall: m.firewall,

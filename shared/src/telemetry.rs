@@ -190,6 +190,10 @@ pub struct RequestRecord {
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,
+    /// Milliseconds the request waited in turn for room under a limit (routes with `queue_ms`),
+    /// when it waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<u64>,
     /// What a `POST /v1/feedback` scored, and the canary it ended, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback: Option<crate::feedback::FeedbackRecord>,

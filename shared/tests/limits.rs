@@ -343,3 +343,27 @@ fn plans_give_their_tenants_limits_and_models() {
     let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
     assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["tenants[0].plan", "plans[0].models[0]"]);
 }
+
+#[test]
+fn a_route_with_a_queue_waits_for_the_window_to_reset_when_it_resets_in_time() {
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": {"requests_per_minute": 1}}],
+        "keys": [{"id": "k1", "tenant": "acme", "hash": key_hash_string("sk-1")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [
+            {"alias": "queued", "queue_ms": 500, "targets": [{"provider": "builtin", "model": "m"}]},
+            {"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}
+        ],
+        "settings": {"policy_refresh_seconds": 0}
+    });
+    // 200 ms before the minute ends.
+    let h = TestHost::new(T0 + 59_800, &doc.to_string());
+    let gw = Gateway::new();
+    let status = |model: &str| h.call(&gw, chat("sk-1", model, json!({}))).0.status.as_u16();
+    assert_eq!(status("queued"), 200);
+    assert_eq!(status("mock"), 429, "a route without a queue answers at once");
+    assert_eq!(status("queued"), 200, "the queued request waited for the new minute");
+    assert_eq!(status("queued"), 429, "the next minute is a minute away: more than the queue allows");
+    let queued: Vec<Option<u64>> = h.records().iter().map(|r| r.queued_ms).collect();
+    assert_eq!(queued, [None, None, Some(200), None], "the wait is recorded");
+}

@@ -2,6 +2,8 @@
 // tenant) and in the Spin host (SQLite): 64 clients at once — plain requests, streams the
 // provider cuts mid-way, and clients that hang up mid-stream — against limits of N requests and
 // X tokens. Exactly N are admitted, no more than X tokens are spent, and every hold is settled.
+// Then a route with a queue under a concurrency limit of one: concurrent requests wait their turn
+// instead of being refused, and one that cannot get a slot within its wait is refused.
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -17,8 +19,9 @@ function policy(simUrl) {
     tenants: [
       { id: "counted", limits: { requests_per_minute: N, tokens_per_minute: 1_000_000 } },
       { id: "metered", limits: { tokens_per_minute: 3_000 } },
+      { id: "single", limits: { concurrent_requests: 1 } },
     ],
-    keys: [key("counted", "counted"), key("metered", "metered")],
+    keys: [key("counted", "counted"), key("metered", "metered"), key("single", "single")],
     providers: [
       { id: "builtin", kind: "mock" },
       { id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "PROVIDER_API_KEY" },
@@ -28,6 +31,9 @@ function policy(simUrl) {
       { alias: "sim", targets: [{ provider: "sim", model: "sim-model" }] },
       { alias: "cut", targets: [{ provider: "sim", model: "cut sim:cut=2" }] },
       { alias: "slow", targets: [{ provider: "sim", model: "slow sim:chunk-delay=40" }] },
+      { alias: "waits", queue_ms: 3_000, targets: [{ provider: "sim", model: "wait sim:latency=400" }] },
+      { alias: "brief", queue_ms: 100, targets: [{ provider: "sim", model: "wait sim:latency=400" }] },
+      { alias: "nowait", targets: [{ provider: "sim", model: "wait sim:latency=400" }] },
     ],
     settings: { policy_refresh_seconds: 0, estimated_output_tokens: 100 },
   };
@@ -106,6 +112,27 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.deepEqual(ledger.holds, {}, "no hold left open");
       }
       assert.equal(ledger.counters["tenant/requests_per_minute"].used, N);
+    });
+
+    it("queues requests in turn on a route with a queue instead of refusing them", async () => {
+      const ask = async (model) => {
+        const r = await send("single", { model, messages: [{ role: "user", content: "hi" }] });
+        await r.arrayBuffer();
+        return { status: r.status, id: r.headers.get("x-request-id") };
+      };
+      const without = await Promise.all([ask("nowait"), ask("nowait"), ask("nowait")]);
+      assert.deepEqual(without.map((r) => r.status).sort(), [200, 429, 429], "a slot for one; no queue, no wait");
+      await settled("single");
+      const queued = await Promise.all([ask("waits"), ask("waits"), ask("waits"), ask("waits")]);
+      assert.deepEqual(queued.map((r) => r.status), [200, 200, 200, 200], "each waited its turn for the one slot");
+      await settled("single");
+      // A wait shorter than the answer in flight runs out: refused like any other.
+      const first = ask("waits");
+      await new Promise((res) => setTimeout(res, 100));
+      const short = await Promise.all([first, ask("brief")]);
+      assert.deepEqual(short.map((r) => r.status), [200, 429]);
+      const usage = await settled("single");
+      assert.deepEqual(usage.holds, {}, "every hold settled");
     });
 
     it("never spends more tokens than the limit, and settles to what providers report", async () => {
