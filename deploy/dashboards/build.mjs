@@ -52,6 +52,7 @@ const boards = [
       ts("Error rate by provider", "percentunit", [q("gateway_provider_error_rate", "{{gen_ai_provider_name}}")], { threshold: 0.08 }),
       ts("Attempts by outcome", "ops", [q(`sum by (gen_ai_provider_name, outcome) (rate(gateway_provider_attempts_total{${M}}[$__rate_interval]))`, "{{gen_ai_provider_name}} {{outcome}}")]),
       ts("Retry ratio", "percentunit", [q("gateway_retry_ratio", "retries per request")], { threshold: 0.18 }),
+      ts("Requests sent again with the second credential", "short", [q("sum by (gen_ai_provider_name) (increase(gateway_credential_fallbacks_total[$__rate_interval]))", "{{gen_ai_provider_name}}")]),
       ts("Latency p95 by provider", "s", [q(`histogram_quantile(0.95, sum by (le, gen_ai_provider_name) (rate(gen_ai_client_operation_duration_seconds_bucket{${M}}[$__rate_interval])))`, "{{gen_ai_provider_name}}")]),
     ],
   },

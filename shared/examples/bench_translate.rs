@@ -61,6 +61,7 @@ fn main() {
         kind: ProviderKind::Anthropic,
         base_url: "https://api.anthropic.com/v1".into(),
         api_key_secret: None,
+        api_key_secret_secondary: None,
         api_version: None,
         region: None,
         quirks: Default::default(),

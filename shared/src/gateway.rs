@@ -367,6 +367,7 @@ impl Gateway {
                 first_chunk_ms: None,
                 feedback: None,
                 queued_ms: None,
+                credential_fallbacks: Vec::new(),
                 audit: None,
                 audit_fault: None,
                 duration_ms: 0,
@@ -756,6 +757,7 @@ impl Gateway {
             kind: ProviderKind::Mock,
             base_url: String::new(),
             api_key_secret: None,
+            api_key_secret_secondary: None,
             api_version: None,
             region: None,
             quirks: crate::policy::Quirks::default(),
@@ -1237,7 +1239,16 @@ impl Gateway {
         timeouts: Timeouts,
         traceparent: &str,
     ) -> Result<(u16, Reply), (Option<u16>, Error)> {
-        let response = exchange(host, op, c, timeouts, &ctx.record.request_id, Some(traceparent)).await.map_err(|e| (None, e))?;
+        let mut response =
+            exchange(host, op, c, timeouts, &ctx.record.request_id, Some(traceparent), Credential::Primary).await.map_err(|e| (None, e))?;
+        // Rotation: the provider refused the first credential and a second is live — send once more
+        // with it, and note the event.
+        if matches!(response.status().as_u16(), 401 | 403) && c.provider.api_key_secret_secondary.is_some() {
+            ctx.record.credential_fallbacks.push(c.provider.id.clone());
+            response = exchange(host, op, c, timeouts, &ctx.record.request_id, Some(traceparent), Credential::Secondary)
+                .await
+                .map_err(|e| (None, e))?;
+        }
         self.answer(host, ctx, op, &c.provider, response).await
     }
 
@@ -1341,6 +1352,13 @@ async fn hold_until_content(mut body: ByteStream, decoder: &mut dyn StreamDecode
 /// Sends `op` to candidate `c` and returns the response as soon as its head arrives (within the
 /// first-byte timeout); its body ends with an error if it runs past the total timeout. The
 /// built-in provider answers in place.
+/// Which of a provider's credentials a request is sent with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    Primary,
+    Secondary,
+}
+
 async fn exchange<H: Host>(
     host: &H,
     op: Op<'_>,
@@ -1348,9 +1366,14 @@ async fn exchange<H: Host>(
     timeouts: Timeouts,
     request_id: &str,
     traceparent: Option<&str>,
+    which: Credential,
 ) -> Result<http::Response<ByteStream>, Error> {
     let adapter = providers::adapter(c.provider.kind);
-    let credential = match &c.provider.api_key_secret {
+    let name = match which {
+        Credential::Primary => &c.provider.api_key_secret,
+        Credential::Secondary => &c.provider.api_key_secret_secondary,
+    };
+    let credential = match name {
         None => None,
         Some(name) => Some(
             host.secret(name)
@@ -1712,7 +1735,8 @@ async fn run_shadow<H: Host>(host: &H, job: ShadowJob, request_id: &str, primary
     };
     let start = host.now_ms();
     let answer = async {
-        let response = exchange(host, Op::Chat(&job.chat), c, job.timeouts, &format!("{request_id}-shadow"), None).await?;
+        let response =
+            exchange(host, Op::Chat(&job.chat), c, job.timeouts, &format!("{request_id}-shadow"), None, Credential::Primary).await?;
         let status = response.status().as_u16();
         record.status = Some(status);
         let adapter = providers::adapter(c.provider.kind);

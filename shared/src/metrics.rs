@@ -117,6 +117,11 @@ const QUEUE: Instrument = Instrument {
     unit: "s",
     description: "Time requests on routes with a queue waited in turn for room under a limit, by whether they were then admitted.",
 };
+const CREDENTIAL_FALLBACKS: Instrument = Instrument {
+    name: "gateway.credential.fallbacks",
+    unit: "{request}",
+    description: "Requests a provider refused with its first credential, sent again with the second (rotation).",
+};
 /// Feedback score buckets.
 pub const SCORE_BOUNDS: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
@@ -273,6 +278,9 @@ impl Meter {
         for e in r.containment.iter().flat_map(|c| &c.engaged) {
             let kind = if e.scope == "tenant" { "tenant" } else { "route" };
             self.add(CONTAINMENT, vec![("tenant", tenant.clone()), ("scope", kind.to_owned())], 1);
+        }
+        for p in &r.credential_fallbacks {
+            self.add(CREDENTIAL_FALLBACKS, vec![("gen_ai.provider.name", p.clone())], 1);
         }
         if let Some(q) = r.queued_ms {
             let admitted = r.error != Some("rate_limit_exceeded");

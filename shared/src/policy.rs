@@ -481,6 +481,10 @@ struct RawProvider {
     base_url: Option<String>,
     /// Name of the secret (Workers secret, Spin variable) holding the credential. Never the secret.
     api_key_secret: Option<String>,
+    /// Name of a second secret with a credential that is also live, for rotation without
+    /// downtime: when the provider refuses the first (401/403), the request is sent once more
+    /// with this one and the record notes it (`credential_fallbacks`).
+    api_key_secret_secondary: Option<String>,
     /// API version for providers that version URLs (Azure OpenAI).
     api_version: Option<String>,
     /// Cloud region (Bedrock).
@@ -819,6 +823,8 @@ pub struct Provider {
     pub base_url: String,
     /// Name of the secret holding the credential.
     pub api_key_secret: Option<String>,
+    /// Name of the secret holding a second live credential, tried when the first is refused.
+    pub api_key_secret_secondary: Option<String>,
     /// API version for providers that version their URLs (Azure OpenAI).
     pub api_version: Option<String>,
     /// Cloud region, for providers that sign requests per region (Bedrock).
@@ -980,6 +986,7 @@ impl Policy {
                 kind: p.kind,
                 base_url,
                 api_key_secret: p.api_key_secret,
+                api_key_secret_secondary: p.api_key_secret_secondary,
                 api_version: p.api_version,
                 region: p.region,
                 quirks: p.quirks,

@@ -190,6 +190,10 @@ pub struct RequestRecord {
     /// Why the location's health board could not be read or written, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_fault: Option<&'static str>,
+    /// Providers that refused their first credential for this request, so the second was used
+    /// (credential rotation in progress, or a revoked key: an event worth an alert).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credential_fallbacks: Vec<String>,
     /// Milliseconds the request waited in turn for room under a limit (routes with `queue_ms`),
     /// when it waited.
     #[serde(skip_serializing_if = "Option::is_none")]

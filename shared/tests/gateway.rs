@@ -416,3 +416,39 @@ fn a_tenant_model_list_bounds_every_key_of_the_tenant() {
     let errors = edgegate_core::Policy::compile(doc.to_string().as_bytes()).err().unwrap_or_default();
     assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["tenants[1].models[0]"]);
 }
+
+#[test]
+fn a_refused_first_credential_is_retried_once_with_the_second_and_noted() {
+    let mut doc: Value = serde_json::from_str(&policy()).unwrap_or_default();
+    doc["providers"][1]["api_key_secret_secondary"] = json!("PRIMARY_KEY_NEXT");
+    let h = TestHost::new(T0, &doc.to_string());
+    h.set_secret("PRIMARY_KEY", "sk-old-revoked");
+    h.set_secret("PRIMARY_KEY_NEXT", "sk-new-live");
+    let gw = Gateway::new();
+    let ok = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"b"}}]}"#;
+    h.script(Scripted::json(401, r#"{"error":{"message":"invalid api key"}}"#));
+    h.script(Scripted::json(200, ok));
+    let a = call(&h, &gw, post(Some("sk-acme"), &chat("real", false)));
+    assert_eq!((a.status, a.body.as_str()), (200, ok));
+    let sent: Vec<(String, String)> =
+        h.sent().iter().map(|r| (r.uri().to_string(), r.headers()["authorization"].to_str().unwrap_or_default().to_owned())).collect();
+    let url = "http://127.0.0.1:7001/v1/chat/completions".to_owned();
+    assert_eq!(
+        sent,
+        [(url.clone(), "Bearer sk-old-revoked".to_owned()), (url, "Bearer sk-new-live".to_owned())],
+        "same target, second key"
+    );
+    let rec = &h.records()[0];
+    assert_eq!(rec.credential_fallbacks, ["primary"]);
+    assert_eq!(rec.attempts.len(), 1, "one attempt at the target");
+    let line = serde_json::to_string(rec).unwrap_or_default();
+    assert!(!line.contains("sk-old-revoked") && !line.contains("sk-new-live"), "secrets never reach records");
+
+    // Without a second credential a 401 is the attempt's error, and failover moves on.
+    let (h, gw) = (host(), Gateway::new());
+    h.script(Scripted::json(401, r#"{"error":{"message":"invalid api key"}}"#));
+    h.script(Scripted::json(200, ok));
+    assert_eq!(call(&h, &gw, post(Some("sk-acme"), &chat("real", false))).status, 200);
+    assert_eq!(h.sent()[1].uri(), "http://127.0.0.1:7002/v1/chat/completions");
+    assert!(h.records()[0].credential_fallbacks.is_empty());
+}

@@ -11,6 +11,7 @@ export const LIMIT = 3;
 export const RACE_LIMIT = 10;
 export const PY_LIMITED_KEY = "sk-e2e-py-limited";
 export const AWS_CREDENTIALS = "AKIDSIM:sim-secret-access-key";
+export const REVOKED_SECRET = "sk-sim-revoked";
 
 export function policy(simUrl) {
   const sim = (id, extra = {}) => ({ id, kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "PROVIDER_API_KEY", ...extra });
@@ -37,6 +38,8 @@ export function policy(simUrl) {
       { id: "sim-bedrock", kind: "bedrock", base_url: simUrl, region: "us-east-1", api_key_secret: "AWS_CREDENTIALS" },
       { id: "workers-ai", kind: "workers_ai" },
       { id: "closed", kind: "openai_compatible", base_url: "http://127.0.0.1:9/v1" },
+      // Mid-rotation: the first credential is revoked (the simulator refuses it), the second is live.
+      { ...sim("sim-rotating"), api_key_secret: "PROVIDER_API_KEY_OLD", api_key_secret_secondary: "PROVIDER_API_KEY" },
     ],
     models: [
       { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
@@ -52,13 +55,15 @@ export function policy(simUrl) {
       { alias: "failover", targets: [{ provider: "sim", model: "flaky sim:status=503" }, { provider: "sim", model: "sim-backup" }] },
       { alias: "all-down", targets: [{ provider: "sim", model: "down sim:status=500" }, { provider: "closed", model: "x" }] },
       { alias: "unreachable", targets: [{ provider: "closed", model: "x" }] },
+      { alias: "rotating", targets: [{ provider: "sim-rotating", model: "sim-model-1" }] },
     ],
     settings: { policy_refresh_seconds: 0 },
   };
 }
 
 export const runtimes = {
-  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET, AWS_CREDENTIALS } }),
-  spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET, aws_credentials: AWS_CREDENTIALS } }),
+  workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET, AWS_CREDENTIALS, PROVIDER_API_KEY_OLD: REVOKED_SECRET } }),
+  spin: (p) =>
+    startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET, aws_credentials: AWS_CREDENTIALS, provider_api_key_old: REVOKED_SECRET } }),
 };
 

@@ -5,8 +5,8 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
-import { startSimulator, startSpin, sseData, awayFromMinuteEdge } from "./lib.mjs";
-import { KEY, LIMITED_KEY, RACE_KEY, SCOPED_KEY, SIM_SECRET, LIMIT, RACE_LIMIT, policy, runtimes } from "./fixtures.mjs";
+import { startSimulator, startSpin, sseData, awayFromMinuteEdge, recordOf } from "./lib.mjs";
+import { KEY, LIMITED_KEY, RACE_KEY, SCOPED_KEY, SIM_SECRET, REVOKED_SECRET, LIMIT, RACE_LIMIT, policy, runtimes } from "./fixtures.mjs";
 
 for (const [name, start] of Object.entries(runtimes)) {
   describe(`edgegate on ${name}`, () => {
@@ -38,7 +38,7 @@ for (const [name, start] of Object.entries(runtimes)) {
 
     it("lists the aliases a key may use", async () => {
       const ids = async (key) => (await (await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()).data.map((m) => m.id);
-      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "sim-chat", "sim-embed", "sim-quota", "stream-failover", "unreachable", "workers-ai"]);
+      assert.deepEqual(await ids(KEY), ["all-down", "azure", "bedrock", "claude", "failover", "gemini", "mock", "rotating", "sim-chat", "sim-embed", "sim-quota", "stream-failover", "unreachable", "workers-ai"]);
       assert.deepEqual(await ids(LIMITED_KEY), ["mock"]);
     });
 
@@ -82,6 +82,16 @@ for (const [name, start] of Object.entries(runtimes)) {
       const data = sseData(await s.text());
       assert.equal(data.at(-1), "[DONE]");
       assert.ok(JSON.parse(data.at(-2)).usage.completion_tokens > 0);
+    });
+
+    it("sends a request once more with the second credential when the provider refuses the first", async () => {
+      await sim.clear();
+      const r = await post(chat("rotating"));
+      assert.equal(r.status, 200, await r.clone().text());
+      assert.deepEqual((await sim.received()).map((s) => s.headers.authorization), [`Bearer ${REVOKED_SECRET}`, `Bearer ${SIM_SECRET}`]);
+      const rec = await recordOf(gw, r.headers.get("x-request-id"));
+      assert.deepEqual(rec.credential_fallbacks, ["sim-rotating"]);
+      assert.ok(!JSON.stringify(rec).includes(REVOKED_SECRET) && !JSON.stringify(rec).includes(SIM_SECRET), "no secret in the record");
     });
 
     it("fails over to the next target when the first fails", async () => {

@@ -89,6 +89,7 @@ mod tests {
             kind: ProviderKind::AzureOpenai,
             base_url: "https://acme.openai.azure.com".into(),
             api_key_secret: None,
+            api_key_secret_secondary: None,
             api_version: None,
             region: None,
             quirks: Default::default(),

@@ -457,6 +457,7 @@ mod tests {
             kind: ProviderKind::Bedrock,
             base_url: "https://bedrock-runtime.eu-central-1.amazonaws.com".into(),
             api_key_secret: None,
+            api_key_secret_secondary: None,
             api_version: None,
             region: None,
             quirks: Default::default(),

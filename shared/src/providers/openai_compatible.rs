@@ -258,6 +258,7 @@ mod tests {
             kind: ProviderKind::OpenaiCompatible,
             base_url: "http://127.0.0.1:9/v1".into(),
             api_key_secret: None,
+            api_key_secret_secondary: None,
             api_version: None,
             region: None,
             quirks: Default::default(),

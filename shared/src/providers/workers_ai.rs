@@ -229,6 +229,7 @@ mod tests {
             kind: ProviderKind::WorkersAi,
             base_url: "workers-ai://AI".into(),
             api_key_secret: None,
+            api_key_secret_secondary: None,
             api_version: None,
             region: None,
             quirks: Default::default(),
