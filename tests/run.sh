@@ -69,5 +69,17 @@ for f in edge/cloudflare/build/index_bg.wasm target/wasm32-wasip2/release/edgega
   printf '  %-52s %8d bytes raw %8d gzip\n' "$f" "$(stat -c %s "$f")" "$(gzip -9c "$f" | wc -c)" >&2
 done
 
+say "deploy check: wrangler deploy --dry-run of the staging and production environments (no account)"
+for env in staging production; do
+  out=$(mktemp -d)
+  log="$ROOT/target/deploy-$env.log"
+  npx wrangler deploy --dry-run --outdir "$out" --env "$env" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+  for binding in "env.POLICY" "env.LEDGER (Ledger)"; do
+    grep -qF "$binding" "$log" || { cat "$log" >&2; echo "the $env environment lacks $binding" >&2; exit 1; }
+  done
+  test -s "$out/index.js" || { echo "wrangler wrote no bundle for $env" >&2; exit 1; }
+  rm -rf "$out"
+done
+
 say "end-to-end: workerd and the Spin host, with the official OpenAI and Anthropic SDKs (Node and Python)"
 node --test --test-concurrency=1 tests/e2e/
