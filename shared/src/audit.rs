@@ -531,16 +531,20 @@ fn append(db: &dyn Sql, tenant: &str, drafts: &[Draft]) -> Result<Head, Error> {
 /// Removes the oldest entries dated before `cutoff_ms` (a batch at a time), moving the anchor to
 /// the last one removed.
 fn prune(db: &dyn Sql, tenant: &str, cutoff_ms: u64) -> Result<(), Error> {
-    let rows = db.run(
-        "SELECT seq, hash, at_ms FROM edgegate_audit WHERE tenant = ? ORDER BY seq LIMIT ?",
-        vec![text(tenant), SqlValue::Int(PRUNE_BATCH)],
-    )?;
+    let oldest = |limit: i64| {
+        db.run(
+            "SELECT seq, hash, at_ms FROM edgegate_audit WHERE tenant = ? ORDER BY seq LIMIT ?",
+            vec![text(tenant), SqlValue::Int(limit)],
+        )
+    };
+    let expired =
+        |row: &Vec<SqlValue>| row.get(2).and_then(SqlValue::int).and_then(|a| u64::try_from(a).ok()).is_some_and(|at| at < cutoff_ms);
+    // Every append reads one row; a batch only when the oldest entry is due.
+    if !oldest(1)?.first().is_some_and(expired) {
+        return Ok(());
+    }
     let mut last = None;
-    for row in &rows {
-        let at = row.get(2).and_then(SqlValue::int).and_then(|a| u64::try_from(a).ok()).unwrap_or(u64::MAX);
-        if at >= cutoff_ms {
-            break;
-        }
+    for row in oldest(PRUNE_BATCH)?.iter().take_while(|r| expired(r)) {
         last = Some(row_head(row)?);
     }
     if let Some(anchor) = last {
@@ -555,7 +559,7 @@ fn prune(db: &dyn Sql, tenant: &str, cutoff_ms: u64) -> Result<(), Error> {
 }
 
 fn search(db: &dyn Sql, tenant: &str, q: &Query) -> Result<AuditAnswer, Error> {
-    let mut sql = String::from("SELECT seq, body, prev, hash FROM edgegate_audit WHERE tenant = ?");
+    let mut sql = String::from("SELECT seq, hash, body, prev FROM edgegate_audit WHERE tenant = ?");
     let mut params = vec![text(tenant)];
     let mut and = |clause: &str, value: SqlValue| {
         sql.push_str(" AND ");
@@ -591,10 +595,10 @@ fn search(db: &dyn Sql, tenant: &str, q: &Query) -> Result<AuditAnswer, Error> {
     let mut entries = Vec::with_capacity(rows.len().min(limit as usize));
     let mut last_seq = None;
     for row in rows.iter().take(limit as usize) {
-        let head = row_head(&[row.first().cloned().unwrap_or(SqlValue::Null), row.get(3).cloned().unwrap_or(SqlValue::Null)])?;
-        let body = row.get(1).and_then(SqlValue::text).ok_or_else(|| corrupt("an entry's body is not text"))?;
+        let head = row_head(row)?;
+        let body = row.get(2).and_then(SqlValue::text).ok_or_else(|| corrupt("an entry's body is not text"))?;
         let mut entry: serde_json::Value = serde_json::from_str(body).map_err(|_| corrupt("an entry's body is not JSON"))?;
-        entry["prev"] = serde_json::Value::from(row.get(2).and_then(SqlValue::text).unwrap_or_default());
+        entry["prev"] = serde_json::Value::from(row.get(3).and_then(SqlValue::text).unwrap_or_default());
         entry["hash"] = serde_json::Value::from(head.hash);
         entries.push(entry);
         last_seq = Some(head.seq);

@@ -786,7 +786,7 @@ impl Gateway {
     ) -> Result<(), Error> {
         ctx.account.prices =
             plan.iter().filter_map(|c| c.target.price.map(|p| (c.provider.id.clone(), c.target.model.clone(), p))).collect();
-        let limits = phases::limits(policy, principal, scope);
+        let mut limits = phases::limits(policy, principal, scope);
         if limits.is_empty() {
             // No reservation to carry the screening: a host with no isolate memory (Spin) sends
             // it now, so containment applies to this request; others send it when recording.
@@ -811,8 +811,9 @@ impl Gateway {
         let mut polls = 0u32;
         let answer = loop {
             // The screening is observed once, with the first attempt.
-            let op =
-                LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits: limits.clone(), ask, screen: screen.take(), queue_until_ms };
+            // Only a queued reservation is sent again, so only it needs the limits kept.
+            let limits = if queue_until_ms.is_some() { limits.clone() } else { std::mem::take(&mut limits) };
+            let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask, screen: screen.take(), queue_until_ms };
             let answer = host.apply(&tenant, op).await?;
             if let LedgerAnswer::Admitted { containment, .. }
             | LedgerAnswer::Refused { containment, .. }

@@ -13,7 +13,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startSimulator, startWorkerd, startSpin, sha256, admin, recordOf, chatCompletion } from "./lib.mjs";
+import { startSimulator, startWorkerd, startSpin, sha256, admin, recordOf, chatCompletion, eventually } from "./lib.mjs";
 import { SIM_SECRET } from "./fixtures.mjs";
 
 const KEY = "sk-audit-e2e";
@@ -102,13 +102,12 @@ for (const [name, start] of Object.entries(runtimes)) {
     const search = (query) => admin(gw.url, "GET", `/tenants/t/audit${query}`);
     // Entries are appended after the response: wait for the one of request `id`.
     const entryOf = async (id) => {
-      for (let i = 0; i < 100; i++) {
+      const entry = await eventually(async () => {
         const r = await search(`?request_id=${id}`);
         assert.equal(r.status, 200, JSON.stringify(r.body));
-        if (r.body.entries.length) return r.body.entries[0];
-        await new Promise((res) => setTimeout(res, 30));
-      }
-      assert.fail(`no audit entry for ${id}`);
+        return r.body.entries[0];
+      }, { ms: 30 });
+      return entry ?? assert.fail(`no audit entry for ${id}`);
     };
 
     it("records a blocked request with its firewall decision, the prompt's hash and the rule ids", async () => {
@@ -171,11 +170,7 @@ for (const [name, start] of Object.entries(runtimes)) {
     it("appends an admin action to the tenant's chain, which verifies", async () => {
       const cleared = await admin(gw.url, "DELETE", "/tenants/t/containment", { note: "audit e2e" });
       assert.equal(cleared.status, 200, JSON.stringify(cleared.body));
-      let entry;
-      for (let i = 0; i < 100 && !entry; i++) {
-        entry = (await search("?type=admin")).body.entries[0];
-        if (!entry) await new Promise((res) => setTimeout(res, 30));
-      }
+      const entry = await eventually(async () => (await search("?type=admin")).body.entries[0], { ms: 30 });
       assert.deepEqual([entry.outcome, entry.actor, entry.detail.note, entry.seq], ["containment_clear", "bootstrap", "audit e2e", 3]);
       const v = await admin(gw.url, "GET", "/tenants/t/audit/verify");
       assert.equal(v.status, 200);
@@ -231,12 +226,11 @@ for (const [name, start] of Object.entries(plain)) {
     };
     // The request's audit entry is appended after its response: feedback waits for it.
     const scored = async (body) => {
-      for (let i = 0; i < 100; i++) {
+      const r = await eventually(async () => {
         const r = await feedback(body);
-        if (r.status !== 404) return r;
-        await new Promise((res) => setTimeout(res, 30));
-      }
-      assert.fail(`request ${body.request_id} never reached the audit log`);
+        return r.status !== 404 && r;
+      }, { ms: 30 });
+      return r ?? assert.fail(`request ${body.request_id} never reached the audit log`);
     };
 
     it("ends a canary whose answers score below the SLO", async () => {

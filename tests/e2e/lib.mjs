@@ -226,14 +226,19 @@ export function records(lines) {
     .filter((r) => r?.request_id);
 }
 
-/** The record of request `id`, once the gateway `gw` has logged it (waits up to 2 s), or null. */
-export async function recordOf(gw, id) {
-  for (let i = 0; i < 100; i++) {
-    const rec = records(gw.lines).find((r) => r.request_id === id);
-    if (rec) return rec;
-    await new Promise((r) => setTimeout(r, 20));
+/** The first truthy value `probe()` resolves to, asking every `ms` up to `tries` times, or null (for what deferred work writes). */
+export async function eventually(probe, { tries = 100, ms = 20 } = {}) {
+  for (let i = 0; i < tries; i++) {
+    const found = await probe();
+    if (found) return found;
+    await new Promise((r) => setTimeout(r, ms));
   }
   return null;
+}
+
+/** The record of request `id`, once the gateway `gw` has logged it (waits up to 2 s), or null. */
+export function recordOf(gw, id) {
+  return eventually(() => records(gw.lines).find((r) => r.request_id === id));
 }
 
 /** POSTs a chat completion with `messages` (and `extra` fields, `headers`) to the gateway at `url` with `key`; the raw Response. */
