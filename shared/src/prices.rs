@@ -11,36 +11,17 @@ use crate::policy::Price;
 
 /// One row: model name, then input, cache read, cache write, output — USD per million tokens.
 /// Reasoning tokens are billed as output.
-type Row = (&'static str, f64, f64, f64, f64);
+type Row = (String, f64, f64, f64, f64);
 
-const TABLE: &[Row] = &[
-    // OpenAI (cache writes are not billed separately: input price).
-    ("gpt-4o", 2.50, 1.25, 2.50, 10.00),
-    ("gpt-4o-mini", 0.15, 0.075, 0.15, 0.60),
-    ("gpt-4.1", 2.00, 0.50, 2.00, 8.00),
-    ("gpt-4.1-mini", 0.40, 0.10, 0.40, 1.60),
-    ("gpt-4.1-nano", 0.10, 0.025, 0.10, 0.40),
-    ("o1", 15.00, 7.50, 15.00, 60.00),
-    ("o3", 2.00, 0.50, 2.00, 8.00),
-    ("o3-mini", 1.10, 0.55, 1.10, 4.40),
-    ("o4-mini", 1.10, 0.275, 1.10, 4.40),
-    ("text-embedding-3-small", 0.02, 0.02, 0.02, 0.0),
-    ("text-embedding-3-large", 0.13, 0.13, 0.13, 0.0),
-    // Anthropic (cache writes at the 5-minute rate).
-    ("claude-opus-4", 15.00, 1.50, 18.75, 75.00),
-    ("claude-sonnet-4", 3.00, 0.30, 3.75, 15.00),
-    ("claude-3-7-sonnet", 3.00, 0.30, 3.75, 15.00),
-    ("claude-3-5-sonnet", 3.00, 0.30, 3.75, 15.00),
-    ("claude-3-5-haiku", 0.80, 0.08, 1.00, 4.00),
-    ("claude-3-opus", 15.00, 1.50, 18.75, 75.00),
-    ("claude-3-haiku", 0.25, 0.03, 0.30, 1.25),
-    // Google Gemini.
-    ("gemini-2.5-pro", 1.25, 0.31, 1.25, 10.00),
-    ("gemini-2.5-flash", 0.30, 0.075, 0.30, 2.50),
-    ("gemini-2.0-flash", 0.10, 0.025, 0.10, 0.40),
-    ("gemini-1.5-pro", 1.25, 0.3125, 1.25, 5.00),
-    ("gemini-1.5-flash", 0.075, 0.01875, 0.075, 0.30),
-];
+/// The embedded table (`shared/data/prices.json`), parsed on first use.
+fn table() -> &'static [Row] {
+    #[derive(serde::Deserialize)]
+    struct File {
+        models: Vec<Row>,
+    }
+    static TABLE: std::sync::OnceLock<Vec<Row>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| serde_json::from_str::<File>(include_str!("../data/prices.json")).map(|f| f.models).unwrap_or_default())
+}
 
 /// The list price of `model`, if the table knows it: by its name, or by a table name it starts
 /// with followed by a snapshot tail — `-` and a digit, or `@` (`gpt-4o-2024-08-06`,
@@ -50,7 +31,7 @@ const TABLE: &[Row] = &[
 pub fn list_price(model: &str) -> Option<Price> {
     let name = model.rsplit('/').next().unwrap_or(model);
     let name = name.rsplit_once('.').filter(|(vendor, _)| !vendor.contains('-')).map_or(name, |(_, rest)| rest);
-    TABLE
+    table()
         .iter()
         .filter(|(known, ..)| {
             name == *known
@@ -134,7 +115,8 @@ mod tests {
 
     #[test]
     fn every_row_is_a_usable_price() {
-        for (name, input, cache_read, cache_write, output) in TABLE {
+        assert_eq!(table().len(), 23, "the embedded file parses");
+        for (name, input, cache_read, cache_write, output) in table() {
             assert!(*input > 0.0 && *cache_read <= *input && *cache_write >= *input && *output >= 0.0, "{name}");
         }
     }
