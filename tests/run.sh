@@ -44,6 +44,10 @@ cargo test --locked --quiet -p edgegate-core -p edgegate-jwt -p edgegate-admin -
 cargo build --locked --quiet -p edgegate-admin
 export EDGEGATE_ADMIN_CLI="$ROOT/target/debug/edgegate-admin"
 
+say "deploy check: the Spin manifest, runtime configurations and SpinKube SpinApp (edgegate-admin check-spin)"
+"$EDGEGATE_ADMIN_CLI" check-spin spin.toml --runtime-config deploy/spin/runtime-config.single.toml --policy deploy/local/demo-policy.json
+"$EDGEGATE_ADMIN_CLI" check-spin spin.toml --runtime-config deploy/spin/runtime-config.shared.toml --spinapp deploy/spin/spinapp.yaml --policy deploy/local/demo-policy.json
+
 say "telemetry: Prometheus rules and Grafana dashboards checked, rules unit-tested, with promtool (Debian's prometheus package)"
 promtool="$EDGEGATE_CACHE/tools/promtool/promtool"
 if [ ! -x "$promtool" ]; then

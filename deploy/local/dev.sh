@@ -22,4 +22,4 @@ cat >&2 <<MSG
 MSG
 # The demo policy is published through the gateway's own admin API once the worker answers.
 node deploy/local/publish-demo.mjs "http://127.0.0.1:$PORT" "$ADMIN_KEY" deploy/local/demo-policy.json &
-exec wrangler dev --local --persist-to "$STATE" --ip 127.0.0.1 --port "$PORT" --var "EDGEGATE_ADMIN_KEY:$ADMIN_KEY"
+exec wrangler dev --local --persist-to "$STATE" --ip 127.0.0.1 --port "$PORT" --var "EDGEGATE_ADMIN_KEY:$ADMIN_KEY" --var "EDGEGATE_ADMIN_API:on"

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     PromptBlocked,
     /// The body exceeds the gateway's size limit.
     PayloadTooLarge,
+    /// The request's headers exceed the gateway's limits (total size or count).
+    HeadersTooLarge,
     /// No API key was presented.
     MissingApiKey,
     /// The API key is unknown, revoked, expired or malformed.
@@ -145,6 +147,7 @@ impl Error {
             ErrorKind::ModelNotFound | ErrorKind::RouteNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::RateLimited { .. } | ErrorKind::UpstreamRateLimited { .. } | ErrorKind::BudgetExceeded { .. } => 429,
             ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamStatus(_) | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::PolicyUnavailable | ErrorKind::StoreUnavailable | ErrorKind::ResidencyUnavailable { .. } => 503,
@@ -161,6 +164,7 @@ impl Error {
             | ErrorKind::PromptTooLong
             | ErrorKind::PromptBlocked
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeadersTooLarge
             | ErrorKind::MissingApiKey
             | ErrorKind::InvalidApiKey
             | ErrorKind::InvalidToken
@@ -204,6 +208,7 @@ impl Error {
             ErrorKind::PromptTooLong => "context_length_exceeded",
             ErrorKind::PromptBlocked => "prompt_blocked",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::MissingApiKey => "missing_api_key",
             ErrorKind::InvalidApiKey => "invalid_api_key",
             ErrorKind::InvalidToken => "invalid_token",
@@ -313,6 +318,7 @@ mod tests {
         check(K::PromptTooLong, 400, Downstream, "context_length_exceeded", "invalid_request_error");
         check(K::PromptBlocked, 400, Downstream, "prompt_blocked", "invalid_request_error");
         check(K::PayloadTooLarge, 413, Downstream, "payload_too_large", "invalid_request_error");
+        check(K::HeadersTooLarge, 431, Downstream, "headers_too_large", "invalid_request_error");
         check(K::MissingApiKey, 401, Downstream, "missing_api_key", "authentication_error");
         check(K::InvalidApiKey, 401, Downstream, "invalid_api_key", "authentication_error");
         check(K::InvalidToken, 401, Downstream, "invalid_token", "authentication_error");

@@ -34,6 +34,10 @@ use crate::telemetry::{AttemptRecord, RECORD_SCHEMA, RequestRecord, ShadowRecord
 
 /// Largest request body accepted; hosts should stop reading beyond it.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Most header bytes (names, values and 4 bytes of framing each) a request may carry.
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
+/// Most header fields a request may carry.
+pub const MAX_HEADERS: usize = 100;
 /// Largest non-stream upstream body read.
 const MAX_UPSTREAM_BYTES: usize = 32 << 20;
 /// Largest upstream error body read (for its message).
@@ -222,6 +226,25 @@ impl Route {
     }
 }
 
+/// Refuses a request whose headers exceed [`MAX_HEADERS`] fields or [`MAX_HEADER_BYTES`] bytes
+/// (runtimes allow far more than any client of an LLM API needs).
+fn headers_within_limits(headers: &http::HeaderMap) -> Result<(), Error> {
+    if headers.len() > MAX_HEADERS {
+        return Err(Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("the request has {} header fields; at most {MAX_HEADERS} are accepted", headers.len()),
+        ));
+    }
+    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!("the request's headers take {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+        ));
+    }
+    Ok(())
+}
+
 fn route_of(method: &Method, path: &str) -> Result<Route, Error> {
     if path == "/admin" || path.starts_with("/admin/") {
         return admin::Endpoint::parse(method, path).map(|(e, _)| Route::Admin(e.name()));
@@ -324,7 +347,18 @@ impl Gateway {
         let start_ms = host.now_ms();
         let mut id = [0u8; 12];
         host.fill(&mut id);
-        let route = route_of(req.method(), req.uri().path());
+        let path = req.uri().path();
+        let route = if (path == "/admin" || path.starts_with("/admin/")) && !admin_api_on(host).await {
+            Err(Error::new(
+                ErrorKind::RouteNotFound,
+                format!("the admin API is off on this deployment (set {ADMIN_API_SWITCH}=on to turn it on)"),
+            ))
+        } else {
+            route_of(req.method(), path)
+        };
+        let dialect = route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect());
+        let route_name = route.as_ref().map_or("unmatched", |r| r.name());
+        let route = route.and_then(|r| headers_within_limits(req.headers()).map(|()| r));
         let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::traces::parse_traceparent);
         let mut ids = [0u8; 24];
         host.fill(&mut ids);
@@ -339,7 +373,7 @@ impl Gateway {
                 sampled: parent.as_ref().map(|p| p.sampled),
                 phases: Vec::new(),
                 start_ms,
-                route: route.as_ref().map_or("unmatched", |r| r.name()),
+                route: route_name,
                 policy_version: None,
                 policy_fault: None,
                 tenant: None,
@@ -380,7 +414,7 @@ impl Gateway {
             screen: None,
             metrics: None,
             audit: None,
-            dialect: route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect()),
+            dialect,
         };
         let outcome = match route {
             Ok(route) => self.dispatch(host, &mut ctx, route, req).await,
@@ -1316,6 +1350,10 @@ impl Gateway {
 /// Name of the host secret holding the bootstrap admin key (Spin variable `edgegate_admin_key`).
 pub const BOOTSTRAP_ADMIN_SECRET: &str = "EDGEGATE_ADMIN_KEY";
 
+/// The variable that turns the `/admin` API on (`on`); unset or anything else leaves it off, and
+/// every `/admin` path answers 404 as if it did not exist.
+pub const ADMIN_API_SWITCH: &str = "EDGEGATE_ADMIN_API";
+
 /// The roles of the host's bootstrap admin key if `secret` is it: every admin role, never
 /// `invoke`. The comparison is of SHA-256 digests in constant time.
 async fn bootstrap_admin<H: Host>(host: &H, secret: &str) -> Result<Option<Roles>, Error> {
@@ -1326,6 +1364,12 @@ async fn bootstrap_admin<H: Host>(host: &H, secret: &str) -> Result<Option<Roles
     let (a, b) = (hash_key(&configured), hash_key(secret));
     let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     Ok((diff == 0).then_some(Roles::ADMIN))
+}
+
+/// Whether the `/admin` API is turned on here ([`ADMIN_API_SWITCH`]); a store that cannot say
+/// leaves it off.
+async fn admin_api_on<H: Host>(host: &H) -> bool {
+    host.secret(ADMIN_API_SWITCH).await.ok().flatten().is_some_and(|v| v.eq_ignore_ascii_case("on"))
 }
 
 /// Reads a stream until it commits to an answer (the first content, tool call or finish) and

@@ -37,6 +37,6 @@ pub mod testkit;
 pub mod traces;
 
 pub use error::{Error, ErrorKind, Retry, Side};
-pub use gateway::{Body, Gateway, MAX_REQUEST_BYTES};
+pub use gateway::{Body, Gateway, MAX_HEADER_BYTES, MAX_HEADERS, MAX_REQUEST_BYTES};
 pub use policy::Policy;
 pub use ports::{ByteStream, Host};

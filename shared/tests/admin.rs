@@ -53,6 +53,7 @@ fn host() -> TestHost {
     let h = TestHost::default();
     h.advance(T0);
     h.set_secret("EDGEGATE_ADMIN_KEY", BOOTSTRAP);
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h
 }
 

@@ -192,6 +192,7 @@ fn read(h: &TestHost, gw: &Gateway, path: &str) -> Value {
 #[test]
 fn blocked_failed_over_and_admin_requests_leave_their_entries() {
     let h = TestHost::new(T0, &gateway_policy());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_audit_db(db());
     let gw = Gateway::new();
     let (blocked, _) = h.call(
@@ -253,6 +254,7 @@ fn turning_the_log_off_appends_nothing() {
     let mut doc: Value = serde_json::from_str(&gateway_policy()).unwrap_or_default();
     doc["settings"]["audit"] = json!({"enabled": false});
     let h = TestHost::new(T0, &doc.to_string());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     let gw = Gateway::new();
     h.script(Scripted::json(200, r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"b"}}]}"#));
     let (parts, _) = h.call(&gw, request("POST", "/v1/chat/completions", "sk-acme", &chat("hello")));
@@ -294,6 +296,7 @@ fn ask(h: &TestHost, gw: &Gateway, content: &str) -> (u16, String, String) {
 fn feedback_below_the_slo_rolls_the_canary_back() {
     let active = feedback_policy("mock-1");
     let h = TestHost::new(T0, &active.to_string());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_audit_db(db());
     let gw = Gateway::new();
     let canary = json!({"policy": feedback_policy("mock-2"), "canary": {"tenants": ["acme"]}, "note": "try mock-2"});
@@ -361,6 +364,7 @@ fn spend_is_reported_by_route_feature_and_model_from_the_log() {
         "settings": {"policy_refresh_seconds": 0}
     });
     let h = TestHost::new(T0, &doc.to_string());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_audit_db(db());
     let gw = Gateway::new();
     let send = |alias: &str, feature: Option<&str>| {
@@ -401,6 +405,7 @@ fn a_known_key_refused_is_its_tenants_to_audit_and_an_unknown_one_is_no_ones() {
         keys.push(json!({"id": "old", "tenant": "acme", "hash": edgegate_core::policy::key_hash_string("sk-old"), "expires_at": 1}));
     }
     let h = TestHost::new(T0, &doc.to_string());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_audit_db(db());
     let gw = Gateway::new();
     for key in ["sk-old", "sk-nobody"] {

@@ -89,6 +89,7 @@ fn telemetry_shapes_match_the_contract() {
         "settings": {"telemetry": {"otlp_endpoint": "http://collector.test:4318", "export_interval_seconds": 0}, "policy_refresh_seconds": 0}
     });
     let h = TestHost::new(1_800_000_000_000, &doc.to_string());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_audit_db(support::sqlite::db());
     let gw = Gateway::new();
     let chat = |content: &str| json!({"model": "chat", "messages": [{"role": "user", "content": content}]});

@@ -425,6 +425,7 @@ mod enforcement {
             "settings": {"containment": {"ratio_percent": 20, "min_prompts": 5}}
         });
         let h = TestHost::new(1_800_000_000_000, &doc.to_string());
+        h.set_secret("EDGEGATE_ADMIN_API", "on");
         let gw = Gateway::new();
         let answer = r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#;
         let ask = |key: &str, user: &str| {

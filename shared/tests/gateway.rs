@@ -153,6 +153,82 @@ fn every_error_class_is_openai_shaped_with_a_request_id() {
 }
 
 #[test]
+fn oversized_headers_get_431_and_a_request_at_the_limit_is_served() {
+    let (h, gw) = (host(), Gateway::new());
+    let with = |name: &str, value: String| {
+        let mut req = post(Some("sk-free"), &chat("mock", false));
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| unreachable!()),
+            value.parse().unwrap_or_else(|_| unreachable!()),
+        );
+        req
+    };
+    // One header of 40 KiB, in both dialects.
+    let a = call(&h, &gw, with("x-big", "v".repeat(40 << 10)));
+    assert_eq!((a.status, a.code().as_str()), (431, "headers_too_large"), "{}", a.body);
+    assert!(a.headers.contains_key("x-request-id"));
+    let mut anthropic = with("x-big", "v".repeat(40 << 10));
+    *anthropic.uri_mut() = "https://gw/v1/messages".parse().unwrap_or_else(|_| unreachable!());
+    let a = call(&h, &gw, anthropic);
+    assert_eq!(a.status, 431);
+    assert_eq!(
+        (a.json()["type"].as_str(), a.json()["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error")),
+        "{}",
+        a.body
+    );
+    // Too many small headers.
+    let mut req = post(Some("sk-free"), &chat("mock", false));
+    for i in 0..edgegate_core::MAX_HEADERS {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap_or_else(|_| unreachable!()),
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    assert_eq!(call(&h, &gw, req).status, 431);
+    // A large but acceptable header (a long JWT, say) is served.
+    assert_eq!(call(&h, &gw, with("x-big", "v".repeat(16 << 10))).status, 200);
+}
+
+#[test]
+fn the_admin_api_is_off_unless_turned_on_and_cors_is_never_granted() {
+    let (h, gw) = (host(), Gateway::new());
+    h.set_secret("EDGEGATE_ADMIN_KEY", "sk-boot");
+    let get = |path: &str| {
+        http::Request::get(format!("https://gw{path}"))
+            .header("authorization", "Bearer sk-boot")
+            .body(Bytes::new())
+            .unwrap_or_else(|_| unreachable!())
+    };
+    // Off by default, even with a bootstrap key: every path is unknown, whatever the credential.
+    for path in ["/admin/policy", "/admin/keys", "/admin/nothing"] {
+        let a = call(&h, &gw, get(path));
+        assert_eq!((a.status, a.code().as_str()), (404, "route_not_found"), "{path}: {}", a.body);
+        assert!(a.json()["error"]["message"].as_str().is_some_and(|m| m.contains("EDGEGATE_ADMIN_API")));
+    }
+    h.set_secret("EDGEGATE_ADMIN_API", "yes please");
+    assert_eq!(call(&h, &gw, get("/admin/policy")).status, 404, "only `on` turns it on");
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
+    assert_eq!(call(&h, &gw, get("/admin/policy")).status, 200);
+
+    // CORS: a preflight is refused and no response grants a cross-origin read.
+    let preflight = http::Request::options("https://gw/v1/chat/completions")
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .body(Bytes::new())
+        .unwrap_or_else(|_| unreachable!());
+    let a = call(&h, &gw, preflight);
+    assert_eq!(a.status, 405);
+    let mut req = post(Some("sk-free"), &chat("mock", false));
+    req.headers_mut().insert("origin", http::HeaderValue::from_static("https://evil.example"));
+    let b = call(&h, &gw, req);
+    assert_eq!(b.status, 200);
+    for answer in [&a, &b] {
+        assert!(answer.headers.keys().all(|k| !k.as_str().starts_with("access-control-")), "{:?}", answer.headers);
+    }
+}
+
+#[test]
 fn tenant_limit_refuses_with_retry_after_then_recovers_next_window() {
     let (h, gw) = (host(), Gateway::new());
     for _ in 0..3 {

@@ -65,6 +65,7 @@ fn one_key(tenant: Value, models: Value, settings: Value) -> TestHost {
 fn admin_host(limits: Value, key_limits: Value) -> TestHost {
     let h = host(limits, key_limits);
     h.set_secret("EDGEGATE_ADMIN_KEY", "sk-admin");
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h
 }
 

@@ -5,7 +5,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
-import { startSimulator, startSpin, sseData, awayFromMinuteEdge, recordOf } from "./lib.mjs";
+import { startSimulator, startSpin, startWorkerd, sseData, awayFromMinuteEdge, recordOf, ADMIN_KEY } from "./lib.mjs";
 import { KEY, LIMITED_KEY, RACE_KEY, SCOPED_KEY, SIM_SECRET, REVOKED_SECRET, LIMIT, RACE_LIMIT, policy, runtimes } from "./fixtures.mjs";
 
 for (const [name, start] of Object.entries(runtimes)) {
@@ -34,6 +34,45 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.equal(r.status, 200);
       assert.deepEqual(await r.json(), { status: "ok" });
       assert.match(r.headers.get("x-request-id"), /^req_[0-9a-f]{24}$/);
+    });
+
+    it("refuses oversized headers with 431 and grants no cross-origin access", async () => {
+      const big = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${KEY}`, "x-padding": "p".repeat(40 << 10) },
+        body: JSON.stringify(chat("mock")),
+      });
+      assert.equal(big.status, 431);
+      assert.equal((await big.json()).error.code, "headers_too_large");
+      assert.ok(big.headers.get("x-request-id"));
+      // 60 headers of 600 bytes: over the byte limit though each is small, answered in the Anthropic dialect.
+      const wide = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`x-h${i}`, "w".repeat(600)]));
+      const r = await fetch(`${gw.url}/v1/messages`, { method: "POST", headers: { "x-api-key": KEY, ...wide }, body: "{}" });
+      assert.equal(r.status, 431);
+      const anthropic = await r.json();
+      assert.deepEqual([anthropic.type, anthropic.error.type], ["error", "invalid_request_error"], "in the caller's dialect");
+      // 101 fields: the gateway's count limit (Spin's HTTP server applies the same limit before the component runs).
+      const many = Object.fromEntries(Array.from({ length: 101 }, (_, i) => [`x-h${i}`, "1"]));
+      const counted = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { authorization: `Bearer ${KEY}`, ...many }, body: "{}" });
+      assert.equal(counted.status, 431);
+      const text = await counted.text();
+      if (name === "workerd") assert.equal(JSON.parse(text).error.code, "headers_too_large");
+      const preflight = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "OPTIONS",
+        headers: { origin: "https://elsewhere.example", "access-control-request-method": "POST" },
+      });
+      await preflight.arrayBuffer();
+      const cross = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${KEY}`, origin: "https://elsewhere.example" },
+        body: JSON.stringify(chat("mock")),
+      });
+      assert.equal(cross.status, 200);
+      await cross.arrayBuffer();
+      assert.equal(preflight.status, 405);
+      for (const res of [preflight, cross, big]) {
+        assert.deepEqual([...res.headers.keys()].filter((k) => k.startsWith("access-control-")), []);
+      }
     });
 
     it("lists the aliases a key may use", async () => {
@@ -487,4 +526,28 @@ describe("edgegate on spin, host rules", () => {
       await sim.stop();
     }
   });
+});
+
+describe("the admin API is off unless turned on", () => {
+  const off = {
+    workerd: () => startWorkerd({ secrets: { EDGEGATE_ADMIN_API: "off" } }),
+    spin: () => startSpin({ variables: { edgegate_admin_api: "" } }),
+  };
+  for (const [name, start] of Object.entries(off)) {
+    it(`on ${name}: every /admin path answers 404, even to the bootstrap key`, async () => {
+      const gw = await start();
+      try {
+        for (const [method, path] of [["GET", "/admin/policy"], ["POST", "/admin/policy/publish"], ["GET", "/admin/anything"]]) {
+          const r = await fetch(`${gw.url}${path}`, { method, headers: { authorization: `Bearer ${ADMIN_KEY}`, "content-type": "application/json" }, body: method === "POST" ? "{}" : undefined });
+          const body = await r.json();
+          assert.equal(r.status, 404, `${method} ${path}`);
+          assert.equal(body.error.code, "route_not_found");
+          assert.match(body.error.message, /EDGEGATE_ADMIN_API/);
+        }
+        assert.equal((await fetch(`${gw.url}/healthz`)).status, 200, "the rest of the gateway serves");
+      } finally {
+        await gw.stop();
+      }
+    });
+  }
 });

@@ -176,7 +176,7 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
     modulesRoot: ROOT,
     scriptPath: main ?? join(ROOT, "edge/cloudflare/build/index.js"),
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-    bindings: { ...(workerOptions.bindings ?? {}), EDGEGATE_ADMIN_KEY: ADMIN_KEY, ...secrets },
+    bindings: { ...(workerOptions.bindings ?? {}), EDGEGATE_ADMIN_KEY: ADMIN_KEY, EDGEGATE_ADMIN_API: "on", ...secrets },
     wrappedBindings: { AI: { scriptName: "fake-workers-ai" } },
   };
   const workers = [edgegate, { name: "fake-workers-ai", modules: true, script: FAKE_WORKERS_AI }];
@@ -287,7 +287,7 @@ export async function startSpin({ policy, variables = {} }) {
   const bin = process.env.EDGEGATE_SPIN_HOST;
   if (!bin) throw new Error("EDGEGATE_SPIN_HOST is not set: run the tests with `npm test`");
   const dir = mkdtempSync(join(tmpdir(), "edgegate-spin-"));
-  const env = Object.fromEntries(Object.entries({ edgegate_admin_key: ADMIN_KEY, ...variables }).map(([k, v]) => [`SPIN_VARIABLE_${k.toUpperCase()}`, v]));
+  const env = Object.fromEntries(Object.entries({ edgegate_admin_key: ADMIN_KEY, edgegate_admin_api: "on", ...variables }).map(([k, v]) => [`SPIN_VARIABLE_${k.toUpperCase()}`, v]));
   const host = await spawnServer(
     bin,
     ["--manifest", join(ROOT, "spin.toml"), "--listen", "127.0.0.1:0", "--state-dir", join(dir, "state")],

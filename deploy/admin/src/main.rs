@@ -7,6 +7,7 @@
 //! follows one set of rules: versions under their hash, pointers moved last, history kept.
 
 mod diff;
+mod spin;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,10 @@ commands:
   keys revoke ID                remove a key
   seed FILE                     print KV entries making FILE active in an empty store
                                 (for `wrangler kv bulk put`)
+  check-spin [MANIFEST] [--runtime-config FILE].. [--spinapp FILE] [--policy FILE]
+                                check a Spin deployment (default manifest spin.toml): Spin's
+                                rules, runtime configuration stores and variable providers, a
+                                SpinKube SpinApp, and that every secret the policy names is mapped
 
 targets (default: local):
   local       wrangler dev state: EDGEGATE_STATE_DIR (default .wrangler/state), WRANGLER (default `npx wrangler`)
@@ -86,6 +91,9 @@ struct Args {
     roles: Option<String>,
     models: Option<String>,
     expires_at: Option<u64>,
+    runtime_configs: Vec<PathBuf>,
+    spinapp: Option<PathBuf>,
+    policy: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -106,6 +114,9 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("roles") => args.roles = Some(parser.value()?.string()?),
             Long("models") => args.models = Some(parser.value()?.string()?),
             Long("expires-at") => args.expires_at = Some(parser.value()?.parse()?),
+            Long("runtime-config") => args.runtime_configs.push(parser.value()?.into()),
+            Long("spinapp") => args.spinapp = Some(parser.value()?.into()),
+            Long("policy") => args.policy = Some(parser.value()?.into()),
             Value(v) => args.words.push(v.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -157,6 +168,25 @@ fn run(args: Args) -> Result<ExitCode, Fail> {
     // Commands that need no store.
     match words.as_slice() {
         ["validate", ..] => return validate(&read_policy(&file(1)?)?, args.json),
+        ["check-spin", rest @ ..] => {
+            let manifest = PathBuf::from(rest.first().copied().unwrap_or("spin.toml"));
+            let policy = args.policy.as_deref().map(read_policy).transpose()?;
+            let inputs = spin::Inputs {
+                manifest: &manifest,
+                runtime_configs: &args.runtime_configs,
+                spinapp: args.spinapp.as_deref(),
+                policy: policy.as_ref(),
+            };
+            let (problems, summary) = spin::check(&inputs)?;
+            for p in &problems {
+                out!("{p}");
+            }
+            if problems.is_empty() {
+                out!("ok: {summary}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(Fail::Other(format!("{} problem(s) in the Spin deployment", problems.len())));
+        }
         ["seed", ..] => {
             let actor = Actor { name: actor_name(), now_ms: now_ms() };
             let entries =

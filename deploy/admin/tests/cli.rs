@@ -87,3 +87,112 @@ fn seed_emits_a_version_an_active_pointer_and_history() {
     assert_eq!(format!("policy/versions/{}", pointer["version"].as_str().unwrap_or_default()), keys[0]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The repository's Spin files, from the crate's directory.
+fn repo(path: &str) -> String {
+    format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_spin_passes_the_shipped_spin_deployment() {
+    let (code, out, err) = run(&[
+        "check-spin",
+        &repo("spin.toml"),
+        "--runtime-config",
+        &repo("deploy/spin/runtime-config.shared.toml"),
+        "--spinapp",
+        &repo("deploy/spin/spinapp.yaml"),
+        "--policy",
+        &repo("deploy/local/demo-policy.json"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: 1 component(s)") && out.contains("autoscaled 2–20") && out.contains("vault"), "{out}");
+    let (code, out, err) = run(&["check-spin", &repo("spin.toml"), "--runtime-config", &repo("deploy/spin/runtime-config.single.toml")]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn check_spin_reports_every_problem_with_its_place() {
+    let dir = tempdir("check-spin");
+    let manifest = write(
+        &dir,
+        "spin.toml",
+        r#"spin_manifest_version = 2
+[application]
+name = "edgegate"
+[variables]
+provider_api_key = { default = "sk-oops", secret = true }
+orphan = { }
+[[trigger.http]]
+route = "/..."
+component = "missing"
+[component.edgegate]
+source = "edgegate.js"
+allowed_outbound_hosts = ["{{ upstream }}", "api.openai.com"]
+key_value_stores = ["default", "cache"]
+[component.edgegate.variables]
+provider_api_key = "{{ provider_api_key }}"
+edgegate_admin_key = "{{ admin_key }}"
+"#,
+    );
+    let rc = write(
+        &dir,
+        "rc.toml",
+        r#"[key_value_store.default]
+type = "spin"
+[sqlite_database.default]
+type = "postgres"
+[key_value_store.other]
+type = "redis"
+url = "http://not-redis"
+[[variables_provider]]
+type = "vault"
+url = "https://vault"
+"#,
+    );
+    let app = write(
+        &dir,
+        "app.yaml",
+        r#"apiVersion: core.spinkube.dev/v1alpha1
+kind: SpinApp
+metadata: { name: edgegate }
+spec:
+  image: example/edgegate:1
+  executor: containerd-shim-spin
+  replicas: 3
+  variables:
+    - { name: provider_api_key, value: "sk-literal" }
+    - { name: not_declared, value: "x" }
+"#,
+    );
+    let policy = write(
+        &dir,
+        "policy.json",
+        r#"{"providers": [{"id": "o", "kind": "openai", "api_key_secret": "OPENAI_KEY"}], "models": [], "tenants": [], "keys": []}"#,
+    );
+    let (code, out, _) = run(&["check-spin", &manifest, "--runtime-config", &rc, "--spinapp", &app, "--policy", &policy]);
+    assert_eq!(code, 1);
+    for expected in [
+        "[variables] provider_api_key: is secret, so its default must be empty",
+        "[variables] orphan: needs a `default` or `required = true`",
+        "[[trigger.http]] #1: names component `missing`, which is not defined",
+        "[component.edgegate]: `source` must be the path of a .wasm file",
+        "allowed_outbound_hosts uses `{{ upstream }}`, which is not an application variable",
+        "allowed_outbound_hosts entry \"api.openai.com\" has no scheme",
+        "variable `edgegate_admin_key` uses `{{ admin_key }}`, which is not an application variable",
+        "the gateway needs `sqlite_databases = [\"default\"]`",
+        "does not map the variable `edgegate_admin_api` the gateway reads",
+        "policy names the secret `OPENAI_KEY`, but no component variable `openai_key` provides it",
+        "[sqlite_database.default]: `type` must be one of spin, libsql",
+        "[key_value_store.other]: `url` must start with redis://",
+        "[[variables_provider]] #1: a `vault` provider needs `token`",
+        "key_value_store `cache` is used but no runtime configuration defines it",
+        "sets the variable `not_declared`, which",
+        "the secret variable `provider_api_key` must come from a Secret",
+        "needs `spec.runtimeConfig.loadFromSecret`",
+        "key_value_store `default` is a local file: each replica would keep its own policy",
+        "limits, budgets and the audit log would be per replica",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}

@@ -244,7 +244,7 @@ fn stop_reason(finish: &str) -> &'static str {
 /// Anthropic's error `type` for a status.
 fn error_type(status: u16) -> &'static str {
     match status {
-        400 | 405 | 422 => "invalid_request_error",
+        400 | 405 | 422 | 431 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
