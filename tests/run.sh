@@ -87,3 +87,6 @@ done
 
 say "end-to-end: workerd and the Spin host, with the official OpenAI and Anthropic SDKs (Node and Python)"
 node --test --test-concurrency=1 tests/e2e/
+
+say "game-day drills, short form (tests/drills/run.mjs; the monthly full form is in deploy/runbooks/game-days.md)"
+node tests/drills/run.mjs --short

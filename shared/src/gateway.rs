@@ -878,6 +878,9 @@ impl Gateway {
         if queue_until_ms.is_some() && polls > 0 {
             ctx.record.queued_ms = Some(host.now_ms().saturating_sub(started));
         }
+        if let LedgerAnswer::Refused { alerts, .. } = &answer {
+            ctx.record.budget_alerts.extend(alerts.iter().cloned());
+        }
         let (state, admitted) = phases::admit(answer, host.now_ms());
         ctx.rate = Some(state);
         admitted?;

@@ -249,6 +249,10 @@ pub enum LedgerAnswer {
     Refused {
         /// The limit that refused (the one whose window ends last, if several would).
         state: LimitState,
+        /// Budgets that refused for the first time in their period raise their remaining
+        /// thresholds (up to 100 %): exhausted is exhausted, even if settled usage stopped short.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        alerts: Vec<BudgetAlert>,
         /// Containment after the screen.
         #[serde(default, skip_serializing_if = "Containment::is_empty")]
         containment: Containment,
@@ -478,7 +482,7 @@ impl Book {
                 };
                 match answer {
                     LedgerAnswer::Admitted { states, .. } => LedgerAnswer::Admitted { states, containment },
-                    LedgerAnswer::Refused { state, .. } => LedgerAnswer::Refused { state, containment },
+                    LedgerAnswer::Refused { state, alerts, .. } => LedgerAnswer::Refused { state, alerts, containment },
                     LedgerAnswer::Queued { ahead, .. } => LedgerAnswer::Queued { ahead, containment },
                     other => other,
                 }
@@ -550,12 +554,14 @@ impl Book {
     fn reserve(&mut self, now_ms: u64, id: String, limits: &[Limit], ask: Amounts) -> LedgerAnswer {
         let mut states = Vec::with_capacity(limits.len());
         let mut refused: Option<LimitState> = None;
+        let mut alerts = Vec::new();
         for limit in limits {
             let (start, reset_ms) = limit.window.bounds(now_ms);
             let used = self.counters.get(&limit.id).filter(|c| c.start_ms == start).map_or(0, |c| c.used);
             let amount = ask.of(limit.meter);
             let state = LimitState { limit: limit.clone(), remaining: limit.max.saturating_sub(used + amount), reset_ms };
             if used + amount > limit.max {
+                alerts.extend(self.raise(now_ms, &limit.id, (start, reset_ms), limit.max, used, 100, &limit.alerts));
                 let later = refused.as_ref().is_none_or(|r| reset_ms > r.reset_ms);
                 if later {
                     refused = Some(LimitState { remaining: limit.max.saturating_sub(used), ..state });
@@ -565,7 +571,7 @@ impl Book {
             }
         }
         if let Some(state) = refused {
-            return LedgerAnswer::Refused { state, containment: Containment::default() };
+            return LedgerAnswer::Refused { state, alerts, containment: Containment::default() };
         }
         let mut parts = Vec::with_capacity(limits.len());
         for limit in limits {
@@ -684,23 +690,32 @@ impl Book {
         let Some(counter) = self.counters.get(&part.id).filter(|c| c.start_ms == part.start_ms) else { return vec![] };
         let used = counter.used;
         let percent_used = u128::from(used) * 100 / u128::from(part.max.max(1));
-        let last = self.alerted.get(&part.id).filter(|(start, _)| *start == part.start_ms).map_or(0, |(_, p)| *p);
-        let crossed: Vec<u8> = part.alerts.iter().copied().filter(|p| *p > last && u128::from(*p) <= percent_used).collect();
+        self.raise(now_ms, &part.id, (part.start_ms, part.end_ms), part.max, used, percent_used, &part.alerts)
+    }
+
+    /// The thresholds of counter `id` (window `start_ms..end_ms`) at or below `percent_used` not
+    /// yet raised in this window, as alerts; remembers the highest.
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        (start_ms, end_ms): (u64, u64),
+        max: u64,
+        used: u64,
+        percent_used: u128,
+        thresholds: &[u8],
+    ) -> Vec<BudgetAlert> {
+        let last = self.alerted.get(id).filter(|(start, _)| *start == start_ms).map_or(0, |(_, p)| *p);
+        let crossed: Vec<u8> = thresholds.iter().copied().filter(|p| *p > last && u128::from(*p) <= percent_used).collect();
         let Some(&top) = crossed.iter().max() else { return vec![] };
-        self.alerted.insert(part.id.clone(), (part.start_ms, top));
-        let elapsed = u128::from(now_ms.saturating_sub(part.start_ms).max(1));
-        let exhaustion = (used > 0).then(|| u128::from(part.start_ms) + elapsed * u128::from(part.max) / u128::from(used));
-        let projected_exhaustion_ms = exhaustion.and_then(|t| u64::try_from(t).ok()).filter(|t| *t < part.end_ms);
+        self.alerted.insert(id.to_owned(), (start_ms, top));
+        let elapsed = u128::from(now_ms.saturating_sub(start_ms).max(1));
+        let exhaustion = (used > 0).then(|| u128::from(start_ms) + elapsed * u128::from(max) / u128::from(used));
+        let projected_exhaustion_ms = exhaustion.and_then(|t| u64::try_from(t).ok()).filter(|t| *t < end_ms);
         crossed
             .into_iter()
-            .map(|percent| BudgetAlert {
-                counter: part.id.clone(),
-                percent,
-                used,
-                max: part.max,
-                window_end_ms: part.end_ms,
-                projected_exhaustion_ms,
-            })
+            .map(|percent| BudgetAlert { counter: id.to_owned(), percent, used, max, window_end_ms: end_ms, projected_exhaustion_ms })
             .collect()
     }
 
@@ -985,6 +1000,37 @@ mod tests {
         b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 0, micro_usd: 123_456 } });
         assert!(matches!(ask(&mut b, "b", 400_000), LedgerAnswer::Admitted { .. }));
         assert_eq!(b.used("usd", Window::Month, T0), 523_456);
+    }
+
+    #[test]
+    fn a_budget_that_refuses_raises_its_remaining_thresholds_once() {
+        let budget = Limit { alerts: vec![50, 80, 100], ..limit("daily", Meter::Tokens, Window::Day, 1_000) };
+        let mut b = Book::default();
+        let reserve = |b: &mut Book, id: &str, tokens: u64| {
+            b.apply(
+                T0,
+                LedgerOp::Reserve {
+                    id: id.into(),
+                    limits: vec![budget.clone()],
+                    ask: Amounts { tokens, micro_usd: 0 },
+                    screen: None,
+                    queue_until_ms: None,
+                },
+            )
+        };
+        assert!(matches!(reserve(&mut b, "a", 600), LedgerAnswer::Admitted { .. }));
+        let settled = b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 600, micro_usd: 0 } });
+        assert!(matches!(&settled, LedgerAnswer::Settled { alerts } if alerts.iter().map(|a| a.percent).eq([50]) ));
+        // 600 settled; 500 more does not fit: exhausted for this request, so 80 % and 100 % fire.
+        match reserve(&mut b, "b", 500) {
+            LedgerAnswer::Refused { alerts, .. } => {
+                assert_eq!(alerts.iter().map(|a| (a.percent, a.used)).collect::<Vec<_>>(), [(80, 600), (100, 600)]);
+            }
+            other => unreachable!("{other:?}"),
+        }
+        assert!(matches!(reserve(&mut b, "c", 500), LedgerAnswer::Refused { alerts, .. } if alerts.is_empty()), "once per window");
+        // A request that still fits raises nothing more.
+        assert!(matches!(reserve(&mut b, "d", 300), LedgerAnswer::Admitted { .. }));
     }
 
     #[test]

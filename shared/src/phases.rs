@@ -415,8 +415,10 @@ mod tests {
     fn refusals_become_429s_that_say_which_limit_and_when() {
         let refused = |id: &str, meter, window, reset_ms| {
             let state = LimitState { limit: Limit { id: id.into(), meter, window, max: 5, alerts: vec![] }, remaining: 0, reset_ms };
-            let err =
-                admit(LedgerAnswer::Refused { state, containment: Default::default() }, 9_000).1.err().unwrap_or_else(|| unreachable!());
+            let err = admit(LedgerAnswer::Refused { state, alerts: vec![], containment: Default::default() }, 9_000)
+                .1
+                .err()
+                .unwrap_or_else(|| unreachable!());
             (err.status(), err.metric_label(), err.retry_after_secs(), err.message)
         };
         assert_eq!(

@@ -255,7 +255,7 @@ fn crossing_a_budget_threshold_is_recorded_once() {
     let h = one_key(
         json!({"id": "acme", "limits": {"tokens_per_day": 40}}),
         json!([{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}]),
-        json!({"budget_alert_percents": [25, 50]}),
+        json!({"budget_alert_percents": [25, 50, 100]}),
     );
     let gw = Gateway::new();
     let alerts = |h: &TestHost| {
@@ -268,6 +268,13 @@ fn crossing_a_budget_threshold_is_recorded_once() {
     // The mock answers "hello there" with about 15 tokens: 37 % of 40, then 75 %.
     assert_eq!(alerts(&h), [("tenant/tokens_per_day".to_owned(), 25)]);
     assert_eq!(alerts(&h), [("tenant/tokens_per_day".to_owned(), 50)]);
+    // The next request does not fit: the budget is exhausted, and says so once, at 100 %.
+    let (parts, _) = h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 5})));
+    assert_eq!(parts.status, 429);
+    let refused = h.drain_records().pop().map(|r| r.budget_alerts.iter().map(|a| a.percent).collect::<Vec<_>>());
+    assert_eq!(refused, Some(vec![100]));
+    assert_eq!(h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 5}))).0.status, 429);
+    assert_eq!(h.drain_records().pop().map(|r| r.budget_alerts.len()), Some(0), "once per period");
     let bad = json!({"tenants": [], "settings": {"budget_alert_percents": [0, 101]}});
     let errors = edgegate_core::Policy::compile(bad.to_string().as_bytes()).err().unwrap_or_default();
     assert_eq!(errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["settings.budget_alert_percents"]);

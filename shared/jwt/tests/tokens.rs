@@ -74,6 +74,7 @@ fn claims(iss: &str, extra: Value) -> JWTClaims<serde_json::Map<String, Value>> 
 
 fn host() -> (TestHost, Gateway) {
     let h = TestHost::new(T0_S * 1000, &policy());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_secret("JWT_HS_KEY", HS_SECRET);
     h.set_jwt_verifier(Rc::new(edgegate_jwt::verify));
     (h, Gateway::new())
@@ -190,6 +191,7 @@ fn token_roles_are_separate_like_key_roles() {
 #[test]
 fn a_missing_hs256_secret_is_a_server_fault_not_a_pass() {
     let h = TestHost::new(T0_S * 1000, &policy());
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
     h.set_jwt_verifier(Rc::new(edgegate_jwt::verify));
     let gw = Gateway::new();
     let hs = HS256Key::from_bytes(HS_SECRET.as_bytes()).authenticate(claims("https://mixed.example", json!({}))).unwrap_or_default();
