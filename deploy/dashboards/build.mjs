@@ -95,6 +95,8 @@ const boards = [
       ts("User escalation rate", "percentunit", [q(`user_escalation_rate{${M}}`, "{{gen_ai_request_model}}")]),
       ts("Feedback scores / s", "short", [q(`sum by (gen_ai_request_model, policy_version) (rate(gateway_feedback_score_count{${M}}[$__rate_interval]))`, "{{gen_ai_request_model}} @ {{policy_version}}")]),
       ts("Quality per dollar", "short", [q(`1e6 * quality_score{${M}} / ignoring (policy_version) group_left cost_per_successful_response{${M}}`, "{{gen_ai_request_model}} @ {{policy_version}}")]),
+      ts("Edge cache hit ratio by alias", "percentunit", [q(`sum by (gen_ai_request_model) (rate(gateway_cache_requests_total{${M},status="hit"}[$__rate_interval])) / sum by (gen_ai_request_model) (rate(gateway_cache_requests_total{${M},status=~"hit|miss"}[$__rate_interval]))`, "{{gen_ai_request_model}}")]),
+      ts("Spend the edge cache saved (USD / h)", "currencyUSD", [q(`sum by (gen_ai_request_model) (rate(gateway_cache_saved_cost_total{${M}}[$__rate_interval])) * 3600 / 1e6`, "{{gen_ai_request_model}}")]),
     ],
   },
   {

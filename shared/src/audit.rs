@@ -688,7 +688,9 @@ pub fn request_entry(record: &RequestRecord) -> Option<(String, Draft)> {
     decisions.push(auth);
     // Admission runs after the firewall and the route decision; it ran if it refused, or if
     // anything was sent or answered after it.
-    if refused || !record.attempts.is_empty() || record.status == 200 {
+    // A cache hit is answered before admission: it holds and spends nothing.
+    let hit = record.cache.as_ref().is_some_and(|c| c.status == "hit");
+    if !hit && (refused || !record.attempts.is_empty() || record.status == 200) {
         let mut admission = json!({"type": "admission", "result": if refused { "refused" } else { "admitted" }});
         if refused {
             admission["reason"] = json!(record.error);
@@ -743,6 +745,9 @@ pub fn request_entry(record: &RequestRecord) -> Option<(String, Draft)> {
             "unhealthy": d.unhealthy,
             "degraded": record.degraded,
         }));
+    }
+    if let Some(c) = &record.cache {
+        decisions.push(json!({"type": "cache", "result": c.status, "saved_micro_usd": c.saved_micro_usd}));
     }
     if let Some(g) = &record.guard {
         rules.extend(g.rules.iter().map(|r| (*r).to_owned()));

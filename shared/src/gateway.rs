@@ -289,6 +289,8 @@ struct Ctx {
     metrics: Option<MetricsJob>,
     /// What the record phase appends to the audit log, once a policy that keeps one is known.
     audit: Option<AuditJob>,
+    /// A cache miss's answer, kept as it is sent for the record phase to store.
+    cache: Option<crate::cache::Pending>,
 }
 
 /// The record phase's audit step: the request's entry (for model routes) or the admin action's.
@@ -326,7 +328,14 @@ struct ShadowJob {
 /// What a successful dispatch produced.
 enum Reply {
     Json(StatusCode, Bytes),
-    Stream { upstream: ByteStream, decoder: Box<dyn StreamDecoder>, encoder: Box<dyn StreamEncoder>, held: Vec<StreamEvent> },
+    /// An answer from the edge cache.
+    Cached(crate::cache::Entry),
+    Stream {
+        upstream: ByteStream,
+        decoder: Box<dyn StreamDecoder>,
+        encoder: Box<dyn StreamEncoder>,
+        held: Vec<StreamEvent>,
+    },
 }
 
 impl Gateway {
@@ -401,6 +410,7 @@ impl Gateway {
                 first_chunk_ms: None,
                 feedback: None,
                 queued_ms: None,
+                cache: None,
                 credential_fallbacks: Vec::new(),
                 audit: None,
                 audit_fault: None,
@@ -414,6 +424,7 @@ impl Gateway {
             screen: None,
             metrics: None,
             audit: None,
+            cache: None,
             dialect,
         };
         let outcome = match route {
@@ -421,7 +432,27 @@ impl Gateway {
             Err(e) => Err(e),
         };
         let (mut resp, stream) = match outcome {
-            Ok(Reply::Json(status, body)) => (json_response(status, body), None),
+            Ok(Reply::Json(status, body)) => {
+                if let Some(pending) = ctx.cache.as_mut().filter(|_| status == StatusCode::OK) {
+                    pending.push(&body);
+                }
+                (json_response(status, body), None)
+            }
+            Ok(Reply::Cached(entry)) => {
+                let age = host.now_ms().saturating_sub(entry.stored_ms) / 1000;
+                let mut resp = if entry.stream {
+                    ctx.record.first_chunk_ms = Some(host.now_ms().saturating_sub(start_ms));
+                    let mut resp = http::Response::new(Body::Stream(Box::pin(futures::stream::iter(entry.frames()))));
+                    let h = resp.headers_mut();
+                    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                    resp
+                } else {
+                    json_response(StatusCode::OK, entry.body)
+                };
+                resp.headers_mut().insert(http::header::AGE, HeaderValue::from(age));
+                (resp, None)
+            }
             Ok(Reply::Stream { upstream, decoder, encoder, held }) => {
                 // The first content is in `held`: it goes out with the response head.
                 ctx.record.first_chunk_ms = Some(host.now_ms().saturating_sub(start_ms));
@@ -625,6 +656,13 @@ impl Gateway {
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
         let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
+        // The edge cache: a fresh answer to the same request, of this tenant under this policy
+        // version, skips the ledger, routing and the provider.
+        if let Some(rule) = policy.route(&chat.model).and_then(|r| r.cache)
+            && let Some(hit) = self.cached(host, ctx, &rule, tenant, &policy.version, &chat, req.headers()).await
+        {
+            return Ok(Reply::Cached(hit));
+        }
         let t = host.now_ms();
         let plan = self.plan(host, ctx, &policy, &principal, ask(&origin, &chat.model, Some(&chat), prompt, output)).await;
         ctx.phase("router.route_decision", t, host.now_ms());
@@ -886,6 +924,50 @@ impl Gateway {
         admitted?;
         ctx.account.hold = Some((tenant, ask));
         Ok(())
+    }
+
+    /// The cache step of a request on a route with a cache `rule`: the entry to answer with, or
+    /// `None` — a bypass, or a miss whose answer the record phase will store. A cache that cannot
+    /// be read is a miss.
+    #[allow(clippy::too_many_arguments)]
+    async fn cached<H: Host>(
+        &self,
+        host: &H,
+        ctx: &mut Ctx,
+        rule: &crate::cache::Rule,
+        tenant: &str,
+        version: &str,
+        chat: &ChatRequest,
+        headers: &http::HeaderMap,
+    ) -> Option<crate::cache::Entry> {
+        use crate::cache::{CacheRecord, Entry, Pending};
+        if !crate::cache::wanted(rule, chat, headers) {
+            ctx.record.cache = Some(CacheRecord { status: "bypass", ..CacheRecord::default() });
+            return None;
+        }
+        let key = crate::cache::key(tenant, version, ctx.record.route, chat);
+        let t = host.now_ms();
+        let found = host.cache_get(&key).await;
+        ctx.phase("cache.lookup", t, host.now_ms());
+        let mut record = CacheRecord { status: "miss", ..CacheRecord::default() };
+        match found {
+            Ok(Some(bytes)) => {
+                if let Some(entry) = Entry::decode(&bytes, host.now_ms()) {
+                    record.status = "hit";
+                    record.saved_micro_usd = entry.cost_micro_usd;
+                    record.saved_tokens = entry.usage.map(|u| u.prompt_tokens() + u.completion_tokens());
+                    record.age_s = Some(host.now_ms().saturating_sub(entry.stored_ms) / 1000);
+                    ctx.record.usage = None;
+                    ctx.record.cache = Some(record);
+                    return Some(entry);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => record.fault = Some(e.metric_label()),
+        }
+        ctx.record.cache = Some(record);
+        ctx.cache = Some(Pending { key, ttl_seconds: rule.ttl_seconds, stream: chat.is_stream(), parts: Vec::new(), size: 0 });
+        None
     }
 
     /// Phase 1, **authenticate**, for both kinds of credential: API keys (see
@@ -1534,6 +1616,9 @@ fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
     if let Some(mode) = ctx.record.degraded {
         h.insert("x-edgegate-degraded", HeaderValue::from_static(mode));
     }
+    if let Some(c) = &ctx.record.cache {
+        h.insert("x-edgegate-cache", HeaderValue::from_static(c.status));
+    }
     // Single retry ownership: once the gateway has retried (or may not, its budget spent), the
     // caller must not retry on top of it — except after a 429, whose `Retry-After` the gateway
     // cannot wait out itself.
@@ -1579,6 +1664,7 @@ struct Finish {
     screen: Option<PendingScreen>,
     metrics: Option<MetricsJob>,
     audit: Option<AuditJob>,
+    cache: Option<crate::cache::Pending>,
 }
 
 impl From<Ctx> for Finish {
@@ -1592,6 +1678,7 @@ impl From<Ctx> for Finish {
             screen: ctx.screen,
             metrics: ctx.metrics,
             audit: ctx.audit,
+            cache: ctx.cache,
         }
     }
 }
@@ -1613,7 +1700,7 @@ impl Finish {
                 duration_ms: end - start,
             });
         }
-        finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics, self.audit);
+        finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics, self.audit, self.cache);
     }
 }
 
@@ -1627,16 +1714,29 @@ fn finish<H: Host>(
     screen: Option<PendingScreen>,
     metrics: Option<MetricsJob>,
     audit: Option<AuditJob>,
+    cache: Option<crate::cache::Pending>,
 ) {
     let now = host.now_ms();
     record.duration_ms = now.saturating_sub(record.start_ms);
     let settle = account.settle(&mut record);
+    // Only a whole answer of the route asked for is stored: not a failed or cut one, nor one an
+    // overflow route or degraded mode gave.
+    let store = cache
+        .filter(|_| record.status == 200 && record.error.is_none() && record.overflow.is_none() && record.degraded.is_none())
+        .and_then(|p| p.entry(now, record.usage, record.cost_micro_usd));
     let sync = health.and_then(|h| observe(h, now));
     let worker = host.clone();
     host.defer(Box::pin(async move {
         // Settlement, health and export failures never reach a client: an unsettled hold expires
         // on its own, observations wait for the next sync, and the exporter reports its own health.
         let mut record = record;
+        if let Some((key, ttl, entry)) = store {
+            let stored = worker.cache_put(&key, entry.encode(), ttl).await;
+            if let Some(c) = record.cache.as_mut() {
+                c.stored = Some(stored.is_ok());
+                c.fault = stored.err().map(|e| e.metric_label());
+            }
+        }
         if let Some((tenant, op)) = settle
             && let Ok(LedgerAnswer::Settled { alerts }) = worker.apply(&tenant, op).await
         {
@@ -1965,6 +2065,9 @@ impl<H: Host> Stream for Relay<H> {
         let this = self.get_mut();
         loop {
             if let Some(frame) = this.out.pop_front() {
+                if let Some((_, Finish { cache: Some(pending), .. })) = this.finisher.as_mut() {
+                    pending.push(&frame);
+                }
                 return Poll::Ready(Some(frame));
             }
             if this.ended {

@@ -1002,22 +1002,23 @@ mod tests {
         assert_eq!(b.used("usd", Window::Month, T0), 523_456);
     }
 
+    /// Reserves `tokens` under `limit` alone.
+    fn reserve_tokens(b: &mut Book, at: u64, id: &str, limit: &Limit, tokens: u64) -> LedgerAnswer {
+        let op = LedgerOp::Reserve {
+            id: id.into(),
+            limits: vec![limit.clone()],
+            ask: Amounts { tokens, micro_usd: 0 },
+            screen: None,
+            queue_until_ms: None,
+        };
+        b.apply(at, op)
+    }
+
     #[test]
     fn a_budget_that_refuses_raises_its_remaining_thresholds_once() {
         let budget = Limit { alerts: vec![50, 80, 100], ..limit("daily", Meter::Tokens, Window::Day, 1_000) };
         let mut b = Book::default();
-        let reserve = |b: &mut Book, id: &str, tokens: u64| {
-            b.apply(
-                T0,
-                LedgerOp::Reserve {
-                    id: id.into(),
-                    limits: vec![budget.clone()],
-                    ask: Amounts { tokens, micro_usd: 0 },
-                    screen: None,
-                    queue_until_ms: None,
-                },
-            )
-        };
+        let reserve = |b: &mut Book, id: &str, tokens: u64| reserve_tokens(b, T0, id, &budget, tokens);
         assert!(matches!(reserve(&mut b, "a", 600), LedgerAnswer::Admitted { .. }));
         let settled = b.apply(T0, LedgerOp::Commit { id: "a".into(), used: Amounts { tokens: 600, micro_usd: 0 } });
         assert!(matches!(&settled, LedgerAnswer::Settled { alerts } if alerts.iter().map(|a| a.percent).eq([50]) ));
@@ -1039,16 +1040,7 @@ mod tests {
         let budget = Limit { alerts: vec![50, 80, 100], ..limit("daily", Meter::Tokens, Window::Day, 1_000) };
         let mut b = Book::default();
         let spend = |b: &mut Book, at: u64, id: &str, tokens: u64| {
-            b.apply(
-                at,
-                LedgerOp::Reserve {
-                    id: id.into(),
-                    limits: vec![budget.clone()],
-                    ask: Amounts { tokens, micro_usd: 0 },
-                    screen: None,
-                    queue_until_ms: None,
-                },
-            );
+            reserve_tokens(b, at, id, &budget, tokens);
             match b.apply(at, LedgerOp::Commit { id: id.into(), used: Amounts { tokens, micro_usd: 0 } }) {
                 LedgerAnswer::Settled { alerts } => {
                     alerts.into_iter().map(|a| (a.percent, a.used, a.projected_exhaustion_ms)).collect::<Vec<_>>()

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod cache;
 pub mod chat;
 pub mod dialect;
 pub mod embeddings;

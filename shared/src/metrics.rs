@@ -122,6 +122,16 @@ const CREDENTIAL_FALLBACKS: Instrument = Instrument {
     unit: "{request}",
     description: "Requests a provider refused with its first credential, sent again with the second (rotation).",
 };
+const CACHE: Instrument = Instrument {
+    name: "gateway.cache.requests",
+    unit: "{request}",
+    description: "Requests on routes with an edge cache, by tenant, model alias and status (hit, miss, bypass).",
+};
+const CACHE_SAVED: Instrument = Instrument {
+    name: "gateway.cache.saved_cost",
+    unit: "{micro_usd}",
+    description: "What cache hits would have cost at the price of the answer they replayed, micro-dollars.",
+};
 /// Feedback score buckets.
 pub const SCORE_BOUNDS: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
@@ -278,6 +288,14 @@ impl Meter {
         for e in r.containment.iter().flat_map(|c| &c.engaged) {
             let kind = if e.scope == "tenant" { "tenant" } else { "route" };
             self.add(CONTAINMENT, vec![("tenant", tenant.clone()), ("scope", kind.to_owned())], 1);
+        }
+        if let Some(c) = &r.cache {
+            let mut labels = who();
+            labels.push(("status", c.status.to_owned()));
+            self.add(CACHE, labels, 1);
+            if let Some(saved) = c.saved_micro_usd.filter(|s| *s > 0) {
+                self.add(CACHE_SAVED, who(), saved);
+            }
         }
         for p in &r.credential_fallbacks {
             self.add(CREDENTIAL_FALLBACKS, vec![("gen_ai.provider.name", p.clone())], 1);

@@ -575,6 +575,22 @@ struct RawModel {
     shadow: Option<RawShadow>,
     /// The prompt firewall for this route (over the tenant's and `settings.firewall`).
     firewall: Option<FirewallPolicy>,
+    /// Serve repeated chat requests from the edge cache (see the README's "Edge cache").
+    cache: Option<RawCache>,
+}
+
+/// A route's edge cache.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    /// How long an answer is served from the cache, seconds (1-86400).
+    ttl_seconds: u32,
+    /// Which requests are cached: `temperature_zero`, `requested` (`x-edgegate-cache: on`), or
+    /// `either` (default). A caller's `x-edgegate-cache: off` or `cache-control: no-cache` always
+    /// bypasses it.
+    #[serde(default)]
+    when: crate::cache::When,
 }
 
 /// Shadow traffic of a route.
@@ -644,6 +660,8 @@ pub struct ModelRoute {
     pub shadow: Option<Shadow>,
     /// The route's firewall policy.
     pub firewall: Option<FirewallPolicy>,
+    /// The route's edge cache.
+    pub cache: Option<crate::cache::Rule>,
 }
 
 /// One place an alias is served.
@@ -1072,6 +1090,9 @@ impl Policy {
             if m.queue_ms.is_some_and(|q| q > 10_000) {
                 err(format!("models[{i}].queue_ms"), "must be 0-10000".into());
             }
+            if m.cache.as_ref().is_some_and(|c| c.ttl_seconds == 0 || c.ttl_seconds > crate::cache::MAX_TTL_SECONDS) {
+                err(format!("models[{i}].cache.ttl_seconds"), format!("must be 1-{}", crate::cache::MAX_TTL_SECONDS));
+            }
             let route = ModelRoute {
                 targets,
                 limits,
@@ -1084,6 +1105,7 @@ impl Policy {
                 timeouts: m.timeouts.unwrap_or_default().over(default_timeouts),
                 shadow,
                 firewall: m.firewall,
+                cache: m.cache.map(|c| crate::cache::Rule { ttl_seconds: c.ttl_seconds, when: c.when }),
             };
             let t = route.timeouts;
             if t.first_byte_ms == 0 || t.total_ms < t.first_byte_ms || t.connect_ms.is_some_and(|c| c == 0 || c > t.first_byte_ms) {

@@ -68,6 +68,19 @@ pub trait Ledger {
     fn apply(&self, tenant: &str, op: LedgerOp) -> impl Future<Output = Result<LedgerAnswer, Error>>;
 }
 
+/// The edge cache of answers (see [`crate::cache`]): opaque entries under hashed keys, each
+/// kept at most `ttl_seconds`.
+///
+/// Workers: the Cache API of the location (entries live in the data centre that stored them,
+/// and are evicted when the cache needs room). Spin: the key-value store, with the expiry kept
+/// beside the entry. A lost or failed entry is a miss, never an error for the caller.
+pub trait AnswerCache {
+    /// The entry under `key`, if one is there and has not expired.
+    fn cache_get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, Error>>;
+    /// Stores `entry` under `key` for at most `ttl_seconds`.
+    fn cache_put(&self, key: &str, entry: Bytes, ttl_seconds: u32) -> impl Future<Output = Result<(), Error>>;
+}
+
 /// Per-tenant audit logs: SQLite tables the host runs [`crate::audit::apply`] on.
 ///
 /// Workers: the tenant's Durable Object (the same one as its ledger) runs each operation in its
@@ -127,7 +140,20 @@ pub trait TokenVerifier {
 
 /// Everything the gateway needs from a runtime. Cheap to clone: streams keep a copy until they end.
 pub trait Host:
-    Clock + Timer + Entropy + PolicyStore + Ledger + AuditLog + Secrets + Upstream + Telemetry + Deferred + TokenVerifier + Clone + 'static
+    Clock
+    + Timer
+    + Entropy
+    + PolicyStore
+    + Ledger
+    + AuditLog
+    + AnswerCache
+    + Secrets
+    + Upstream
+    + Telemetry
+    + Deferred
+    + TokenVerifier
+    + Clone
+    + 'static
 {
 }
 
@@ -138,6 +164,7 @@ impl<T> Host for T where
         + PolicyStore
         + Ledger
         + AuditLog
+        + AnswerCache
         + Secrets
         + Upstream
         + Telemetry

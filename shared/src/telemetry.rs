@@ -194,6 +194,9 @@ pub struct RequestRecord {
     /// (credential rotation in progress, or a revoked key: an event worth an alert).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credential_fallbacks: Vec<String>,
+    /// What the edge cache did, on routes with a cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CacheRecord>,
     /// Milliseconds the request waited in turn for room under a limit (routes with `queue_ms`),
     /// when it waited.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -76,6 +76,8 @@ struct Inner {
     verifier: RefCell<Option<Rc<JwtVerifyFn>>>,
     audit_db: RefCell<Option<Rc<dyn crate::audit::Sql>>>,
     audit_ops: RefCell<Vec<(String, AuditOp)>>,
+    cache: RefCell<HashMap<String, (u64, Bytes)>>,
+    cache_fault: RefCell<Option<Error>>,
 }
 
 /// A JWT verifier plugged into the test host (the `edgegate-jwt` crate's, in its tests).
@@ -121,6 +123,16 @@ impl TestHost {
     /// A copy of the counter-store book named `id` (a tenant, or a location's health board).
     pub fn book(&self, id: &str) -> Option<Book> {
         self.0.ledger.borrow().get(id).cloned()
+    }
+
+    /// Makes every edge cache operation fail with `fault` (or work again with `None`).
+    pub fn fail_cache(&self, fault: Option<Error>) {
+        *self.0.cache_fault.borrow_mut() = fault;
+    }
+
+    /// Entries in the edge cache, expired ones included.
+    pub fn cache_entries(&self) -> usize {
+        self.0.cache.borrow().len()
     }
 
     /// The policy store's value under `key`.
@@ -251,6 +263,26 @@ impl Ledger for TestHost {
     async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
         let now = self.now_ms();
         Ok(self.0.ledger.borrow_mut().entry(tenant.to_owned()).or_default().apply(now, op))
+    }
+}
+
+/// Like a location's cache: entries vanish after their TTL by the host's clock.
+impl crate::ports::AnswerCache for TestHost {
+    async fn cache_get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        if let Some(e) = self.0.cache_fault.borrow().clone() {
+            return Err(e);
+        }
+        let now = self.now_ms();
+        Ok(self.0.cache.borrow().get(key).filter(|(expires, _)| *expires > now).map(|(_, b)| b.clone()))
+    }
+
+    async fn cache_put(&self, key: &str, entry: Bytes, ttl_seconds: u32) -> Result<(), Error> {
+        if let Some(e) = self.0.cache_fault.borrow().clone() {
+            return Err(e);
+        }
+        let expires = self.now_ms() + u64::from(ttl_seconds) * 1000;
+        self.0.cache.borrow_mut().insert(key.to_owned(), (expires, entry));
+        Ok(())
     }
 }
 

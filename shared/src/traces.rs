@@ -141,6 +141,11 @@ pub fn spans(r: &RequestRecord) -> Vec<Value> {
     for (i, p) in r.phases.iter().enumerate() {
         let id = child_id(&r.span_id, p.name, i);
         let mut attributes = Vec::new();
+        if p.name == "cache.lookup"
+            && let Some(c) = &r.cache
+        {
+            attributes.push(attr("edgegate.cache.status", c.status.into()));
+        }
         if p.name == "policy.firewall" {
             if let Some(v) = &r.firewall {
                 attributes.push(attr("edgegate.firewall.action", v.action.unwrap_or("").into()));

@@ -61,6 +61,14 @@ fn merge(a: Value, b: Value) -> Value {
             }
             Value::Object(a)
         }
+        // Arrays are shaped to one item: merge those.
+        (Value::Array(a), Value::Array(b)) if a.len() == 1 && b.len() == 1 => {
+            let (x, y) = (a.into_iter().next().unwrap_or_default(), b.into_iter().next().unwrap_or_default());
+            Value::Array(vec![merge(x, y)])
+        }
+        (Value::Array(a), Value::Array(b)) if a.is_empty() => Value::Array(b),
+        // A field seen null in one item and set in another is shown with its type.
+        (Value::String(a), b) if a == "null" => b,
         (a, _) => a,
     }
 }
@@ -85,7 +93,10 @@ fn telemetry_shapes_match_the_contract() {
             {"id": "a", "kind": "openai_compatible", "base_url": "http://a.test/v1"},
             {"id": "b", "kind": "openai_compatible", "base_url": "http://b.test/v1"}
         ],
-        "models": [{"alias": "chat", "targets": [{"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}]}],
+        "models": [
+            {"alias": "chat", "targets": [{"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}]},
+            {"alias": "cached", "cache": {"ttl_seconds": 60}, "targets": [{"provider": "a", "model": "m", "price": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2}}]}
+        ],
         "settings": {"telemetry": {"otlp_endpoint": "http://collector.test:4318", "export_interval_seconds": 0}, "policy_refresh_seconds": 0}
     });
     let h = TestHost::new(1_800_000_000_000, &doc.to_string());
@@ -115,11 +126,23 @@ fn telemetry_shapes_match_the_contract() {
     }
     let (scored, body) = h.call(&gw, request("/v1/feedback", "sk", &json!({"request_id": id, "score": 0.5, "label": "ok"}), &[]));
     assert_eq!(scored.status, 200, "{}", String::from_utf8_lossy(&body));
+    h.records();
+    // A cached route: a miss, then a hit.
+    let cached = json!({"model": "cached", "temperature": 0, "messages": [{"role": "user", "content": "hello"}]});
+    h.script(Scripted::json(200, OK));
+    for status in ["miss", "hit"] {
+        for _ in 0..2 {
+            h.script(Scripted::json(200, "{}"));
+        }
+        let (answer, _) = h.call(&gw, request("/v1/chat/completions", "sk", &cached, &[]));
+        assert_eq!(answer.headers["x-edgegate-cache"], status);
+        h.records();
+    }
     let records = h.records();
 
     let mut out = format!("record schema {RECORD_SCHEMA}, audit schema {AUDIT_SCHEMA}\n");
     let record_shape = records.iter().fold(Value::Null, |acc, r| merge(acc, shape(&serde_json::to_value(r).unwrap_or_default())));
-    let _ = writeln!(out, "\n== request record (fields of all three requests)\n{}", pretty(&record_shape));
+    let _ = writeln!(out, "\n== request record (fields of all the requests)\n{}", pretty(&record_shape));
 
     // Metrics: every instrument exported, its kind, unit and the attribute keys its points carry.
     let sent = h.sent();

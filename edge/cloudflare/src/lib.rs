@@ -2,7 +2,8 @@
 //! and the per-tenant ledger Durable Object. No policy, routing or format code lives here.
 //!
 //! Bindings (see `wrangler.toml`): `POLICY` (KV: policy snapshots, see `edgegate_core::snapshot`), `LEDGER` (Durable Object
-//! class `Ledger`), provider credentials as secrets named by policy.
+//! class `Ledger`), provider credentials as secrets named by policy. The edge cache is the
+//! location's Cache API (`caches.default`).
 
 use std::rc::Rc;
 
@@ -10,7 +11,8 @@ use bytes::Bytes;
 use edgegate_core::audit::{AuditAnswer, AuditOp, Sql, SqlValue};
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::{
-    AuditLog, Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
+    AnswerCache, AuditLog, Clock, Deferred, Entropy, Ledger as LedgerPort, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier,
+    Upstream,
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
@@ -136,6 +138,29 @@ impl LedgerPort for CfHost {
 struct AuditCall {
     log: String,
     op: AuditOp,
+}
+
+/// The URL an edge cache entry is kept under in the location's Cache API.
+fn cache_url(key: &str) -> String {
+    format!("https://edgegate-cache.internal/v1/{key}")
+}
+
+impl AnswerCache for CfHost {
+    async fn cache_get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        let cache = worker::Cache::default();
+        let Some(mut resp) = cache.get(cache_url(key), false).await.map_err(|e| store_error("edge cache read", e))? else {
+            return Ok(None);
+        };
+        let bytes = resp.bytes().await.map_err(|e| store_error("edge cache read", e))?;
+        Ok(Some(Bytes::from(bytes)))
+    }
+
+    async fn cache_put(&self, key: &str, entry: Bytes, ttl_seconds: u32) -> Result<(), Error> {
+        let headers = Headers::new();
+        headers.set("cache-control", &format!("public, max-age={ttl_seconds}")).map_err(|e| store_error("edge cache write", e))?;
+        let resp = Response::from_bytes(entry.to_vec()).map_err(|e| store_error("edge cache write", e))?.with_headers(headers);
+        worker::Cache::default().put(cache_url(key), resp).await.map_err(|e| store_error("edge cache write", e))
+    }
 }
 
 impl AuditLog for CfHost {

@@ -15,7 +15,7 @@ use edgegate_core::audit::{AuditAnswer, AuditOp, Sql, SqlValue};
 use edgegate_core::ledger::{Book, LedgerAnswer, LedgerOp};
 use edgegate_core::ports::ConnectTimeout;
 use edgegate_core::ports::{
-    AuditLog, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
+    AnswerCache, AuditLog, Clock, Deferred, Entropy, Ledger, PolicyStore, Secrets, Task, Telemetry, Timer, TokenVerifier, Upstream,
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
@@ -183,6 +183,31 @@ impl PolicyStore for SpinHost {
 
     async fn delete(&self, key: &str) -> Result<(), Error> {
         kv()?.delete(key).map_err(|e| store_error("key-value delete", e))
+    }
+}
+
+/// Edge cache entries in the key-value store under `cache/{key}`, each behind its expiry (8 bytes,
+/// big-endian epoch milliseconds): Spin key-value has no TTL, so an expired entry is deleted when
+/// it is next read.
+impl AnswerCache for SpinHost {
+    async fn cache_get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        let name = format!("cache/{key}");
+        let store = kv()?;
+        let Some(value) = store.get(&name).map_err(|e| store_error("edge cache read", e))? else { return Ok(None) };
+        let fresh = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).is_some_and(|b| u64::from_be_bytes(b) > self.now_ms());
+        if !fresh {
+            let _ = store.delete(&name);
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(value).slice(8..)))
+    }
+
+    async fn cache_put(&self, key: &str, entry: Bytes, ttl_seconds: u32) -> Result<(), Error> {
+        let expires = self.now_ms() + u64::from(ttl_seconds) * 1000;
+        let mut value = Vec::with_capacity(8 + entry.len());
+        value.extend_from_slice(&expires.to_be_bytes());
+        value.extend_from_slice(&entry);
+        kv()?.set(&format!("cache/{key}"), &value).map_err(|e| store_error("edge cache write", e))
     }
 }
 
