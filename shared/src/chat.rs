@@ -177,9 +177,31 @@ impl ChatRequest {
         Ok(req)
     }
 
+    /// The prompt's tokens for a model of `encoding`: exact for the texts the model reads (each
+    /// message's role, content, name and tool calls, counted as OpenAI documents for chat: 3 a
+    /// message and 3 to prime the answer), with tool definitions counted as their JSON (OpenAI
+    /// renders them in a format of its own, so that part is close, not exact). Without an
+    /// encoding (models tiktoken does not know), [`Self::estimate_prompt_tokens`].
+    pub fn prompt_tokens(&self, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
+        let Some(enc) = encoding else { return self.estimate_prompt_tokens() };
+        let count = |s: &str| enc.count(s) as u64;
+        let messages: u64 = self
+            .messages
+            .iter()
+            .map(|m| {
+                let role = serde_json::to_value(m.role).ok();
+                3 + role.as_ref().and_then(Value::as_str).map_or(0, count)
+                    + count(&m.text())
+                    + m.extra.get("name").and_then(Value::as_str).map_or(0, |n| 1 + count(n))
+                    + m.tool_calls.iter().flatten().map(|c| count(&c.function.name) + count(&c.function.arguments)).sum::<u64>()
+            })
+            .sum();
+        messages + 3 + self.extra.get("tools").map_or(0, |t| count(&t.to_string()))
+    }
+
     /// An estimate of the prompt's tokens: about four characters a token over every text the model
     /// reads (messages, tool calls, tool definitions), plus a few per message. Used where no
-    /// provider can count exactly; exact counting for OpenAI encodings arrives with the tokenizer.
+    /// provider or encoding can count exactly.
     pub fn estimate_prompt_tokens(&self) -> u64 {
         let chars: usize = self
             .messages

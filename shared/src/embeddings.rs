@@ -37,18 +37,18 @@ pub struct Embeddings {
 }
 
 impl EmbeddingsRequest {
-    /// An estimate of the input's tokens: about four characters a token for text, the length of
-    /// token arrays as given.
-    pub fn estimate_tokens(&self) -> u64 {
-        fn count(v: &Value) -> u64 {
+    /// The input's tokens: token arrays as given; text exactly with `encoding`, else about four
+    /// characters a token.
+    pub fn input_tokens(&self, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
+        fn count(v: &Value, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
             match v {
-                Value::String(s) => (s.chars().count() as u64).div_ceil(4),
+                Value::String(s) => encoding.map_or_else(|| (s.chars().count() as u64).div_ceil(4), |e| e.count(s) as u64),
                 Value::Array(items) if items.iter().all(Value::is_number) => items.len() as u64,
-                Value::Array(items) => items.iter().map(count).sum(),
+                Value::Array(items) => items.iter().map(|v| count(v, encoding)).sum(),
                 _ => 0,
             }
         }
-        count(&self.input)
+        count(&self.input, encoding)
     }
 
     /// Parses and checks a request body.

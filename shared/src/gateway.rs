@@ -595,7 +595,7 @@ impl Gateway {
             screen(ctx, &embed.model, &verdict, &normal);
             allowed?;
             let embed = embed;
-            let tokens = embed.estimate_tokens();
+            let tokens = embed.input_tokens(policy.encoding(&embed.model));
             let feature = phases::feature(&principal.tenant, req.headers(), embed.extra.get("metadata"));
             ctx.record.feature = feature.map(str::to_owned);
             let scope = phases::Scope { alias: &embed.model, feature };
@@ -632,7 +632,7 @@ impl Gateway {
             {
                 return Ok(reply);
             }
-            let estimate = serde_json::json!({"input_tokens": chat.estimate_prompt_tokens()});
+            let estimate = serde_json::json!({"input_tokens": chat.prompt_tokens(policy.encoding(&chat.model))});
             return Ok(Reply::Json(StatusCode::OK, Bytes::from(estimate.to_string())));
         }
 
@@ -652,7 +652,7 @@ impl Gateway {
         ctx.phase("policy.firewall", t, host.now_ms());
         allowed?;
         ctx.guard = rules.output_guard(&chat);
-        let prompt = chat.estimate_prompt_tokens();
+        let prompt = chat.prompt_tokens(policy.encoding(&chat.model));
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
         let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;

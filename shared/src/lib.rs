@@ -35,6 +35,7 @@ pub mod sse;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tokenizer;
 pub mod traces;
 
 pub use error::{Error, ErrorKind, Retry, Side};

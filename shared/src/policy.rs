@@ -1353,6 +1353,11 @@ impl Policy {
         self.models.get(alias)
     }
 
+    /// The tokenizer encoding of the model that first serves `alias`, if tiktoken knows it.
+    pub fn encoding(&self, alias: &str) -> Option<crate::tokenizer::Encoding> {
+        self.route(alias).and_then(|r| r.targets.first()).and_then(|t| crate::tokenizer::Encoding::for_model(&t.model))
+    }
+
     /// The alias that serves requests a limit refuses on `alias`, if policy names one.
     pub fn overflow(&self, alias: &str) -> Option<&str> {
         self.overflow.get(alias).map(String::as_str)

@@ -1,0 +1,284 @@
+//! Exact token counts for OpenAI's encodings (`o200k_base`, `cl100k_base`), as tiktoken gives.
+//!
+//! The rank tables are embedded in a compact form (`shared/data/tokenizer/*.bin`, made and
+//! checked by `tests/tokenizer/tables.py`): one length byte per token, then every token's bytes, in
+//! rank order. Nothing is decoded at start; an encoding's lookup table is built on its first use
+//! (one pass over its tokens), so an isolate that never counts never pays, and one that does pays
+//! once per encoding.
+//!
+//! Encoding follows tiktoken: the text is split into pieces by the encoding's pattern, and each
+//! piece that is not itself a token is merged byte pair by byte pair, always merging the adjacent
+//! pair of lowest rank (the leftmost of equals) while it is a token. The patterns are tiktoken's,
+//! except that the `regex` crate has no look-ahead: `\s+(?!\S)` (whitespace not followed by a
+//! non-space) is matched as `\s+` and a run followed by a non-space gives back its last character,
+//! as the look-ahead would.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use regex_automata::meta::{Cache, Config, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::{Anchored, Input};
+
+/// An OpenAI encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// GPT-4o, GPT-4.1, GPT-5, the o-series.
+    O200kBase,
+    /// GPT-4, GPT-3.5 Turbo, `text-embedding-3-*`, `text-embedding-ada-002`.
+    Cl100kBase,
+}
+
+const O200K: &[u8] = include_bytes!("../data/tokenizer/o200k_base.bin");
+const CL100K: &[u8] = include_bytes!("../data/tokenizer/cl100k_base.bin");
+
+const O200K_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"|\s*[\r\n]+",
+    r"|\s+",
+);
+// tiktoken's possessive quantifiers change nothing here (no alternative can backtrack into them).
+const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
+
+/// An encoding's tables, built on first use.
+struct Vocab {
+    /// Every token's bytes, in rank order.
+    blob: &'static [u8],
+    /// Where token `r` starts in `blob`; one more entry marks the end.
+    starts: Vec<u32>,
+    /// Open addressing over the tokens' bytes: `rank + 1` per slot, 0 when empty.
+    slots: Vec<u32>,
+    pattern: Regex,
+}
+
+impl Encoding {
+    /// The encoding of an OpenAI model name, if it is one tiktoken knows (by family, so dated
+    /// snapshots and fine-tunes match too).
+    pub fn for_model(model: &str) -> Option<Encoding> {
+        let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+        let m = m.strip_prefix("ft:").unwrap_or(&m);
+        let o200k = ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss", "codex-"];
+        let cl100k = ["gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002"];
+        if o200k.iter().any(|p| m.starts_with(p)) {
+            Some(Encoding::O200kBase)
+        } else if cl100k.iter().any(|p| m.starts_with(p)) {
+            Some(Encoding::Cl100kBase)
+        } else {
+            None
+        }
+    }
+
+    /// Its name, as tiktoken names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::O200kBase => "o200k_base",
+            Encoding::Cl100kBase => "cl100k_base",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Encoding::O200kBase => 0,
+            Encoding::Cl100kBase => 1,
+        }
+    }
+
+    fn vocab(self) -> &'static Vocab {
+        static O: OnceLock<Vocab> = OnceLock::new();
+        static C: OnceLock<Vocab> = OnceLock::new();
+        match self {
+            Encoding::O200kBase => O.get_or_init(|| Vocab::load(O200K, O200K_PATTERN)),
+            Encoding::Cl100kBase => C.get_or_init(|| Vocab::load(CL100K, CL100K_PATTERN)),
+        }
+    }
+
+    /// The tokens of `text`, as tiktoken's `encode_ordinary` gives them (special tokens are text).
+    pub fn encode(self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3);
+        self.pieces(text, |piece, vocab| vocab.encode_piece(piece, &mut out));
+        out
+    }
+
+    /// How many tokens `text` is.
+    pub fn count(self, text: &str) -> usize {
+        let mut n = 0;
+        self.pieces(text, |piece, vocab| n += vocab.count_piece(piece));
+        n
+    }
+
+    /// Splits `text` by the encoding's pattern and hands each piece to `each`. Every position
+    /// starts a piece, so each search is anchored where the last piece ended.
+    fn pieces(self, text: &str, mut each: impl FnMut(&[u8], &Vocab)) {
+        thread_local! {
+            static CACHES: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
+        }
+        let vocab = self.vocab();
+        CACHES.with(|caches| {
+            let mut caches = caches.borrow_mut();
+            let cache = caches[self.index()].get_or_insert_with(|| vocab.pattern.create_cache());
+            let mut at = 0;
+            while at < text.len() {
+                let Some(m) = vocab.pattern.search_with(cache, &Input::new(text).range(at..).anchored(Anchored::Yes)) else {
+                    // No piece starts here (cannot happen with these patterns): skip a character.
+                    at += text[at..].chars().next().map_or(1, char::len_utf8);
+                    continue;
+                };
+                let mut end = m.end();
+                let matched = &text[m.start()..end];
+                // `\s+(?!\S)`: a whitespace run (not ended by a newline, which an earlier branch
+                // takes) followed by a non-space leaves its last character to what follows.
+                if end < text.len()
+                    && matched.chars().all(char::is_whitespace)
+                    && !matched.ends_with(['\r', '\n'])
+                    && let Some((last, _)) = matched.char_indices().next_back().filter(|(i, _)| *i > 0)
+                {
+                    end = m.start() + last;
+                }
+                each(&text.as_bytes()[m.start()..end], vocab);
+                at = end;
+            }
+        });
+    }
+}
+
+/// An encoding's pattern, for anchored searches that only need where a match ends.
+fn compile(pattern: &str) -> Regex {
+    let config = Config::new().which_captures(WhichCaptures::Implicit).auto_prefilter(false).hybrid_cache_capacity(4 << 20);
+    // The patterns are constants, tested; the fallback (matching nothing) is never built.
+    Regex::builder().configure(config).build(pattern).unwrap_or_else(|_| Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!()))
+}
+
+/// FNV-1a over a token's bytes.
+fn hash(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+impl Vocab {
+    fn load(table: &'static [u8], pattern: &str) -> Vocab {
+        let count = table.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes) as usize;
+        let lengths = table.get(9..9 + count).unwrap_or_default();
+        let blob = table.get(9 + count..).unwrap_or_default();
+        let mut starts = Vec::with_capacity(count + 1);
+        let mut at = 0u32;
+        for len in lengths {
+            starts.push(at);
+            at += u32::from(*len);
+        }
+        starts.push(at);
+        let size = (count * 2).next_power_of_two().max(2);
+        let mut vocab = Vocab { blob, starts, slots: vec![0; size], pattern: compile(pattern) };
+        let mask = size - 1;
+        for rank in 0..count {
+            let mut slot = hash(vocab.token(rank as u32)) as usize & mask;
+            while vocab.slots[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            vocab.slots[slot] = rank as u32 + 1;
+        }
+        vocab
+    }
+
+    fn token(&self, rank: u32) -> &'static [u8] {
+        let (start, end) = (self.starts[rank as usize] as usize, self.starts[rank as usize + 1] as usize);
+        &self.blob[start..end]
+    }
+
+    /// The rank of `bytes`, if they are a token.
+    fn rank(&self, bytes: &[u8]) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut slot = hash(bytes) as usize & mask;
+        loop {
+            match self.slots[slot] {
+                0 => return None,
+                r if self.token(r - 1) == bytes => return Some(r - 1),
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+
+    /// Where `piece` splits into tokens: the start of each, then its end.
+    fn merge(&self, piece: &[u8]) -> Vec<usize> {
+        // Boundaries between the parts so far, and the rank of each part joined with the next.
+        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
+        let pair = |bounds: &[usize], i: usize| -> u32 {
+            if i + 2 < bounds.len() { self.rank(&piece[bounds[i]..bounds[i + 2]]).unwrap_or(u32::MAX) } else { u32::MAX }
+        };
+        let mut ranks: Vec<u32> = (0..bounds.len() - 1).map(|i| pair(&bounds, i)).collect();
+        // The lowest rank, the leftmost of equals, while it is a token.
+        while let Some((i, _)) = ranks.iter().enumerate().filter(|(_, r)| **r != u32::MAX).min_by_key(|(i, r)| (**r, *i)) {
+            bounds.remove(i + 1);
+            ranks.remove(i + 1);
+            ranks[i] = pair(&bounds, i);
+            if i > 0 {
+                ranks[i - 1] = pair(&bounds, i - 1);
+            }
+        }
+        bounds
+    }
+
+    fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if let Some(r) = self.rank(piece) {
+            out.push(r);
+            return;
+        }
+        let bounds = self.merge(piece);
+        // Every single byte is a token, so every part is.
+        out.extend(bounds.windows(2).filter_map(|w| self.rank(&piece[w[0]..w[1]])));
+    }
+
+    fn count_piece(&self, piece: &[u8]) -> usize {
+        if self.rank(piece).is_some() { 1 } else { self.merge(piece).len() - 1 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_encodings_of_tiktoken() {
+        // From Python tiktoken 0.14.0, `encode_ordinary`.
+        let text = "Hello world, héllo 世界!  \n\n  x";
+        assert_eq!(Encoding::O200kBase.encode(text), [13225, 2375, 11, 37024, 72807, 185558, 0, 11691, 220, 1215]);
+        assert_eq!(Encoding::Cl100kBase.encode(text), [9906, 1917, 11, 305, 19010, 385, 220, 3574, 244, 98220, 0, 19124, 220, 865]);
+        assert_eq!(Encoding::O200kBase.count(text), 10);
+        assert_eq!(Encoding::O200kBase.count(""), 0);
+    }
+
+    #[test]
+    fn chat_prompts_and_embeddings_inputs_are_counted_exactly() {
+        let chat: crate::chat::ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"system","content":"You are a helpful assistant."},
+            {"role":"user","content":"Wie viel kostet ein Token? 你好！"},{"role":"assistant","content":"It depends.","name":"bot"}]}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        // Python tiktoken, OpenAI's chat formula: 3 a message, 1 a name, 3 to prime the answer.
+        assert_eq!(chat.prompt_tokens(Some(Encoding::O200kBase)), 35);
+        assert_eq!(chat.prompt_tokens(None), chat.estimate_prompt_tokens());
+        let embed: crate::embeddings::EmbeddingsRequest =
+            serde_json::from_str(r#"{"model":"e","input":["hello embeddings world","a second input",[1,2,3,4]]}"#)
+                .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(embed.input_tokens(Some(Encoding::Cl100kBase)), 3 + 3 + 4);
+    }
+
+    #[test]
+    fn models_map_to_their_encodings() {
+        for (model, enc) in [
+            ("gpt-4o-mini-2024-07-18", Some(Encoding::O200kBase)),
+            ("o3-mini", Some(Encoding::O200kBase)),
+            ("gpt-5", Some(Encoding::O200kBase)),
+            ("openai/gpt-4.1", Some(Encoding::O200kBase)),
+            ("ft:gpt-4o-mini:acme::abc", Some(Encoding::O200kBase)),
+            ("gpt-4-turbo", Some(Encoding::Cl100kBase)),
+            ("gpt-3.5-turbo", Some(Encoding::Cl100kBase)),
+            ("text-embedding-3-small", Some(Encoding::Cl100kBase)),
+            ("claude-3-5-sonnet", None),
+            ("llama-3.1-8b", None),
+        ] {
+            assert_eq!(Encoding::for_model(model), enc, "{model}");
+        }
+    }
+}
