@@ -43,6 +43,9 @@ const O200K_PATTERN: &str = concat!(
 // tiktoken's possessive quantifiers change nothing here (no alternative can backtrack into them).
 const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
 
+/// Pieces longer than this (bytes) are merged through a heap.
+const LONG_PIECE: usize = 128;
+
 /// An encoding's tables, built on first use.
 struct Vocab {
     /// Every token's bytes, in rank order.
@@ -199,8 +202,66 @@ impl Vocab {
         }
     }
 
-    /// Where `piece` splits into tokens: the start of each, then its end.
+    /// Where `piece` splits into tokens: the start of each, then its end. Short pieces (almost
+    /// all) by scanning the pairs; long ones through a heap, in O(n log n), so a prompt made of
+    /// one enormous word costs no more than its length warrants. Both merge the same pair at
+    /// every step: the lowest rank, the leftmost of equals.
     fn merge(&self, piece: &[u8]) -> Vec<usize> {
+        if piece.len() > LONG_PIECE { self.merge_long(piece) } else { self.merge_short(piece) }
+    }
+
+    fn merge_long(&self, piece: &[u8]) -> Vec<usize> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let n = piece.len();
+        // Parts as a list: `next[i]` is where the part starting at `i` ends; `prev[i]` where the
+        // part before it starts. A merged-away part is dead.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // (rank, start of the left part, end of the right part), smallest first.
+        let mut heap = BinaryHeap::new();
+        let pair = |next: &[usize], i: usize| -> Option<(u32, usize)> {
+            let j = *next.get(i)?;
+            let end = *next.get(j)?;
+            self.rank(&piece[i..end]).map(|r| (r, end))
+        };
+        for i in 0..n.saturating_sub(1) {
+            if let Some((r, end)) = pair(&next, i) {
+                heap.push(Reverse((r, i, end)));
+            }
+        }
+        while let Some(Reverse((_, i, end))) = heap.pop() {
+            // Stale: the left part is gone, or either part has grown since this pair was seen.
+            if !alive[i] || next.get(next[i]).copied() != Some(end) {
+                continue;
+            }
+            let j = next[i];
+            alive[j] = false;
+            next[i] = next[j];
+            if next[i] < n {
+                prev[next[i]] = i;
+            }
+            if let Some((r, e)) = pair(&next, i) {
+                heap.push(Reverse((r, i, e)));
+            }
+            if let Some(p) = prev.get(i).copied().filter(|p| *p != usize::MAX)
+                && let Some((r, e)) = pair(&next, p)
+            {
+                heap.push(Reverse((r, p, e)));
+            }
+        }
+        let mut bounds = Vec::new();
+        let mut at = 0;
+        while at < n {
+            bounds.push(at);
+            at = next[at];
+        }
+        bounds.push(n);
+        bounds
+    }
+
+    fn merge_short(&self, piece: &[u8]) -> Vec<usize> {
         // Boundaries between the parts so far, and the rank of each part joined with the next.
         let mut bounds: Vec<usize> = (0..=piece.len()).collect();
         let pair = |bounds: &[usize], i: usize| -> u32 {
@@ -262,6 +323,20 @@ mod tests {
             serde_json::from_str(r#"{"model":"e","input":["hello embeddings world","a second input",[1,2,3,4]]}"#)
                 .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(embed.input_tokens(Some(Encoding::Cl100kBase)), 3 + 3 + 4);
+    }
+
+    #[test]
+    fn long_pieces_merge_as_short_ones_do() {
+        let v = Encoding::O200kBase.vocab();
+        let words =
+            ["internationalization", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "xyzzyplughfoo", "Größenverhältnisse", "ééééééé"];
+        for w in words {
+            let long = w.repeat(40);
+            assert_eq!(v.merge_long(long.as_bytes()), v.merge_short(long.as_bytes()), "{w}");
+        }
+        // One enormous word: linearithmic, not quadratic (the short merge would take minutes).
+        let huge = "ab".repeat(200_000);
+        assert!(Encoding::Cl100kBase.count(&huge) > 1_000);
     }
 
     #[test]
