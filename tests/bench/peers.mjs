@@ -1,0 +1,172 @@
+// Gateway overhead side by side with peers, as TensorZero, Bifrost and LiteLLM measure it: the same
+// fixed-rate load (oha, latency-corrected) against the upstream simulator directly and through
+// each gateway — edgegate (the built Worker in workerd), Portkey's gateway (@portkey-ai/gateway,
+// Node) and the LiteLLM proxy (offline cost map, one worker) — all on 127.0.0.1 and the same
+// simulator. Overhead at a percentile = the gateway's latency minus the direct latency at that
+// percentile, in the same run. Streams: time to the first chunk, sequential, from a Node client.
+//
+//   bash tests/bench/peers-setup.sh                      # oha, Portkey and LiteLLM into the cache
+//   bash -c 'source deploy/local/setup.sh && node tests/bench/peers.mjs [--rate R] [--seconds S] [--runs N]'
+//
+// Writes target/bench/peers.json and prints a table. Asserts nothing; needs the built Worker and
+// the harness (npm test builds both).
+
+import { spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { homedir, cpus } from "node:os";
+import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
+
+const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
+const RATE = arg("--rate", 200);
+const SECONDS = arg("--seconds", 10);
+const RUNS = arg("--runs", 3);
+const CACHE = process.env.EDGEGATE_CACHE ?? join(homedir(), ".cache", "edgegate");
+const OHA = process.env.EDGEGATE_OHA ?? join(CACHE, "tools", "oha", "bin", "oha");
+const PORTKEY = join(CACHE, "bench", "portkey", "node_modules", "@portkey-ai", "gateway", "build", "start-server.js");
+const LITELLM = join(CACHE, "bench", "litellm-venv", "bin", "litellm");
+const LITELLM_KEY = "sk-litellm-bench-4f1c9a7e2b8d6035";
+const BODY = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts a process and waits until `url` answers (any status), up to 90 s. */
+async function serve(cmd, args, env, url) {
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (d) => (err = (err + d).slice(-4000)));
+  for (let i = 0; i < 900; i++) {
+    if (child.exitCode !== null) throw new Error(`${cmd} exited: ${err}`);
+    try {
+      await fetch(url);
+      return { stop: () => new Promise((r) => (child.exitCode !== null ? r() : (child.once("exit", r), child.kill("SIGINT")))) };
+    } catch {
+      await sleep(100);
+    }
+  }
+  child.kill("SIGKILL");
+  throw new Error(`${cmd} did not answer at ${url}: ${err}`);
+}
+
+/** Runs a program to its end without blocking the event loop (workerd's log pipe must keep
+ * draining, or the Worker stalls once 64 KB of records are unread); its standard output. */
+function run(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited with ${code}`))));
+  });
+}
+
+/** One oha run: fixed rate, latency-corrected; latencies in ms. */
+async function oha(url, headers, body = BODY) {
+  const args = ["-z", `${SECONDS}s`, "-q", String(RATE), "-c", "64", "--latency-correction", "--no-tui", "--output-format", "json", "-m", "POST", "-d", body];
+  for (const [k, v] of Object.entries({ "content-type": "application/json", ...headers })) args.push("-H", `${k}: ${v}`);
+  const out = JSON.parse(await run(OHA, [...args, url]));
+  const p = out.latencyPercentiles;
+  const ms = (s) => s * 1000;
+  const codes = out.statusCodeDistribution ?? {};
+  return {
+    p50: ms(p.p50),
+    p90: ms(p.p90),
+    p99: ms(p.p99),
+    max: ms(out.summary.slowest),
+    rate: out.summary.requestsPerSec,
+    ok: (codes["200"] ?? 0) / Math.max(1, Object.values(codes).reduce((a, b) => a + b, 0)),
+  };
+}
+
+/** Time to first chunk of streamed answers, sequential, ms. */
+async function firstChunk(url, headers, base = BODY, n = 100) {
+  const body = JSON.stringify({ ...JSON.parse(base), stream: true });
+  const times = [];
+  for (let i = 0; i < n; i++) {
+    const t = performance.now();
+    const r = await fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+    const reader = r.body.getReader();
+    await reader.read();
+    times.push(performance.now() - t);
+    while (!(await reader.read()).done);
+  }
+  times.sort((a, b) => a - b);
+  return { p50: times[Math.floor(n / 2)], p99: times[Math.floor(n * 0.99)] };
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+const sim = await startSimulator();
+const simUrl = sim.url;
+const edgegate = await startWorkerd({
+  policy: {
+    tenants: [{ id: "bench" }],
+    keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
+    providers: [{ id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1` }],
+    models: [{ alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] }],
+    settings: { policy_refresh_seconds: 60, audit: { enabled: false } },
+  },
+});
+const port = (base) => base + Math.floor(Math.random() * 1000);
+const portkeyPort = port(20000);
+const portkey = await serve("node", [PORTKEY, `--port=${portkeyPort}`, "--headless"], { NODE_ENV: "production" }, `http://127.0.0.1:${portkeyPort}/`);
+const litellmPort = port(22000);
+const config = join(ROOT, "target", "bench", "litellm.yaml");
+mkdirSync(join(ROOT, "target", "bench"), { recursive: true });
+writeFileSync(config, `model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/sim-model\n      api_base: ${simUrl}/v1\n      api_key: sk-sim\nlitellm_settings:\n  telemetry: false\n`);
+const litellm = await serve(
+  LITELLM,
+  ["--config", config, "--host", "127.0.0.1", "--port", String(litellmPort), "--num_workers", "1"],
+  { LITELLM_MASTER_KEY: LITELLM_KEY, LITELLM_LOCAL_MODEL_COST_MAP: "True", LITELLM_LOG: "ERROR" },
+  `http://127.0.0.1:${litellmPort}/health/liveliness`,
+);
+
+const targets = {
+  direct: { url: `${simUrl}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
+  edgegate: { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } },
+  portkey: {
+    url: `http://127.0.0.1:${portkeyPort}/v1/chat/completions`,
+    headers: { "x-portkey-provider": "openai", "x-portkey-custom-host": `${simUrl}/v1`, authorization: "Bearer sk-sim" },
+    body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }),
+  },
+  litellm: { url: `http://127.0.0.1:${litellmPort}/v1/chat/completions`, headers: { authorization: `Bearer ${LITELLM_KEY}` } },
+};
+
+const runs = Object.fromEntries(Object.keys(targets).map((k) => [k, []]));
+const streams = {};
+try {
+  for (const t of Object.values(targets)) await oha(t.url, t.headers, t.body); // warm up every target
+  for (let i = 0; i < RUNS; i++) {
+    for (const [name, t] of Object.entries(targets)) runs[name].push(await oha(t.url, t.headers, t.body));
+  }
+  for (const [name, t] of Object.entries(targets)) streams[name] = await firstChunk(t.url, t.headers, t.body ?? BODY);
+} finally {
+  await litellm.stop();
+  await portkey.stop();
+  await edgegate.stop();
+  await sim.stop();
+}
+
+const summary = {};
+for (const [name, list] of Object.entries(runs)) {
+  summary[name] = Object.fromEntries(["p50", "p90", "p99", "max", "rate", "ok"].map((k) => [k, median(list.map((r) => r[k]))]));
+}
+const overhead = {};
+for (const name of ["edgegate", "portkey", "litellm"]) {
+  overhead[name] = Object.fromEntries(["p50", "p90", "p99", "max"].map((k) => [k, summary[name][k] - summary.direct[k]]));
+}
+const machine = `${cpus().length} × ${cpus()[0]?.model ?? "?"}`;
+const result = { machine, rate: RATE, seconds: SECONDS, runs: RUNS, summary, overhead, streams, raw: runs };
+writeFileSync(join(ROOT, "target", "bench", "peers.json"), JSON.stringify(result, null, 2) + "\n");
+
+const f = (x) => (Number.isFinite(x) ? x.toFixed(2) : "—").padStart(8);
+console.log(`${machine}; ${RATE} requests/s for ${SECONDS} s, median of ${RUNS} runs (ms)`);
+console.log(`${"".padEnd(10)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)} ${"rate".padStart(8)} ${"ok".padStart(6)} | overhead ${"p50".padStart(8)} ${"p99".padStart(8)} | first chunk p50`);
+for (const [name, s] of Object.entries(summary)) {
+  const o = overhead[name];
+  console.log(
+    `${name.padEnd(10)} ${f(s.p50)} ${f(s.p90)} ${f(s.p99)} ${f(s.max)} ${f(s.rate)} ${(s.ok * 100).toFixed(0).padStart(5)}% | ${" ".repeat(8)} ${o ? f(o.p50) : " ".repeat(8)} ${o ? f(o.p99) : " ".repeat(8)} | ${f(streams[name]?.p50)}`,
+  );
+}
+for (const peer of ["portkey", "litellm"]) {
+  console.log(`p99 overhead ${peer} / edgegate: ${(overhead[peer].p99 / overhead.edgegate.p99).toFixed(1)}×; p50: ${(overhead[peer].p50 / overhead.edgegate.p50).toFixed(1)}×`);
+}
