@@ -95,7 +95,7 @@ fn canonical(v: &Value, h: &mut Sha256) {
             keys.sort_unstable();
             h.update(b"{");
             for k in keys {
-                h.update(Value::String(k.clone()).to_string().as_bytes());
+                let _ = serde_json::to_writer(&mut *h, k);
                 h.update(b":");
                 canonical(&map[k], h);
                 h.update(b",");
@@ -110,7 +110,9 @@ fn canonical(v: &Value, h: &mut Sha256) {
             }
             h.update(b"]");
         }
-        other => h.update(other.to_string().as_bytes()),
+        other => {
+            let _ = serde_json::to_writer(h, other);
+        }
     }
 }
 

@@ -84,6 +84,19 @@ pub enum Role {
     Tool,
 }
 
+impl Role {
+    /// The role's name on the wire, as OpenAI writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
 /// Token usage in disjoint buckets, so that nothing is counted or charged twice.
 ///
 /// Providers count differently: OpenAI's `prompt_tokens` include cached tokens and its
@@ -189,8 +202,7 @@ impl ChatRequest {
             .messages
             .iter()
             .map(|m| {
-                let role = serde_json::to_value(m.role).ok();
-                3 + role.as_ref().and_then(Value::as_str).map_or(0, count)
+                3 + count(m.role.as_str())
                     + count(&m.text())
                     + m.extra.get("name").and_then(Value::as_str).map_or(0, |n| 1 + count(n))
                     + m.tool_calls.iter().flatten().map(|c| count(&c.function.name) + count(&c.function.arguments)).sum::<u64>()

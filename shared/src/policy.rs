@@ -662,6 +662,8 @@ pub struct ModelRoute {
     pub firewall: Option<FirewallPolicy>,
     /// The route's edge cache.
     pub cache: Option<crate::cache::Rule>,
+    /// The tokenizer encoding of the first target's model, if tiktoken knows it.
+    pub encoding: Option<crate::tokenizer::Encoding>,
 }
 
 /// One place an alias is served.
@@ -1093,6 +1095,7 @@ impl Policy {
             if m.cache.as_ref().is_some_and(|c| c.ttl_seconds == 0 || c.ttl_seconds > crate::cache::MAX_TTL_SECONDS) {
                 err(format!("models[{i}].cache.ttl_seconds"), format!("must be 1-{}", crate::cache::MAX_TTL_SECONDS));
             }
+            let encoding = targets.first().and_then(|t| crate::tokenizer::Encoding::for_model(&t.model));
             let route = ModelRoute {
                 targets,
                 limits,
@@ -1106,6 +1109,7 @@ impl Policy {
                 shadow,
                 firewall: m.firewall,
                 cache: m.cache.map(|c| crate::cache::Rule { ttl_seconds: c.ttl_seconds, when: c.when }),
+                encoding,
             };
             let t = route.timeouts;
             if t.first_byte_ms == 0 || t.total_ms < t.first_byte_ms || t.connect_ms.is_some_and(|c| c == 0 || c > t.first_byte_ms) {
@@ -1353,9 +1357,10 @@ impl Policy {
         self.models.get(alias)
     }
 
-    /// The tokenizer encoding of the model that first serves `alias`, if tiktoken knows it.
+    /// The tokenizer encoding of the model that first serves `alias`, if tiktoken knows it
+    /// (found when the policy compiles).
     pub fn encoding(&self, alias: &str) -> Option<crate::tokenizer::Encoding> {
-        self.route(alias).and_then(|r| r.targets.first()).and_then(|t| crate::tokenizer::Encoding::for_model(&t.model))
+        self.route(alias).and_then(|r| r.encoding)
     }
 
     /// The alias that serves requests a limit refuses on `alias`, if policy names one.
