@@ -290,8 +290,19 @@ impl TokenVerifier for CfHost {
 }
 
 impl Deferred for CfHost {
+    /// Runs `task` past the response, under `waitUntil`. A stream whose client hung up can be
+    /// freed after its request has ended, and its recording deferred then: outside a request,
+    /// `waitUntil` is refused (the `worker` crate's wrapper would panic), so the task just runs as
+    /// far as the runtime lets it — I/O it is refused fails like any store fault, and a hold it
+    /// could not settle expires on its own.
     fn defer(&self, task: Task) {
-        self.0.ctx.wait_until(task);
+        let promise = worker::js_sys::futures::future_to_promise(async move {
+            task.await;
+            Ok(worker::wasm_bindgen::JsValue::UNDEFINED)
+        });
+        if self.0.ctx.as_ref().wait_until(&promise).is_err() {
+            console_log!("deferred work outside a request: running without waitUntil");
+        }
     }
 }
 
