@@ -24,6 +24,24 @@ if [ ! -f "$venv/.complete" ]; then
 fi
 export EDGEGATE_PYTHON="$venv/bin/python"
 
+# A Redis server for the Spin ledger on Redis: Debian's redis-tools (whose one binary is also
+# the server, chosen by its name) and its two libraries, unpacked into the cache.
+redis_dir="$EDGEGATE_CACHE/tools/redis-7"
+if [ ! -x "$redis_dir/redis-server" ]; then
+  say "fetching Debian's Redis into $redis_dir"
+  tmp=$(mktemp -d)
+  pkgs="redis-tools libjemalloc2 liblzf1"
+  (cd "$tmp" && { apt-get download $pkgs >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get download $pkgs >/dev/null 2>&1; }; } \
+    && for f in *.deb; do dpkg-deb -x "$f" x; done) || { echo "could not fetch Debian's redis-tools for a Redis server" >&2; exit 1; }
+  mkdir -p "$redis_dir/lib"
+  cp "$tmp"/x/usr/lib/*/libjemalloc.so.2 "$tmp"/x/usr/lib/*/liblzf.so.1 "$redis_dir/lib/"
+  cp "$tmp/x/usr/bin/redis-check-rdb" "$redis_dir/redis-server.bin"
+  printf '#!/bin/sh\nexec env LD_LIBRARY_PATH="%s/lib" "%s/redis-server.bin" "$@"\n' "$redis_dir" "$redis_dir" > "$redis_dir/redis-server"
+  chmod +x "$redis_dir/redis-server"
+  rm -rf "$tmp"
+fi
+export EDGEGATE_REDIS_SERVER="$redis_dir/redis-server"
+
 say "core: formatting and lints (the core may not read clocks or draw randomness)"
 cargo fmt --all --check
 cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit,schema -- -D warnings

@@ -880,21 +880,57 @@ impl Gateway {
         let started = host.now_ms();
         let queue_ms = policy.route(scope.alias).map_or(0, |r| r.queue_ms);
         let queue_until_ms = (queue_ms > 0).then_some(started + queue_ms);
+        // A split ledger: start in a random book and, when it has no room, try the others in turn.
+        let shards = principal.tenant.ledger_shards.max(1);
+        let home = if shards > 1 {
+            let mut b = [0u8; 2];
+            host.fill(&mut b);
+            u16::from_le_bytes(b) % shards
+        } else {
+            0
+        };
         let mut polls = 0u32;
-        let answer = loop {
-            // The screening is observed once, with the first attempt.
-            // Only a queued reservation is sent again, so only it needs the limits kept.
-            let limits = if queue_until_ms.is_some() { limits.clone() } else { std::mem::take(&mut limits) };
-            let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits, ask, screen: screen.take(), queue_until_ms };
-            let answer = host.apply(&tenant, op).await?;
-            if let LedgerAnswer::Admitted { containment, .. }
-            | LedgerAnswer::Refused { containment, .. }
-            | LedgerAnswer::Queued { containment, .. } = &answer
-                && let Some(p) = &pending
-                && polls == 0
-            {
-                note_containment(ctx, &p.contained, &tenant, &p.screen.route, containment.clone());
+        let (book, answer) = loop {
+            let mut swept: Option<(String, LedgerAnswer)> = None;
+            for i in 0..shards {
+                let k = (home + i) % shards;
+                // The screening is observed once, with the first attempt. Only a reservation that
+                // may be sent again (queued, or split) needs the limits kept.
+                let share = if shards > 1 {
+                    crate::ledger::shard_limits(&limits, shards, k)
+                } else if queue_until_ms.is_some() {
+                    limits.clone()
+                } else {
+                    std::mem::take(&mut limits)
+                };
+                let op = LedgerOp::Reserve { id: ctx.record.request_id.clone(), limits: share, ask, screen: screen.take(), queue_until_ms };
+                let book = crate::ledger::shard_book(&tenant, k);
+                let mut answer = host.apply(&book, op).await?;
+                if shards > 1 {
+                    crate::ledger::unshard(&mut answer, &limits, shards);
+                }
+                if let LedgerAnswer::Admitted { containment, .. }
+                | LedgerAnswer::Refused { containment, .. }
+                | LedgerAnswer::Queued { containment, .. } = &answer
+                    && let Some(p) = &pending
+                    && polls == 0
+                    && i == 0
+                {
+                    note_containment(ctx, &p.contained, &tenant, &p.screen.route, containment.clone());
+                }
+                let refused = matches!(answer, LedgerAnswer::Refused { .. });
+                if let LedgerAnswer::Refused { alerts, .. } = &answer {
+                    ctx.record.budget_alerts.extend(alerts.iter().cloned());
+                }
+                // The first refusal speaks for the sweep if every book refuses.
+                if !refused || swept.is_none() {
+                    swept = Some((book, answer));
+                }
+                if !refused {
+                    break;
+                }
             }
+            let Some((book, answer)) = swept else { return Err(Error::new(ErrorKind::Internal, "no ledger book was asked")) };
             let now = host.now_ms();
             let wait = match (&answer, queue_until_ms) {
                 (LedgerAnswer::Queued { .. }, Some(until)) => QUEUE_POLL_MS.min(until.saturating_sub(now)),
@@ -908,7 +944,7 @@ impl Gateway {
                 _ => 0,
             };
             if wait == 0 || now >= queue_until_ms.unwrap_or(0) {
-                break answer;
+                break (book, answer);
             }
             host.sleep(wait).await;
             polls += 1;
@@ -916,13 +952,10 @@ impl Gateway {
         if queue_until_ms.is_some() && polls > 0 {
             ctx.record.queued_ms = Some(host.now_ms().saturating_sub(started));
         }
-        if let LedgerAnswer::Refused { alerts, .. } = &answer {
-            ctx.record.budget_alerts.extend(alerts.iter().cloned());
-        }
         let (state, admitted) = phases::admit(answer, host.now_ms());
         ctx.rate = Some(state);
         admitted?;
-        ctx.account.hold = Some((tenant, ask));
+        ctx.account.hold = Some((book, ask));
         Ok(())
     }
 
@@ -1137,6 +1170,16 @@ impl Gateway {
             retention = s.active.audit_retention_days();
         }
         ctx.audit = retention.map(|retention_days| AuditJob { retention_days, admin: None });
+        // A tenant's ledger is read and changed in every book it is split into.
+        let shards = snapshot
+            .as_ref()
+            .ok()
+            .and_then(|(s, _)| match &endpoint {
+                admin::Endpoint::Usage(t) | admin::Endpoint::ClearContainment(t) => s.active.tenant(t).map(|t| t.ledger_shards),
+                _ => None,
+            })
+            .unwrap_or(1)
+            .max(1);
         let actor = match bootstrap_admin(host, secret).await? {
             Some(roles) if roles.has(needs) => "bootstrap".to_owned(),
             Some(_) => {
@@ -1158,13 +1201,16 @@ impl Gateway {
         host.fill(&mut random);
         let actor = admin::Actor { name: actor, now_ms };
         if let admin::Endpoint::Usage(tenant) = &endpoint {
-            return match host.apply(tenant, LedgerOp::Inspect).await? {
-                crate::ledger::LedgerAnswer::Book { book } => {
-                    let body = serde_json::json!({"tenant": tenant, "ledger": book, "at_ms": now_ms});
-                    Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
+            let mut whole = crate::ledger::Book::default();
+            for k in 0..shards {
+                match host.apply(&crate::ledger::shard_book(tenant, k), LedgerOp::Inspect).await? {
+                    LedgerAnswer::Book { book } if k == 0 => whole = book,
+                    LedgerAnswer::Book { book } => whole.absorb(book),
+                    _ => return Err(Error::new(ErrorKind::Internal, "the ledger did not answer an inspection")),
                 }
-                _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer an inspection")),
-            };
+            }
+            let body = serde_json::json!({"tenant": tenant, "ledger": whole, "shards": shards, "at_ms": now_ms});
+            return Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())));
         }
         if let admin::Endpoint::ClearContainment(tenant) = &endpoint {
             #[derive(serde::Deserialize, Default)]
@@ -1181,16 +1227,20 @@ impl Gateway {
                     .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("invalid body: {e}")).with_param("route"))?
             };
             let scope = clear.route.map(|r| format!("route:{r}"));
-            let op = LedgerOp::Clear { scope, by: actor.name.clone(), note: clear.note };
-            return match host.apply(tenant, op).await? {
-                LedgerAnswer::Cleared { scopes } => {
-                    self.contained.0.borrow_mut().remove(tenant.as_str());
-                    let body = serde_json::json!({"tenant": tenant, "cleared": scopes, "by": actor.name, "at_ms": now_ms});
-                    note_admin_action(ctx, &endpoint, req.body(), &body, &actor);
-                    Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())))
+            let mut cleared = Vec::new();
+            for k in 0..shards {
+                let op = LedgerOp::Clear { scope: scope.clone(), by: actor.name.clone(), note: clear.note.clone() };
+                match host.apply(&crate::ledger::shard_book(tenant, k), op).await? {
+                    LedgerAnswer::Cleared { scopes } => cleared.extend(scopes),
+                    _ => return Err(Error::new(ErrorKind::Internal, "the ledger did not answer a containment change")),
                 }
-                _ => Err(Error::new(ErrorKind::Internal, "the ledger did not answer a containment change")),
-            };
+            }
+            cleared.sort_unstable();
+            cleared.dedup();
+            self.contained.0.borrow_mut().remove(tenant.as_str());
+            let body = serde_json::json!({"tenant": tenant, "cleared": cleared, "by": actor.name, "at_ms": now_ms});
+            note_admin_action(ctx, &endpoint, req.body(), &body, &actor);
+            return Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())));
         }
         if let admin::Endpoint::Health(location) = &endpoint {
             let id = health::board_id(Some(location).filter(|l| *l != "default").map(String::as_str));
@@ -1944,7 +1994,7 @@ fn observe(h: HealthReport, now: u64) -> Option<(Rc<RefCell<HealthView>>, String
 struct Account {
     /// The plan's priced candidates: provider id, model, price.
     prices: Vec<(String, String, Price)>,
-    /// The tenant and what was reserved there, if anything.
+    /// The ledger book (the tenant's, or one of its shards) and what was reserved there, if anything.
     hold: Option<(String, Amounts)>,
 }
 

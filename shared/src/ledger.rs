@@ -362,6 +362,49 @@ pub struct Book {
 /// Most requests a book keeps waiting.
 pub const MAX_QUEUE: usize = 256;
 
+/// The most books a tenant's ledger may be split into (`tenants[].ledger_shards`).
+pub const MAX_SHARDS: u16 = 64;
+
+/// The book of shard `k` of `tenant`'s ledger. Shard 0 is the tenant's own book, so splitting a
+/// ledger keeps its history; shard `k > 0` is `tenant/k` (a tenant id never contains `/`).
+pub fn shard_book(tenant: &str, k: u16) -> String {
+    if k == 0 { tenant.to_owned() } else { format!("{tenant}/{k}") }
+}
+
+/// Shard `k`'s share of `limits` when a ledger is split `n` ways: each maximum divided evenly,
+/// the remainder one each to the first shards, so the shares add up to the limit exactly and no
+/// shard can admit past its share. Budget alert thresholds stay with shard 0, so each is raised
+/// once per period (from shard 0's share, a uniform sample of the tenant's traffic).
+pub fn shard_limits(limits: &[Limit], n: u16, k: u16) -> Vec<Limit> {
+    let (n, k) = (u64::from(n.max(1)), u64::from(k));
+    limits
+        .iter()
+        .map(|l| Limit {
+            max: l.max / n + u64::from(k < l.max % n),
+            alerts: if k == 0 { l.alerts.clone() } else { Vec::new() },
+            ..l.clone()
+        })
+        .collect()
+}
+
+/// States a shard's answer for the whole ledger: each limit's own maximum, and what remains
+/// estimated as `n` times the shard's remainder (at most the maximum). Only the `x-ratelimit-*`
+/// headers and error messages read these; admission itself was the shard's exact decision.
+pub fn unshard(answer: &mut LedgerAnswer, limits: &[Limit], n: u16) {
+    let fix = |state: &mut LimitState| {
+        if let Some(whole) = limits.iter().find(|l| l.id == state.limit.id) {
+            state.remaining = state.remaining.saturating_mul(u64::from(n)).min(whole.max);
+            state.limit.max = whole.max;
+            state.limit.alerts.clone_from(&whole.alerts);
+        }
+    };
+    match answer {
+        LedgerAnswer::Admitted { states, .. } => states.iter_mut().for_each(fix),
+        LedgerAnswer::Refused { state, .. } => fix(state),
+        _ => {}
+    }
+}
+
 /// The book that tallies feedback on requests policy `version` decided.
 pub fn quality_book(version: &str) -> String {
     format!("~quality/{version}")
@@ -509,6 +552,37 @@ impl Book {
                 LedgerAnswer::Health { board: self.health.clone(), events }
             }
         }
+    }
+
+    /// Takes in another shard's book, for a view of the whole ledger: counters of the same window
+    /// added up (a later window wins), screening buckets added up, and holds, waiting requests
+    /// and the containment log joined.
+    pub fn absorb(&mut self, other: Book) {
+        for (id, c) in other.counters {
+            let mine = self.counters.entry(id).or_insert(Counter { used: 0, ..c });
+            if mine.start_ms == c.start_ms {
+                mine.used += c.used;
+            } else if c.start_ms > mine.start_ms {
+                *mine = c;
+            }
+        }
+        for (scope, w) in other.watch {
+            let mine = self.watch.entry(scope).or_default();
+            for (start, prompts, suspicious) in w.buckets {
+                match mine.buckets.iter_mut().find(|b| b.0 == start) {
+                    Some(b) => (b.1, b.2) = (b.1 + prompts, b.2 + suspicious),
+                    None => mine.buckets.push((start, prompts, suspicious)),
+                }
+            }
+            mine.buckets.sort_unstable();
+            if mine.contained.is_none() {
+                mine.contained = w.contained;
+            }
+        }
+        self.holds.extend(other.holds);
+        self.queue.extend(other.queue);
+        self.containment_log.extend(other.containment_log);
+        self.containment_log.sort_by_key(|e| e.at_ms);
     }
 
     /// Holds currently open (for tests and leak checks).
@@ -779,6 +853,83 @@ mod tests {
             LedgerAnswer::Refused { state, .. } => Err((state.limit.id, state.reset_ms)),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn shards_split_every_maximum_exactly_and_keep_alerts_on_shard_zero() {
+        for (max, n) in [(10, 4), (3, 4), (0, 3), (1_000_001, 7), (64, 64), (5, 1)] {
+            let l = Limit { alerts: vec![50, 80], ..limit("tenant/x", Meter::Tokens, Window::Day, max) };
+            let shares: Vec<Limit> = (0..n).flat_map(|k| shard_limits(std::slice::from_ref(&l), n, k)).collect();
+            assert_eq!(shares.iter().map(|s| s.max).sum::<u64>(), max, "{max} over {n}");
+            assert!(shares.iter().all(|s| s.max.abs_diff(max / u64::from(n)) <= 1));
+            assert_eq!(shares.iter().filter(|s| !s.alerts.is_empty()).count(), 1);
+            assert_eq!(shares[0].alerts, [50, 80]);
+        }
+        assert_eq!(shard_book("acme", 0), "acme");
+        assert_eq!(shard_book("acme", 3), "acme/3");
+    }
+
+    /// A sweep over split books, as the gateway makes one: from `home`, each book in turn until one admits.
+    fn sweep(books: &mut [Book], home: usize, now: u64, id: &str, limits: &[Limit], tokens: u64) -> Option<usize> {
+        let n = books.len();
+        (0..n).map(|i| (home + i) % n).find(|&k| {
+            let share = shard_limits(limits, n as u16, k as u16);
+            reserve(&mut books[k], now, id, &share, tokens).is_ok()
+        })
+    }
+
+    #[test]
+    fn split_books_never_admit_past_a_limit_and_refuse_unit_asks_only_when_all_are_full() {
+        // A deterministic pseudo-random walk of reservations, commits and releases over 5 books.
+        let limits =
+            [limit("tenant/requests", Meter::Requests, Window::Minute, 37), limit("tenant/tokens", Meter::Tokens, Window::Minute, 5_000)];
+        let mut books = vec![Book::default(); 5];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut admitted, mut open) = (0u64, Vec::new());
+        let used = |books: &[Book], c: &str| books.iter().map(|b| b.used(c, Window::Minute, T0)).sum::<u64>();
+        for i in 0..200 {
+            let tokens = next() % 400;
+            let home = (next() % 5) as usize;
+            let id = format!("r{i}");
+            // Per book: whether it had room for this request (its share of both limits).
+            let room: Vec<bool> = (0..5)
+                .map(|k| {
+                    let share = shard_limits(&limits, 5, k as u16);
+                    books[k].used("tenant/requests", Window::Minute, T0) < share[0].max
+                        && books[k].used("tenant/tokens", Window::Minute, T0) + tokens <= share[1].max
+                })
+                .collect();
+            match sweep(&mut books, home, T0, &id, &limits, tokens) {
+                Some(k) => {
+                    admitted += 1;
+                    open.push((k, id, tokens));
+                }
+                // Refused: a request (ask 1) finds no book with room for it, or the tokens do not fit in any.
+                None => assert!(room.iter().all(|r| !r), "refused though a book had room: {room:?}"),
+            }
+            assert!(used(&books, "tenant/requests") <= 37 && used(&books, "tenant/tokens") <= 5_000);
+            if next() % 3 == 0 && !open.is_empty() {
+                let (k, id, tokens) = open.remove((next() as usize) % open.len());
+                let op = if tokens % 2 == 0 {
+                    LedgerOp::Release { id }
+                } else {
+                    LedgerOp::Commit { id, used: Amounts { tokens: tokens / 2, micro_usd: 0 } }
+                };
+                books[k].apply(T0, op);
+            }
+        }
+        assert_eq!(admitted, 37, "every request the minute allows was admitted");
+        assert_eq!(used(&books, "tenant/requests"), 37);
+        let mut whole = books[0].clone();
+        books.iter().skip(1).for_each(|b| whole.absorb(b.clone()));
+        assert_eq!(whole.used("tenant/requests", Window::Minute, T0), 37);
+        assert_eq!(whole.open_holds(), open.len());
     }
 
     const RULE: ContainmentRule = ContainmentRule { ratio_permille: 30, window_ms: 600_000, min_prompts: 20, rate_percent: 25 };

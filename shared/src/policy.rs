@@ -266,6 +266,11 @@ struct RawTenant {
     models: Option<Vec<String>>,
     /// The tenant's canary group: a canary published for this group reaches it.
     canary_group: Option<String>,
+    /// Books the tenant's ledger is split into (1–64; default 1), for a tenant whose request
+    /// rate is above what one ledger book serves (about 1,000 a second on Workers). Every limit
+    /// is split evenly between the books and a request that finds no room in its book tries the
+    /// others, so limits are never exceeded; see docs/limits.md for what else changes.
+    ledger_shards: Option<u16>,
     /// Limits per feature of the tenant's product, for requests that name the feature in the
     /// `x-edgegate-feature` header or `metadata.feature` (counters `feature:{name}/...`).
     #[serde(default)]
@@ -789,6 +794,8 @@ pub struct Tenant {
     pub plan: Option<(String, Limits, Option<Vec<String>>)>,
     /// Canary group.
     pub canary_group: Option<String>,
+    /// Books the tenant's ledger is split into (see [`crate::ledger::shard_limits`]).
+    pub ledger_shards: u16,
     /// Limits per declared feature.
     pub features: BTreeMap<String, Limits>,
     /// Where the tenant's requests may be processed.
@@ -960,11 +967,15 @@ impl Policy {
                 limits: t.limits.compile("tenant", &format!("tenants[{i}].limits"), &percents, &mut limit_errors),
                 models: t.models.clone(),
                 canary_group: t.canary_group,
+                ledger_shards: t.ledger_shards.unwrap_or(1),
                 features,
                 plan,
                 residency: t.residency,
                 firewall: t.firewall,
             };
+            if t.ledger_shards.is_some_and(|n| n == 0 || n > crate::ledger::MAX_SHARDS) {
+                err(format!("tenants[{i}].ledger_shards"), format!("must be from 1 to {}", crate::ledger::MAX_SHARDS));
+            }
             tenant_aliases.push((format!("tenants[{i}]"), t.models.unwrap_or_default()));
             if t.id.is_empty() || t.id.starts_with('~') || t.id.contains('/') {
                 // `~…` names the gateway's own books and logs (health boards, the admin audit log).

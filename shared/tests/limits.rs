@@ -375,3 +375,69 @@ fn a_route_with_a_queue_waits_for_the_window_to_reset_when_it_resets_in_time() {
     let queued: Vec<Option<u64>> = h.records().iter().map(|r| r.queued_ms).collect();
     assert_eq!(queued, [None, None, Some(200), None], "the wait is recorded");
 }
+
+#[test]
+fn a_split_ledger_admits_exactly_its_limits_across_its_books() {
+    // 10 requests and 2,000 tokens a minute, split four ways (3, 3, 2, 2 requests; 500 tokens each).
+    let tenant = json!({"id": "acme", "ledger_shards": 4, "limits": {"requests_per_minute": 10, "tokens_per_minute": 2_000,
+        "usd_per_day": 1}});
+    let h = one_key(
+        tenant,
+        json!([{"alias": "mock", "targets": [{"provider": "builtin", "model": "m", "price": {"input_usd_per_mtok": 1, "output_usd_per_mtok": 1}}]}]),
+        json!({}),
+    );
+    h.set_secret("EDGEGATE_ADMIN_KEY", "sk-admin");
+    h.set_secret("EDGEGATE_ADMIN_API", "on");
+    let gw = Gateway::new();
+    let mut statuses = Vec::new();
+    for i in 0..16 {
+        let (parts, body) = h.call(&gw, chat("sk-a", "mock", json!({"max_tokens": 20})));
+        statuses.push(parts.status.as_u16());
+        // The headers speak of the whole limit, not of one book's share.
+        assert_eq!(
+            parts.headers.get("x-ratelimit-limit-requests").map(|v| v.as_bytes()),
+            Some(&b"10"[..]),
+            "request {i}: {} {}",
+            parts.status,
+            String::from_utf8_lossy(&body)
+        );
+        let _ = h.records();
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 6, "{statuses:?}");
+    let req = http::Request::get("https://gw/admin/tenants/acme/usage")
+        .header("authorization", "Bearer sk-admin")
+        .body(Bytes::new())
+        .unwrap_or_else(|_| unreachable!());
+    let (_, body) = h.call(&gw, req);
+    let usage: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(usage["shards"], 4);
+    assert_eq!(usage["ledger"]["counters"]["tenant/requests_per_minute"]["used"], 10, "{usage}");
+    assert_eq!(usage["ledger"]["holds"], json!({}), "every hold settled in the book that made it");
+}
+
+#[test]
+fn a_split_ledger_refuses_only_when_every_book_is_full() {
+    // Three requests a minute over four books: one book has no share at all, and requests that
+    // start there still find room in the others.
+    let tenant = json!({"id": "acme", "ledger_shards": 4, "limits": {"requests_per_minute": 3}});
+    let h = one_key(tenant, json!([{"alias": "mock", "targets": [{"provider": "builtin", "model": "m"}]}]), json!({}));
+    let gw = Gateway::new();
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            let (parts, _) = h.call(&gw, chat("sk-a", "mock", json!({})));
+            let _ = h.records();
+            parts.status.as_u16()
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+}
+
+#[test]
+fn ledger_shards_must_be_from_one_to_sixty_four() {
+    for n in [0, 65] {
+        let doc = json!({"tenants": [{"id": "acme", "ledger_shards": n}], "keys": [], "providers": [], "models": []});
+        let errors = edgegate_core::policy::Policy::compile_value(doc).err().unwrap_or_default();
+        assert!(errors.iter().any(|e| format!("{e:?}").contains("tenants[0].ledger_shards")), "{n}: {errors:?}");
+    }
+}

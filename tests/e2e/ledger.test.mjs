@@ -1,13 +1,14 @@
 // The tenant ledger under concurrency, on the built wasm in workerd (one Durable Object per
-// tenant) and in the Spin host (SQLite): 64 clients at once — plain requests, streams the
+// tenant) and in the Spin host (SQLite, and Redis as for several replicas): 64 clients at once — plain requests, streams the
 // provider cuts mid-way, and clients that hang up mid-stream — against limits of N requests and
 // X tokens. Exactly N are admitted, no more than X tokens are spent, and every hold is settled.
+// The same over a ledger split into four books, as a hot tenant's is.
 // Then a route with a queue under a concurrency limit of one: concurrent requests wait their turn
 // instead of being refused, and one that cannot get a slot within its wait is refused.
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startSimulator, startWorkerd, startSpin, awayFromMinuteEdge, admin, sha256 } from "./lib.mjs";
+import { startSimulator, startWorkerd, startSpin, startRedis, awayFromMinuteEdge, admin, sha256 } from "./lib.mjs";
 import { SIM_SECRET } from "./fixtures.mjs";
 
 const N = 24;
@@ -20,8 +21,17 @@ function policy(simUrl) {
       { id: "counted", limits: { requests_per_minute: N, tokens_per_minute: 1_000_000 } },
       { id: "metered", limits: { tokens_per_minute: 3_000 } },
       { id: "single", limits: { concurrent_requests: 1 } },
+      // The same limits over a ledger split into four books (hot-tenant sharding).
+      { id: "split", ledger_shards: 4, limits: { requests_per_minute: N, tokens_per_minute: 1_000_000 } },
+      { id: "split-metered", ledger_shards: 4, limits: { tokens_per_minute: 3_000 } },
     ],
-    keys: [key("counted", "counted"), key("metered", "metered"), key("single", "single")],
+    keys: [
+      key("counted", "counted"),
+      key("metered", "metered"),
+      key("single", "single"),
+      key("split", "split"),
+      key("split-metered", "split-metered"),
+    ],
     providers: [
       { id: "builtin", kind: "mock" },
       { id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1`, api_key_secret: "PROVIDER_API_KEY" },
@@ -42,6 +52,12 @@ function policy(simUrl) {
 const runtimes = {
   workerd: (p) => startWorkerd({ policy: p, secrets: { PROVIDER_API_KEY: SIM_SECRET } }),
   spin: (p) => startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET } }),
+  // Several replicas' ledger: books in a real Redis server, updated by compare-and-swap.
+  "spin on Redis": async (p) => {
+    const redis = await startRedis();
+    const gw = await startSpin({ policy: p, variables: { provider_api_key: SIM_SECRET, edgegate_ledger_redis: redis.url, allowed_redis: redis.url } });
+    return { ...gw, redis, stop: async () => (await gw.stop(), await redis.stop()) };
+  },
 };
 
 for (const [name, start] of Object.entries(runtimes)) {
@@ -77,14 +93,15 @@ for (const [name, start] of Object.entries(runtimes)) {
       }
     }
 
-    it(`admits exactly ${N} of ${CLIENTS} concurrent clients and settles every hold the runtime lets it see`, async () => {
+    for (const [tenant, books] of [["counted", 1], ["split", 4]]) {
+    it(`admits exactly ${N} of ${CLIENTS} concurrent clients and settles every hold the runtime lets it see (${books} ledger book${books > 1 ? "s" : ""})`, async () => {
       await awayFromMinuteEdge();
       const abandoned = new Set();
       const one = async (i) => {
         const kind = ["plain", "stream", "cut", "abandon"][i % 4];
         const model = { plain: "sim", stream: "sim", cut: "cut", abandon: "slow" }[kind];
         const controller = new AbortController();
-        const r = await send("counted", { model, stream: kind !== "plain", messages: [{ role: "user", content: `client ${i}` }] }, controller.signal);
+        const r = await send(tenant, { model, stream: kind !== "plain", messages: [{ role: "user", content: `client ${i}` }] }, controller.signal);
         if (r.status !== 200) {
           await r.arrayBuffer();
           return r.status;
@@ -101,7 +118,7 @@ for (const [name, start] of Object.entries(runtimes)) {
       const statuses = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => one(i)));
       assert.equal(statuses.filter((s) => s === 200).length, N, JSON.stringify(statuses));
       assert.equal(statuses.filter((s) => s === 429).length, CLIENTS - N);
-      const ledger = await settled("counted", name === "workerd" ? abandoned.size : 0);
+      const ledger = await settled(tenant, name === "workerd" ? abandoned.size : 0);
       if (name === "workerd") {
         // workerd (this Miniflare) does not always cancel a response stream whose client has hung
         // up, so the Worker may never learn of it: those holds wait for the ledger's expiry
@@ -112,7 +129,16 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.deepEqual(ledger.holds, {}, "no hold left open");
       }
       assert.equal(ledger.counters["tenant/requests_per_minute"].used, N);
+      if (gw.redis) {
+        // The books are Redis's: one hash per book, with the count in it.
+        for (let k = 0; k < books; k++) {
+          const book = k === 0 ? tenant : `${tenant}/${k}`;
+          const reply = await gw.redis.command("HGET", `edgegate:book:${book}`, "book");
+          assert.match(reply, /tenant\/requests_per_minute/, `book ${book} is in Redis`);
+        }
+      }
     });
+    }
 
     it("queues requests in turn on a route with a queue instead of refusing them", async () => {
       const ask = async (model) => {
@@ -135,11 +161,12 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.deepEqual(usage.holds, {}, "every hold settled");
     });
 
-    it("never spends more tokens than the limit, and settles to what providers report", async () => {
+    for (const [tenant, books] of [["metered", 1], ["split-metered", 4]]) {
+    it(`never spends more tokens than the limit, and settles to what providers report (${books} ledger book${books > 1 ? "s" : ""})`, async () => {
       await awayFromMinuteEdge();
       const results = await Promise.all(
         Array.from({ length: CLIENTS }, async (_, i) => {
-          const r = await send("metered", { model: i % 2 ? "sim" : "mock", max_tokens: 150, messages: [{ role: "user", content: `question number ${i}` }] });
+          const r = await send(tenant, { model: i % 2 ? "sim" : "mock", max_tokens: 150, messages: [{ role: "user", content: `question number ${i}` }] });
           const body = await r.json();
           return { status: r.status, tokens: body.usage?.total_tokens ?? 0 };
         }),
@@ -147,10 +174,11 @@ for (const [name, start] of Object.entries(runtimes)) {
       const admitted = results.filter((r) => r.status === 200);
       const spent = admitted.reduce((sum, r) => sum + r.tokens, 0);
       assert.ok(admitted.length > 0 && results.some((r) => r.status === 429), JSON.stringify(results.map((r) => r.status)));
-      const ledger = await settled("metered");
+      const ledger = await settled(tenant);
       assert.deepEqual(ledger.holds, {});
       assert.equal(ledger.counters["tenant/tokens_per_minute"].used, spent, "the ledger holds exactly what providers reported");
       assert.ok(spent <= 3_000, `spent ${spent}`);
     });
+    }
   });
 }

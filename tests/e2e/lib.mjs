@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
+import { createServer, connect } from "node:net";
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -303,6 +304,71 @@ export async function startSpin({ policy, variables = {} }) {
       await host.stop();
       rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
+function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.once("error", rej);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+/**
+ * A Redis server on 127.0.0.1 (Debian's, from `EDGEGATE_REDIS_SERVER`), in memory only. `command`
+ * sends one command and resolves with its raw RESP reply.
+ */
+export async function startRedis() {
+  const bin = process.env.EDGEGATE_REDIS_SERVER;
+  if (!bin) throw new Error("EDGEGATE_REDIS_SERVER is not set: run the tests with `npm test`");
+  const port = await freePort();
+  const child = spawn(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "pipe"] });
+  await new Promise((res, rej) => {
+    let out = "";
+    const timer = setTimeout(() => rej(new Error(`redis-server did not start in 20 s:\n${out}`)), 20_000);
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes("Ready to accept connections")) {
+        clearTimeout(timer);
+        res();
+      }
+    });
+    child.stderr.on("data", (d) => (out += d));
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      rej(new Error(`redis-server exited with ${code}:\n${out}`));
+    });
+  });
+  child.removeAllListeners("exit");
+  const url = `redis://127.0.0.1:${port}`;
+  const command = (...args) =>
+    new Promise((res, rej) => {
+      const sock = connect(port, "127.0.0.1");
+      let reply = "";
+      sock.on("data", (d) => {
+        reply += d;
+        if (reply.endsWith("\r\n")) {
+          sock.end();
+          res(reply);
+        }
+      });
+      sock.on("error", rej);
+      sock.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join(""));
+    });
+  return {
+    url,
+    command,
+    stop: () =>
+      new Promise((r) => {
+        if (child.exitCode !== null) return r();
+        child.once("exit", r);
+        child.kill("SIGTERM");
+      }),
   };
 }
 

@@ -9,8 +9,14 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 /// What the gateway reads from Spin variables itself (policy names the provider credentials).
-const GATEWAY_VARIABLES: [&str; 5] =
-    ["edgegate_admin_key", "edgegate_admin_api", "edgegate_origin_country", "edgegate_origin_continent", "edgegate_location"];
+const GATEWAY_VARIABLES: [&str; 6] = [
+    "edgegate_admin_key",
+    "edgegate_admin_api",
+    "edgegate_origin_country",
+    "edgegate_origin_continent",
+    "edgegate_location",
+    "edgegate_ledger_redis",
+];
 
 /// The files to check.
 pub(crate) struct Inputs<'a> {

@@ -3,7 +3,8 @@
 //! lives here.
 //!
 //! Stores (see `spin.toml`): key-value store `default` (policy snapshots, see `edgegate_core::snapshot`), SQLite database
-//! `default` (tenant counters), provider credentials as Spin variables named by policy
+//! `default` (tenant counters, unless `edgegate_ledger_redis` names a Redis server for them; the
+//! audit log), provider credentials as Spin variables named by policy
 //! (lowercased: policy's `PROVIDER_API_KEY` is the variable `provider_api_key`).
 
 use std::cell::RefCell;
@@ -110,6 +111,8 @@ async fn read_request(req: IncomingRequest) -> Result<http::Request<Bytes>, Stri
 #[derive(Clone, Default)]
 struct SpinHost {
     deferred: Rc<RefCell<Vec<Task>>>,
+    /// The Redis server of the ledger, if the deployment names one (read once per instance).
+    ledger_redis: std::cell::OnceCell<Option<String>>,
 }
 
 impl SpinHost {
@@ -211,12 +214,71 @@ impl AnswerCache for SpinHost {
     }
 }
 
+/// Swaps a book's JSON in if its version is still the one read (`KEYS[1]` a hash of `v` and
+/// `book`; `ARGV`: version read, next version, new book): 1 if swapped, 0 if another instance
+/// wrote first.
+const REDIS_SWAP: &[u8] = b"if (redis.call('HGET', KEYS[1], 'v') or '0') == ARGV[1] then \
+    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'book', ARGV[3]) return 1 end return 0";
+
+/// How many times an operation is re-run on a fresher book before the Redis ledger gives up.
+/// Every lost race is another instance's won one, so each retry follows progress.
+const REDIS_ATTEMPTS: u32 = 256;
+
+/// The Redis ledger: each book a hash (`edgegate:book:{name}`: version and JSON), updated by
+/// optimistic compare-and-swap. Read the book, apply the operation, and write it back only if
+/// no other instance wrote since; otherwise read again. Every operation thus applies to the
+/// latest book exactly once, and concurrent replicas stay exact.
+fn redis_apply(address: &str, name: &str, op: LedgerOp, now: u64) -> Result<LedgerAnswer, Error> {
+    use spin_sdk::redis::{Connection as Redis, RedisParameter as P, RedisResult as R};
+    let conn = Redis::open(address).map_err(|e| store_error("Redis ledger", e))?;
+    let key = format!("edgegate:book:{name}").into_bytes();
+    for _ in 0..REDIS_ATTEMPTS {
+        let read = conn
+            .execute("HMGET", &[P::Binary(key.clone()), P::Binary(b"v".to_vec()), P::Binary(b"book".to_vec())])
+            .map_err(|e| store_error("Redis ledger read", e))?;
+        let version = match read.first() {
+            Some(R::Binary(v)) => String::from_utf8_lossy(v).into_owned(),
+            _ => "0".to_owned(),
+        };
+        let mut book: Book = match read.get(1) {
+            Some(R::Binary(json)) => serde_json::from_slice(json).unwrap_or_default(),
+            _ => Book::default(),
+        };
+        let answer = book.apply(now, op.clone());
+        let next = version.parse::<u64>().unwrap_or(0) + 1;
+        let swapped = conn
+            .execute(
+                "EVAL",
+                &[
+                    P::Binary(REDIS_SWAP.to_vec()),
+                    P::Int64(1),
+                    P::Binary(key.clone()),
+                    P::Binary(version.into_bytes()),
+                    P::Binary(next.to_string().into_bytes()),
+                    P::Binary(serde_json::to_vec(&book).unwrap_or_default()),
+                ],
+            )
+            .map_err(|e| store_error("Redis ledger write", e))?;
+        if matches!(swapped.first(), Some(R::Int64(1))) {
+            return Ok(answer);
+        }
+    }
+    Err(Error::new(ErrorKind::StoreUnavailable, format!("Redis ledger: book {name} changed under {REDIS_ATTEMPTS} attempts in a row")))
+}
+
 impl Ledger for SpinHost {
-    /// One `BEGIN IMMEDIATE` transaction per operation: SQLite takes the write lock first, so
-    /// concurrent instances sharing the database serialise and the counts are exact.
+    /// On Redis when the variable `edgegate_ledger_redis` names a server (see [`redis_apply`]);
+    /// otherwise one `BEGIN IMMEDIATE` transaction per operation: SQLite takes the write lock
+    /// first, so concurrent instances sharing the database serialise and the counts are exact.
     async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
-        let db = Connection::open_default().map_err(|e| store_error("sqlite database `default`", e))?;
         let now = self.now_ms();
+        let redis = self
+            .ledger_redis
+            .get_or_init(|| spin_sdk::variables::get("edgegate_ledger_redis").ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()));
+        if let Some(address) = redis {
+            return redis_apply(address, tenant, op, now);
+        }
+        let db = Connection::open_default().map_err(|e| store_error("sqlite database `default`", e))?;
         let run = || -> Result<LedgerAnswer, spin_sdk::sqlite::Error> {
             db.execute("CREATE TABLE IF NOT EXISTS edgegate_books (tenant TEXT PRIMARY KEY, json TEXT NOT NULL)", &[])?;
             db.execute("BEGIN IMMEDIATE", &[])?;

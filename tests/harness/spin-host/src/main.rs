@@ -1,6 +1,7 @@
 //! A small Spin-compatible host for tests: serves the HTTP component named by a real `spin.toml`
 //! on wasmtime, with the Spin 3.x interfaces it imports — `fermyon:spin/key-value@2.0.0`,
 //! `fermyon:spin/sqlite@2.0.0`, `fermyon:spin/variables@2.0.0` — backed by local SQLite files,
+//! and `fermyon:spin/redis@2.0.0` connected to a real Redis server,
 //! `allowed_outbound_hosts` enforced, variables resolved as Spin does (defaults, `required`,
 //! `SPIN_VARIABLE_*` overrides, `{{ }}` templates), and response bodies streamed.
 //!
@@ -131,6 +132,7 @@ fn main() -> Result<(), BoxError> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     spin::fermyon::spin::key_value::add_to_linker::<St, HasSelf<St>>(&mut linker, |s| s)?;
     spin::fermyon::spin::sqlite::add_to_linker::<St, HasSelf<St>>(&mut linker, |s| s)?;
+    spin::fermyon::spin::redis::add_to_linker::<St, HasSelf<St>>(&mut linker, |s| s)?;
     spin::fermyon::spin::variables::add_to_linker::<St, HasSelf<St>>(&mut linker, |s| s)?;
     // Fails here if the component imports anything this host (and so this Spin line) lacks.
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;

@@ -83,6 +83,7 @@ impl AllowedHost {
                 let d = match scheme {
                     "http" => 80,
                     "https" => 443,
+                    "redis" => 6379,
                     "*" => return Ok(AllowedHost { scheme: None, host: wild(host), ports: None }),
                     other => return Err(format!("no default port for scheme {other}").into()),
                 };

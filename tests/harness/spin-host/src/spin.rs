@@ -1,5 +1,5 @@
-//! The Spin 3.x interfaces a spin-sdk 5 component imports, implemented over local SQLite files,
-//! plus the outbound-host allow-list. Semantics follow Spin's documentation: a store or database
+//! The Spin 3.x interfaces a spin-sdk 5 component imports, implemented over local SQLite files
+//! and (outbound Redis) a real Redis server, plus the outbound-host allow-list. Semantics follow Spin's documentation: a store or database
 //! label the component did not declare is `access-denied`; a declared label other than `default`
 //! needs runtime configuration this host does not have, so it is `no-such-store`/`-database`.
 
@@ -74,8 +74,41 @@ wasmtime::component::bindgen!({
             }
         }
 
+        interface redis {
+            variant error {
+                invalid-address,
+                too-many-connections,
+                type-error,
+                other(string),
+            }
+            resource connection {
+                open: static func(address: string) -> result<connection, error>;
+                publish: func(channel: string, payload: payload) -> result<_, error>;
+                get: func(key: string) -> result<option<payload>, error>;
+                set: func(key: string, value: payload) -> result<_, error>;
+                incr: func(key: string) -> result<s64, error>;
+                del: func(keys: list<string>) -> result<u32, error>;
+                sadd: func(key: string, values: list<string>) -> result<u32, error>;
+                smembers: func(key: string) -> result<list<string>, error>;
+                srem: func(key: string, values: list<string>) -> result<u32, error>;
+                execute: func(command: string, arguments: list<redis-parameter>) -> result<list<redis-result>, error>;
+            }
+            type payload = list<u8>;
+            variant redis-parameter {
+                int64(s64),
+                binary(payload)
+            }
+            variant redis-result {
+                nil,
+                status(string),
+                int64(s64),
+                binary(payload)
+            }
+        }
+
         world spin-host {
             import key-value;
+            import redis;
             import sqlite;
             import variables;
         }
@@ -84,10 +117,11 @@ wasmtime::component::bindgen!({
     with: {
         "fermyon:spin/key-value.store": KvStore,
         "fermyon:spin/sqlite.connection": SqlConnection,
+        "fermyon:spin/redis.connection": RedisConnection,
     },
 });
 
-use fermyon::spin::{key_value, sqlite, variables};
+use fermyon::spin::{key_value, redis as spin_redis, sqlite, variables};
 
 /// An open key-value store (a label the component declared).
 pub struct KvStore {
@@ -99,8 +133,14 @@ pub struct SqlConnection {
     conn: rusqlite::Connection,
 }
 
+/// An open connection to a Redis server, as outbound Redis gives one per `open`.
+pub struct RedisConnection {
+    conn: redis::Connection,
+}
+
 /// State shared by all requests: the key-value file and the SQLite database path.
 pub struct Shared {
+    allowed: Vec<AllowedHost>,
     kv: Mutex<rusqlite::Connection>,
     sqlite_path: PathBuf,
     key_value_stores: Vec<String>,
@@ -114,6 +154,7 @@ impl Shared {
         let kv = rusqlite::Connection::open(dir.join("sqlite_key_value.db"))?;
         kv.execute_batch("CREATE TABLE IF NOT EXISTS spin_key_value (store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (store, key))")?;
         Ok(Shared {
+            allowed: app.allowed_outbound_hosts.clone(),
             kv: Mutex::new(kv),
             sqlite_path: dir.join("sqlite_db.db"),
             key_value_stores: app.key_value_stores.clone(),
@@ -261,6 +302,111 @@ fn run(conn: &rusqlite::Connection, statement: &str, parameters: Vec<sqlite::Val
         rows.push(sqlite::RowResult { values });
     }
     Ok(sqlite::QueryResult { columns, rows })
+}
+
+impl spin_redis::Host for St {}
+
+fn redis_error(e: redis::RedisError) -> spin_redis::Error {
+    match e.kind() {
+        redis::ErrorKind::UnexpectedReturnType => spin_redis::Error::TypeError,
+        _ => spin_redis::Error::Other(e.to_string()),
+    }
+}
+
+/// Flattens a reply into outbound Redis results: an array becomes its elements, one level deep.
+fn redis_results(value: redis::Value, out: &mut Vec<spin_redis::RedisResult>) {
+    use spin_redis::RedisResult as R;
+    match value {
+        redis::Value::Nil => out.push(R::Nil),
+        redis::Value::Int(i) => out.push(R::Int64(i)),
+        redis::Value::BulkString(b) => out.push(R::Binary(b)),
+        redis::Value::SimpleString(s) => out.push(R::Status(s)),
+        redis::Value::Okay => out.push(R::Status("OK".into())),
+        redis::Value::Array(items) | redis::Value::Set(items) => items.into_iter().for_each(|v| redis_results(v, out)),
+        other => out.push(R::Status(format!("{other:?}"))),
+    }
+}
+
+impl St {
+    fn redis<T: redis::FromRedisValue>(&mut self, conn: &Resource<RedisConnection>, cmd: redis::Cmd) -> wasmtime::Result<Result<T, spin_redis::Error>> {
+        let conn = &mut self.table.get_mut(conn)?.conn;
+        Ok(cmd.query(conn).map_err(redis_error))
+    }
+}
+
+impl spin_redis::HostConnection for St {
+    fn open(&mut self, address: String) -> wasmtime::Result<Result<Resource<RedisConnection>, spin_redis::Error>> {
+        let Ok(url) = address.parse::<http::Uri>() else { return Ok(Err(spin_redis::Error::InvalidAddress)) };
+        let scheme = url.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let host = url.host().unwrap_or("").to_owned();
+        let port = url.port_u16().unwrap_or(6379);
+        if !self.shared.allowed.iter().any(|a| a.allows(&scheme, &host, port)) {
+            eprintln!("spin-test-host: denied outbound Redis connection to {address} (not in allowed_outbound_hosts)");
+            return Ok(Err(spin_redis::Error::InvalidAddress));
+        }
+        let opened = redis::Client::open(address.as_str()).and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)));
+        match opened {
+            Ok(conn) => Ok(Ok(self.table.push(RedisConnection { conn })?)),
+            Err(e) => Ok(Err(redis_error(e))),
+        }
+    }
+
+    fn publish(&mut self, c: Resource<RedisConnection>, channel: String, payload: Vec<u8>) -> wasmtime::Result<Result<(), spin_redis::Error>> {
+        self.redis::<i64>(&c, redis::cmd("PUBLISH").arg(channel).arg(payload).clone()).map(|r| r.map(drop))
+    }
+
+    fn get(&mut self, c: Resource<RedisConnection>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, spin_redis::Error>> {
+        self.redis(&c, redis::cmd("GET").arg(key).clone())
+    }
+
+    fn set(&mut self, c: Resource<RedisConnection>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), spin_redis::Error>> {
+        self.redis(&c, redis::cmd("SET").arg(key).arg(value).clone())
+    }
+
+    fn incr(&mut self, c: Resource<RedisConnection>, key: String) -> wasmtime::Result<Result<i64, spin_redis::Error>> {
+        self.redis(&c, redis::cmd("INCR").arg(key).clone())
+    }
+
+    fn del(&mut self, c: Resource<RedisConnection>, keys: Vec<String>) -> wasmtime::Result<Result<u32, spin_redis::Error>> {
+        self.redis(&c, redis::cmd("DEL").arg(keys).clone())
+    }
+
+    fn sadd(&mut self, c: Resource<RedisConnection>, key: String, values: Vec<String>) -> wasmtime::Result<Result<u32, spin_redis::Error>> {
+        self.redis(&c, redis::cmd("SADD").arg(key).arg(values).clone())
+    }
+
+    fn smembers(&mut self, c: Resource<RedisConnection>, key: String) -> wasmtime::Result<Result<Vec<String>, spin_redis::Error>> {
+        self.redis(&c, redis::cmd("SMEMBERS").arg(key).clone())
+    }
+
+    fn srem(&mut self, c: Resource<RedisConnection>, key: String, values: Vec<String>) -> wasmtime::Result<Result<u32, spin_redis::Error>> {
+        self.redis(&c, redis::cmd("SREM").arg(key).arg(values).clone())
+    }
+
+    fn execute(
+        &mut self,
+        c: Resource<RedisConnection>,
+        command: String,
+        arguments: Vec<spin_redis::RedisParameter>,
+    ) -> wasmtime::Result<Result<Vec<spin_redis::RedisResult>, spin_redis::Error>> {
+        let mut cmd = redis::cmd(&command);
+        for a in arguments {
+            match a {
+                spin_redis::RedisParameter::Int64(i) => cmd.arg(i),
+                spin_redis::RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        Ok(self.redis::<redis::Value>(&c, cmd)?.map(|v| {
+            let mut out = Vec::new();
+            redis_results(v, &mut out);
+            out
+        }))
+    }
+
+    fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
 }
 
 impl variables::Host for St {
