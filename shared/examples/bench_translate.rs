@@ -150,4 +150,32 @@ fn main() {
         });
         host.drain_records();
     });
+
+    // The same with prompts of 1 KB and 16 KB, on an alias whose model tiktoken knows (the
+    // prompt counted exactly, o200k_base) and on one it does not (estimated from its length).
+    let policy = serde_json::json!({
+        "tenants": [{"id": "t", "limits": {"requests_per_minute": 1_000_000_000u64, "tokens_per_minute": 1_000_000_000_000u64}}],
+        "keys": [{"id": "k", "tenant": "t", "hash": key_hash_string("sk")}],
+        "providers": [{"id": "mock", "kind": "mock"}],
+        "models": [
+            {"alias": "exact", "targets": [{"provider": "mock", "model": "gpt-4o-mini"}]},
+            {"alias": "estimated", "targets": [{"provider": "mock", "model": "mock-1"}]}
+        ]
+    });
+    let host = TestHost::new(1_800_000_000_000, &policy.to_string());
+    let prose = "The gateway admits a request only when the tenant's ledger has room for it; \
+                 prompts are counted before routing, and answers are guarded on the way back. ";
+    for kb in [1usize, 16] {
+        let prompt: String = prose.chars().cycle().take(kb * 1024).collect();
+        for alias in ["exact", "estimated"] {
+            let body = serde_json::json!({"model": alias, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]});
+            let body = Bytes::from(body.to_string());
+            bench(&format!("whole request, {kb} KB prompt, {alias} count, built-in mock"), || {
+                let req =
+                    http::Request::post("https://gw/v1/chat/completions").header("authorization", "Bearer sk").body(body.clone()).unwrap();
+                black_box(futures::executor::block_on(gw.handle(&host, req)));
+                host.drain_records();
+            });
+        }
+    }
 }

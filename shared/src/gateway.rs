@@ -91,7 +91,7 @@ impl Default for Gateway {
             snapshots: SnapshotCache::default(),
             health: Rc::default(),
             health_refresh_ms: HEALTH_REFRESH_MS,
-            contained: Contained::default(),
+            contained: Contained(Rc::default(), Unsent(Some(Rc::default()))),
             meter: Rc::default(),
         }
     }
@@ -102,7 +102,54 @@ impl Default for Gateway {
 /// screened by the containment firewall from the start; one that learns it at admission is
 /// screened again.
 #[derive(Debug, Clone, Default)]
-struct Contained(Rc<RefCell<HashMap<String, BTreeSet<String>>>>);
+struct Contained(Rc<RefCell<HashMap<String, BTreeSet<String>>>>, Unsent);
+
+/// How long an isolate may hold clean screenings before sending them to the tenant's ledger.
+const SCREEN_BATCH_MS: u64 = 1_000;
+
+/// Clean screenings an isolate has not sent yet, per tenant and route: how many, and since when.
+/// A clean prompt can only lower a scope's suspicious share, so it can wait and go in a batch —
+/// on the next screening sent (every suspicious one is sent at once, and every reservation
+/// carries one), or after [`SCREEN_BATCH_MS`]. This spares the ledger a call per clean request.
+/// `None` for a gateway that lives for one request (nothing can wait: every screening is sent).
+#[derive(Debug, Clone, Default)]
+struct Unsent(Option<Rc<RefCell<HeldScreens>>>);
+
+/// Per tenant and route: clean screenings held, and since when (epoch ms).
+type HeldScreens = HashMap<(String, String), (u32, u64)>;
+
+impl Unsent {
+    /// Whether `screen` (of `tenant`) must be sent now; if so it takes the clean ones held for
+    /// its route. A clean one that may wait is counted instead.
+    fn send_now(&self, tenant: &str, screen: &mut Screen, now_ms: u64) -> bool {
+        let Some(map) = &self.0 else { return true };
+        let mut map = map.borrow_mut();
+        let key = (tenant.to_owned(), screen.route.clone());
+        let held = map.get(&key).copied();
+        match held {
+            Some((n, since)) if !screen.suspicious && now_ms < since.saturating_add(SCREEN_BATCH_MS) => {
+                map.insert(key, (n.saturating_add(1), since));
+                false
+            }
+            None if !screen.suspicious => {
+                map.insert(key, (1, now_ms));
+                false
+            }
+            _ => {
+                map.remove(&key);
+                screen.clean_before = screen.clean_before.saturating_add(held.map_or(0, |(n, _)| n));
+                true
+            }
+        }
+    }
+
+    /// Adds the clean screenings held for `screen`'s route to it (it is being sent anyway).
+    fn take(&self, tenant: &str, screen: &mut Screen) {
+        if let Some((n, _)) = self.0.as_ref().and_then(|m| m.borrow_mut().remove(&(tenant.to_owned(), screen.route.clone()))) {
+            screen.clean_before = screen.clean_before.saturating_add(n);
+        }
+    }
+}
 
 impl Contained {
     /// What the ledger said of a request on `alias`: its contained scopes (of `tenant` and
@@ -348,7 +395,7 @@ impl Gateway {
     /// A gateway for a host that starts a fresh instance per request (Spin): health is read from
     /// the location's board when the request is routed and written back when it is recorded.
     pub fn per_request() -> Self {
-        Gateway { health_refresh_ms: 0, ..Self::default() }
+        Gateway { health_refresh_ms: 0, contained: Contained::default(), ..Self::default() }
     }
 
     /// Handles one request. Never fails: every error becomes a response in the caller's dialect.
@@ -572,7 +619,7 @@ impl Gateway {
             let suspicious = verdict.score >= normal.threshold;
             ctx.record.suspicious = Some(suspicious);
             if let Some(c) = policy.containment() {
-                let screen = Screen { route: alias.to_owned(), suspicious, rule: c.rule };
+                let screen = Screen { route: alias.to_owned(), suspicious, rule: c.rule, clean_before: 0 };
                 ctx.screen = Some(PendingScreen { tenant: tenant.to_owned(), screen, contained: self.contained.clone() });
             }
         };
@@ -875,7 +922,12 @@ impl Gateway {
         }
         let tenant = principal.tenant.id.clone();
         let pending = ctx.screen.take();
-        let mut screen = pending.as_ref().map(|p| p.screen.clone());
+        let mut screen = pending.as_ref().map(|p| {
+            // The reservation carries the screening, and with it the clean ones held back.
+            let mut screen = p.screen.clone();
+            p.contained.1.take(&p.tenant, &mut screen);
+            screen
+        });
         // A route with a queue waits in turn for room under per-minute and concurrency limits.
         let started = host.now_ms();
         let queue_ms = policy.route(scope.alias).map_or(0, |r| r.queue_ms);
@@ -1238,6 +1290,9 @@ impl Gateway {
             cleared.sort_unstable();
             cleared.dedup();
             self.contained.0.borrow_mut().remove(tenant.as_str());
+            if let Some(unsent) = &self.contained.1.0 {
+                unsent.borrow_mut().retain(|(t, _), _| t != tenant);
+            }
             let body = serde_json::json!({"tenant": tenant, "cleared": cleared, "by": actor.name, "at_ms": now_ms});
             note_admin_action(ctx, &endpoint, req.body(), &body, &actor);
             return Ok(Reply::Json(StatusCode::OK, Bytes::from(body.to_string())));
@@ -1792,8 +1847,11 @@ fn finish<H: Host>(
         {
             record.budget_alerts = alerts;
         }
-        // A screening no reservation carried (the prompt was blocked, or nothing limits it).
-        if let Some(p) = screen {
+        // A screening no reservation carried (the prompt was blocked, or nothing limits it):
+        // sent now if suspicious or if clean ones have waited long enough, else held.
+        if let Some(mut p) = screen
+            && p.contained.1.send_now(&p.tenant, &mut p.screen, now)
+        {
             let route = p.screen.route.clone();
             if let Ok(LedgerAnswer::Screened { containment }) = worker.apply(&p.tenant, LedgerOp::Screen { screen: p.screen }).await {
                 p.contained.remember(&p.tenant, &route, &containment.scopes);

@@ -459,6 +459,14 @@ pub struct Screen {
     pub suspicious: bool,
     /// The containment rule of the policy it was screened under.
     pub rule: ContainmentRule,
+    /// Clean prompts on the same route that an isolate screened before this one and has not sent
+    /// yet (it sends clean prompts in batches, and every suspicious one at once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clean_before: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A scope's screening: per bucket of a tenth of the window, its start and the prompts and
@@ -684,12 +692,13 @@ impl Book {
         for scope in ["tenant".to_owned(), format!("route:{}", screen.route)] {
             let watch = self.watch.entry(scope.clone()).or_default();
             watch.buckets.retain(|(start, _, _)| start + rule.window_ms > now_ms);
+            let seen = screen.clean_before.saturating_add(1);
             match watch.buckets.last_mut() {
                 Some(last) if last.0 == bucket => {
-                    last.1 += 1;
+                    last.1 = last.1.saturating_add(seen);
                     last.2 += u32::from(screen.suspicious);
                 }
-                _ => watch.buckets.push((bucket, 1, u32::from(screen.suspicious))),
+                _ => watch.buckets.push((bucket, seen, u32::from(screen.suspicious))),
             }
             let prompts: u32 = watch.buckets.iter().map(|b| b.1).sum();
             let suspicious: u32 = watch.buckets.iter().map(|b| b.2).sum();
@@ -935,7 +944,7 @@ mod tests {
     const RULE: ContainmentRule = ContainmentRule { ratio_permille: 30, window_ms: 600_000, min_prompts: 20, rate_percent: 25 };
 
     fn screen(b: &mut Book, at: u64, route: &str, suspicious: bool) -> Containment {
-        match b.apply(at, LedgerOp::Screen { screen: Screen { route: route.into(), suspicious, rule: RULE } }) {
+        match b.apply(at, LedgerOp::Screen { screen: Screen { route: route.into(), suspicious, rule: RULE, clean_before: 0 } }) {
             LedgerAnswer::Screened { containment } => containment,
             _ => unreachable!(),
         }
@@ -1000,7 +1009,7 @@ mod tests {
         let rpm = limit("rpm", Meter::Requests, Window::Minute, 8);
         let day = limit("day", Meter::Tokens, Window::Day, 1_000);
         let ask = |b: &mut Book, id: &str| {
-            let screen = Some(Screen { route: "chat".into(), suspicious: false, rule: RULE });
+            let screen = Some(Screen { route: "chat".into(), suspicious: false, rule: RULE, clean_before: 0 });
             b.apply(
                 T0 + 100,
                 LedgerOp::Reserve {

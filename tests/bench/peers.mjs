@@ -2,7 +2,8 @@
 // fixed-rate load (oha, latency-corrected) against the upstream simulator directly and through
 // each gateway — edgegate (the built Worker in workerd), Portkey's gateway (@portkey-ai/gateway,
 // Node) and the LiteLLM proxy (offline cost map, one worker) — all on 127.0.0.1 and the same
-// simulator. Overhead at a percentile = the gateway's latency minus the direct latency at that
+// simulator — and a "workerd floor": a JavaScript Worker in the same runtime that only forwards,
+// so edgegate's overhead can be split into the runtime's and the gateway's own. Overhead at a percentile = the gateway's latency minus the direct latency at that
 // percentile, in the same run. Streams: time to the first chunk, sequential, from a Node client.
 //
 //   bash tests/bench/peers-setup.sh                      # oha, Portkey and LiteLLM into the cache
@@ -21,6 +22,9 @@ const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.ar
 const RATE = arg("--rate", 200);
 const SECONDS = arg("--seconds", 10);
 const RUNS = arg("--runs", 3);
+// `--targets a,b` runs only those (and `direct`, the baseline).
+const only = process.argv.includes("--targets") ? process.argv[process.argv.indexOf("--targets") + 1].split(",") : null;
+const want = (name) => !only || only.includes(name);
 const CACHE = process.env.EDGEGATE_CACHE ?? join(homedir(), ".cache", "edgegate");
 const OHA = process.env.EDGEGATE_OHA ?? join(CACHE, "tools", "oha", "bin", "oha");
 const PORTKEY = join(CACHE, "bench", "portkey", "node_modules", "@portkey-ai", "gateway", "build", "start-server.js");
@@ -93,6 +97,22 @@ async function firstChunk(url, headers, base = BODY, n = 100) {
   return { p50: times[Math.floor(n / 2)], p99: times[Math.floor(n * 0.99)] };
 }
 
+/** The runtime's floor: a JavaScript Worker in the same Miniflare that only forwards each request
+ * to the simulator. What edgegate adds beyond it is the gateway's own work. */
+async function startFloor(upstream) {
+  const { Miniflare } = await import("miniflare");
+  const script = `export default {
+    async fetch(req, env) {
+      const u = new URL(req.url);
+      if (u.pathname === "/static") return new Response(await req.text(), { headers: { "content-type": "application/json" } });
+      return fetch(env.UPSTREAM + u.pathname, { method: req.method, headers: { "content-type": "application/json" }, body: req.body });
+    },
+  };`;
+  const mf = new Miniflare({ host: "127.0.0.1", port: 0, modules: true, script, bindings: { UPSTREAM: upstream } });
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  return { url, stop: () => mf.dispose() };
+}
+
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const sim = await startSimulator();
@@ -101,19 +121,26 @@ const edgegate = await startWorkerd({
   policy: {
     tenants: [{ id: "bench" }],
     keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
-    providers: [{ id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1` }],
-    models: [{ alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] }],
+    providers: [
+      { id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1` },
+      { id: "builtin", kind: "mock" },
+    ],
+    models: [
+      { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
+      { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
+    ],
     settings: { policy_refresh_seconds: 60, audit: { enabled: false } },
   },
 });
+const floor = await startFloor(simUrl);
 const port = (base) => base + Math.floor(Math.random() * 1000);
 const portkeyPort = port(20000);
-const portkey = await serve("node", [PORTKEY, `--port=${portkeyPort}`, "--headless"], { NODE_ENV: "production" }, `http://127.0.0.1:${portkeyPort}/`);
+const portkey = want("portkey") && await serve("node", [PORTKEY, `--port=${portkeyPort}`, "--headless"], { NODE_ENV: "production" }, `http://127.0.0.1:${portkeyPort}/`);
 const litellmPort = port(22000);
 const config = join(ROOT, "target", "bench", "litellm.yaml");
 mkdirSync(join(ROOT, "target", "bench"), { recursive: true });
 writeFileSync(config, `model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/sim-model\n      api_base: ${simUrl}/v1\n      api_key: sk-sim\nlitellm_settings:\n  telemetry: false\n`);
-const litellm = await serve(
+const litellm = want("litellm") && await serve(
   LITELLM,
   ["--config", config, "--host", "127.0.0.1", "--port", String(litellmPort), "--num_workers", "1"],
   { LITELLM_MASTER_KEY: LITELLM_KEY, LITELLM_LOCAL_MODEL_COST_MAP: "True", LITELLM_LOG: "ERROR" },
@@ -122,7 +149,11 @@ const litellm = await serve(
 
 const targets = {
   direct: { url: `${simUrl}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
+  "workerd floor": { url: `${floor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
   edgegate: { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } },
+  // No upstream at all: a Worker that echoes the body, and edgegate answering from its built-in mock.
+  "workerd static": { url: `${floor.url}/static`, headers: {} },
+  "edgegate mock": { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" }, body: JSON.stringify({ ...JSON.parse(BODY), model: "mock" }) },
   portkey: {
     url: `http://127.0.0.1:${portkeyPort}/v1/chat/completions`,
     headers: { "x-portkey-provider": "openai", "x-portkey-custom-host": `${simUrl}/v1`, authorization: "Bearer sk-sim" },
@@ -131,6 +162,7 @@ const targets = {
   litellm: { url: `http://127.0.0.1:${litellmPort}/v1/chat/completions`, headers: { authorization: `Bearer ${LITELLM_KEY}` } },
 };
 
+if (only) for (const name of Object.keys(targets)) if (name !== "direct" && !only.includes(name)) delete targets[name];
 const runs = Object.fromEntries(Object.keys(targets).map((k) => [k, []]));
 const streams = {};
 try {
@@ -140,9 +172,10 @@ try {
   }
   for (const [name, t] of Object.entries(targets)) streams[name] = await firstChunk(t.url, t.headers, t.body ?? BODY);
 } finally {
-  await litellm.stop();
-  await portkey.stop();
+  if (litellm) await litellm.stop();
+  if (portkey) await portkey.stop();
   await edgegate.stop();
+  await floor.stop();
   await sim.stop();
 }
 
@@ -151,7 +184,7 @@ for (const [name, list] of Object.entries(runs)) {
   summary[name] = Object.fromEntries(["p50", "p90", "p99", "max", "rate", "ok"].map((k) => [k, median(list.map((r) => r[k]))]));
 }
 const overhead = {};
-for (const name of ["edgegate", "portkey", "litellm"]) {
+for (const name of Object.keys(summary).filter((n) => n !== "direct")) {
   overhead[name] = Object.fromEntries(["p50", "p90", "p99", "max"].map((k) => [k, summary[name][k] - summary.direct[k]]));
 }
 const machine = `${cpus().length} × ${cpus()[0]?.model ?? "?"}`;
@@ -160,13 +193,19 @@ writeFileSync(join(ROOT, "target", "bench", "peers.json"), JSON.stringify(result
 
 const f = (x) => (Number.isFinite(x) ? x.toFixed(2) : "—").padStart(8);
 console.log(`${machine}; ${RATE} requests/s for ${SECONDS} s, median of ${RUNS} runs (ms)`);
-console.log(`${"".padEnd(10)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)} ${"rate".padStart(8)} ${"ok".padStart(6)} | overhead ${"p50".padStart(8)} ${"p99".padStart(8)} | first chunk p50`);
+console.log(`${"".padEnd(14)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)} ${"rate".padStart(8)} ${"ok".padStart(6)} | overhead ${"p50".padStart(8)} ${"p99".padStart(8)} | first chunk p50`);
 for (const [name, s] of Object.entries(summary)) {
   const o = overhead[name];
   console.log(
-    `${name.padEnd(10)} ${f(s.p50)} ${f(s.p90)} ${f(s.p99)} ${f(s.max)} ${f(s.rate)} ${(s.ok * 100).toFixed(0).padStart(5)}% | ${" ".repeat(8)} ${o ? f(o.p50) : " ".repeat(8)} ${o ? f(o.p99) : " ".repeat(8)} | ${f(streams[name]?.p50)}`,
+    `${name.padEnd(14)} ${f(s.p50)} ${f(s.p90)} ${f(s.p99)} ${f(s.max)} ${f(s.rate)} ${(s.ok * 100).toFixed(0).padStart(5)}% | ${" ".repeat(8)} ${o ? f(o.p50) : " ".repeat(8)} ${o ? f(o.p99) : " ".repeat(8)} | ${f(streams[name]?.p50)}`,
   );
 }
-for (const peer of ["portkey", "litellm"]) {
+if (overhead.edgegate && overhead["workerd floor"]) {
+  const own = Object.fromEntries(["p50", "p99"].map((k) => [k, overhead.edgegate[k] - overhead["workerd floor"][k]]));
+  result.own = own;
+  writeFileSync(join(ROOT, "target", "bench", "peers.json"), JSON.stringify(result, null, 2) + "\n");
+  console.log(`edgegate beyond the workerd floor (the gateway's own work): p50 ${own.p50.toFixed(2)} ms, p99 ${own.p99.toFixed(2)} ms`);
+}
+for (const peer of ["portkey", "litellm"].filter((p) => overhead[p] && overhead.edgegate)) {
   console.log(`p99 overhead ${peer} / edgegate: ${(overhead[peer].p99 / overhead.edgegate.p99).toFixed(1)}×; p50: ${(overhead[peer].p50 / overhead.edgegate.p50).toFixed(1)}×`);
 }
