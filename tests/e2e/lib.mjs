@@ -165,7 +165,7 @@ export async function publish(url, policy) {
  * directory finds them again.
  * `cf`: the `request.cf` object workerd gives the Worker (where the request was received).
  */
-export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null, cf = DEFAULT_CF }) {
+export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null, cf = DEFAULT_CF, inspectorPort }) {
   const { Miniflare } = await import("miniflare");
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions, main } = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml"));
@@ -189,6 +189,7 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
   const mf = new Miniflare({
     cf,
     workers,
+    inspectorPort,
     host: "127.0.0.1",
     port: 0,
     kvPersist: stateDir ? join(stateDir, "v3", "kv") : false,

@@ -1,0 +1,80 @@
+// A CPU profile of the edgegate isolate in workerd under load: where a request's time goes
+// inside the Worker (wasm functions by name, and the JavaScript glue around them). Connects to
+// workerd's inspector (DevTools protocol) through Miniflare's `inspectorPort`, profiles while a
+// fixed number of requests run against the simulator, and prints the functions with the most
+// self time. Writes target/bench/edgegate.cpuprofile (open it in Chrome DevTools).
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests] [in-flight]'
+// (with EDGEGATE_UPSTREAM_SIM set). Not part of the test command: it asserts nothing.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import WebSocket from "ws";
+import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
+
+const total = Number(process.argv[2] ?? 4000);
+const inFlight = Number(process.argv[3] ?? 8);
+const inspectorPort = 9300 + Math.floor(Math.random() * 500);
+const sim = await startSimulator();
+const gw = await startWorkerd({
+  inspectorPort,
+  policy: {
+    tenants: [{ id: "bench" }],
+    keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
+    providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
+    models: [{ alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] }],
+    settings: { policy_refresh_seconds: 60, audit: { enabled: false } },
+  },
+});
+const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const send = async () => {
+  const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { authorization: "Bearer sk-bench", "content-type": "application/json" }, body });
+  await r.arrayBuffer();
+};
+for (let i = 0; i < 200; i++) await send(); // warm up
+
+const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json/list`)).json();
+const target = targets.find((t) => t.webSocketDebuggerUrl?.includes("edgegate")) ?? targets[0];
+const ws = new WebSocket(target.webSocketDebuggerUrl);
+await new Promise((res, rej) => (ws.once("open", res), ws.once("error", rej)));
+let next = 1;
+const pending = new Map();
+ws.on("message", (m) => {
+  const msg = JSON.parse(m);
+  if (msg.id && pending.has(msg.id)) pending.get(msg.id)(msg);
+});
+const call = (method, params = {}) =>
+  new Promise((res) => {
+    const id = next++;
+    pending.set(id, res);
+    ws.send(JSON.stringify({ id, method, params }));
+  });
+await call("Profiler.enable");
+await call("Profiler.setSamplingInterval", { interval: 100 });
+await call("Profiler.start");
+const t0 = performance.now();
+let sent = 0;
+await Promise.all(Array.from({ length: inFlight }, async () => { while (sent++ < total) await send(); }));
+const seconds = (performance.now() - t0) / 1000;
+const { result } = await call("Profiler.stop");
+ws.close();
+await gw.stop();
+await sim.stop();
+
+const profile = result.profile;
+mkdirSync(join(ROOT, "target", "bench"), { recursive: true });
+writeFileSync(join(ROOT, "target", "bench", "edgegate.cpuprofile"), JSON.stringify(profile));
+// Self time per function: samples × interval, attributed to the sampled (leaf) node.
+const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+const self = new Map();
+const deltas = profile.timeDeltas;
+profile.samples.forEach((id, i) => {
+  const n = byId.get(id);
+  const name = (n.callFrame.functionName || "(anonymous)").replace(/::h[0-9a-f]{16}$/, "") + (n.callFrame.url ? "" : "");
+  self.set(name, (self.get(name) ?? 0) + (deltas[i + 1] ?? 0));
+});
+const totalUs = [...self.values()].reduce((a, b) => a + b, 0);
+const idle = (self.get("(idle)") ?? 0) + (self.get("(program)") ?? 0);
+console.log(`${total} requests in ${seconds.toFixed(1)} s (${(total / seconds).toFixed(0)}/s), ${inFlight} in flight; isolate busy ${((totalUs - idle) / 1000).toFixed(0)} ms of ${(totalUs / 1000).toFixed(0)} ms sampled, ${((totalUs - idle) / total).toFixed(0)} µs per request`);
+console.log("self time, µs per request, top 30:");
+for (const [name, us] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 30)) {
+  console.log(`${(us / total).toFixed(1).padStart(8)}  ${name.slice(0, 150)}`);
+}
