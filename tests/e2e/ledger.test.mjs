@@ -94,50 +94,50 @@ for (const [name, start] of Object.entries(runtimes)) {
     }
 
     for (const [tenant, books] of [["counted", 1], ["split", 4]]) {
-    it(`admits exactly ${N} of ${CLIENTS} concurrent clients and settles every hold the runtime lets it see (${books} ledger book${books > 1 ? "s" : ""})`, async () => {
-      await awayFromMinuteEdge();
-      const abandoned = new Set();
-      const one = async (i) => {
-        const kind = ["plain", "stream", "cut", "abandon"][i % 4];
-        const model = { plain: "sim", stream: "sim", cut: "cut", abandon: "slow" }[kind];
-        const controller = new AbortController();
-        const r = await send(tenant, { model, stream: kind !== "plain", messages: [{ role: "user", content: `client ${i}` }] }, controller.signal);
-        if (r.status !== 200) {
-          await r.arrayBuffer();
+      it(`admits exactly ${N} of ${CLIENTS} concurrent clients and settles every hold the runtime lets it see (${books} ledger book${books > 1 ? "s" : ""})`, async () => {
+        await awayFromMinuteEdge();
+        const abandoned = new Set();
+        const one = async (i) => {
+          const kind = ["plain", "stream", "cut", "abandon"][i % 4];
+          const model = { plain: "sim", stream: "sim", cut: "cut", abandon: "slow" }[kind];
+          const controller = new AbortController();
+          const r = await send(tenant, { model, stream: kind !== "plain", messages: [{ role: "user", content: `client ${i}` }] }, controller.signal);
+          if (r.status !== 200) {
+            await r.arrayBuffer();
+            return r.status;
+          }
+          if (kind === "abandon") {
+            abandoned.add(r.headers.get("x-request-id"));
+            await r.body.getReader().read(); // the first chunk, then hang up
+            controller.abort();
+          } else {
+            await r.text();
+          }
           return r.status;
-        }
-        if (kind === "abandon") {
-          abandoned.add(r.headers.get("x-request-id"));
-          await r.body.getReader().read(); // the first chunk, then hang up
-          controller.abort();
+        };
+        const statuses = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => one(i)));
+        assert.equal(statuses.filter((s) => s === 200).length, N, JSON.stringify(statuses));
+        assert.equal(statuses.filter((s) => s === 429).length, CLIENTS - N);
+        const ledger = await settled(tenant, name === "workerd" ? abandoned.size : 0);
+        if (name === "workerd") {
+          // workerd (this Miniflare) does not always cancel a response stream whose client has hung
+          // up, so the Worker may never learn of it: those holds wait for the ledger's expiry
+          // (HOLD_TTL_MS), which charges their estimate. Every other hold is settled.
+          const open = Object.keys(ledger.holds);
+          assert.ok(open.every((id) => abandoned.has(id)), `only abandoned streams may be unsettled: ${open}`);
         } else {
-          await r.text();
+          assert.deepEqual(ledger.holds, {}, "no hold left open");
         }
-        return r.status;
-      };
-      const statuses = await Promise.all(Array.from({ length: CLIENTS }, (_, i) => one(i)));
-      assert.equal(statuses.filter((s) => s === 200).length, N, JSON.stringify(statuses));
-      assert.equal(statuses.filter((s) => s === 429).length, CLIENTS - N);
-      const ledger = await settled(tenant, name === "workerd" ? abandoned.size : 0);
-      if (name === "workerd") {
-        // workerd (this Miniflare) does not always cancel a response stream whose client has hung
-        // up, so the Worker may never learn of it: those holds wait for the ledger's expiry
-        // (HOLD_TTL_MS), which charges their estimate. Every other hold is settled.
-        const open = Object.keys(ledger.holds);
-        assert.ok(open.every((id) => abandoned.has(id)), `only abandoned streams may be unsettled: ${open}`);
-      } else {
-        assert.deepEqual(ledger.holds, {}, "no hold left open");
-      }
-      assert.equal(ledger.counters["tenant/requests_per_minute"].used, N);
-      if (gw.redis) {
-        // The books are Redis's: one hash per book, with the count in it.
-        for (let k = 0; k < books; k++) {
-          const book = k === 0 ? tenant : `${tenant}/${k}`;
-          const reply = await gw.redis.command("HGET", `edgegate:book:${book}`, "book");
-          assert.match(reply, /tenant\/requests_per_minute/, `book ${book} is in Redis`);
+        assert.equal(ledger.counters["tenant/requests_per_minute"].used, N);
+        if (gw.redis) {
+          // The books are Redis's: one hash per book, with the count in it.
+          for (let k = 0; k < books; k++) {
+            const book = k === 0 ? tenant : `${tenant}/${k}`;
+            const reply = await gw.redis.command("HGET", `edgegate:book:${book}`, "book");
+            assert.match(reply, /tenant\/requests_per_minute/, `book ${book} is in Redis`);
+          }
         }
-      }
-    });
+      });
     }
 
     it("queues requests in turn on a route with a queue instead of refusing them", async () => {
@@ -162,23 +162,23 @@ for (const [name, start] of Object.entries(runtimes)) {
     });
 
     for (const [tenant, books] of [["metered", 1], ["split-metered", 4]]) {
-    it(`never spends more tokens than the limit, and settles to what providers report (${books} ledger book${books > 1 ? "s" : ""})`, async () => {
-      await awayFromMinuteEdge();
-      const results = await Promise.all(
-        Array.from({ length: CLIENTS }, async (_, i) => {
-          const r = await send(tenant, { model: i % 2 ? "sim" : "mock", max_tokens: 150, messages: [{ role: "user", content: `question number ${i}` }] });
-          const body = await r.json();
-          return { status: r.status, tokens: body.usage?.total_tokens ?? 0 };
-        }),
-      );
-      const admitted = results.filter((r) => r.status === 200);
-      const spent = admitted.reduce((sum, r) => sum + r.tokens, 0);
-      assert.ok(admitted.length > 0 && results.some((r) => r.status === 429), JSON.stringify(results.map((r) => r.status)));
-      const ledger = await settled(tenant);
-      assert.deepEqual(ledger.holds, {});
-      assert.equal(ledger.counters["tenant/tokens_per_minute"].used, spent, "the ledger holds exactly what providers reported");
-      assert.ok(spent <= 3_000, `spent ${spent}`);
-    });
+      it(`never spends more tokens than the limit, and settles to what providers report (${books} ledger book${books > 1 ? "s" : ""})`, async () => {
+        await awayFromMinuteEdge();
+        const results = await Promise.all(
+          Array.from({ length: CLIENTS }, async (_, i) => {
+            const r = await send(tenant, { model: i % 2 ? "sim" : "mock", max_tokens: 150, messages: [{ role: "user", content: `question number ${i}` }] });
+            const body = await r.json();
+            return { status: r.status, tokens: body.usage?.total_tokens ?? 0 };
+          }),
+        );
+        const admitted = results.filter((r) => r.status === 200);
+        const spent = admitted.reduce((sum, r) => sum + r.tokens, 0);
+        assert.ok(admitted.length > 0 && results.some((r) => r.status === 429), JSON.stringify(results.map((r) => r.status)));
+        const ledger = await settled(tenant);
+        assert.deepEqual(ledger.holds, {});
+        assert.equal(ledger.counters["tenant/tokens_per_minute"].used, spent, "the ledger holds exactly what providers reported");
+        assert.ok(spent <= 3_000, `spent ${spent}`);
+      });
     }
   });
 }
