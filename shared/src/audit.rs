@@ -103,7 +103,7 @@ pub struct Draft {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
     /// Each decision, an object whose `type` names it (`auth`, `admission`, `firewall`,
-    /// `residency`, `route`, `guard`, `containment`).
+    /// `residency`, `route`, `guard`, `containment`, `truncation`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<serde_json::Value>,
     /// Rule ids the decisions name (firewall and guard findings).
@@ -702,6 +702,9 @@ pub fn request_entry(record: &RequestRecord) -> Option<(String, Draft)> {
             admission["contained"] = json!(c.scopes);
         }
         decisions.push(admission);
+    }
+    if let Some(n) = record.truncated_messages {
+        decisions.push(json!({"type": "truncation", "result": "dropped_oldest_turns", "messages": n}));
     }
     if let Some(v) = &record.firewall {
         let ids: Vec<&str> = v.findings.iter().map(|f| f.rule).collect();

@@ -194,37 +194,50 @@ impl ChatRequest {
     /// message's role, content, name and tool calls, counted as OpenAI documents for chat: 3 a
     /// message and 3 to prime the answer), with tool definitions counted as their JSON (OpenAI
     /// renders them in a format of its own, so that part is close, not exact). Without an
-    /// encoding (models tiktoken does not know), [`Self::estimate_prompt_tokens`].
+    /// encoding (models tiktoken does not know), [`Self::estimate_prompt_tokens`]. The count is
+    /// the sum of [`Message::tokens`] and a part for the rest of the request.
     pub fn prompt_tokens(&self, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
-        let Some(enc) = encoding else { return self.estimate_prompt_tokens() };
-        let count = |s: &str| enc.count(s) as u64;
-        let messages: u64 = self
-            .messages
-            .iter()
-            .map(|m| {
-                3 + count(m.role.as_str())
-                    + count(&m.text())
-                    + m.extra.get("name").and_then(Value::as_str).map_or(0, |n| 1 + count(n))
-                    + m.tool_calls.iter().flatten().map(|c| count(&c.function.name) + count(&c.function.arguments)).sum::<u64>()
-            })
-            .sum();
-        messages + 3 + self.extra.get("tools").map_or(0, |t| count(&t.to_string()))
+        let tools = self.extra.get("tools").map(Value::to_string);
+        let rest = match encoding {
+            Some(enc) => 3 + tools.map_or(0, |t| enc.count(&t) as u64),
+            None => tools.map_or(0, |t| (t.chars().count() as u64).div_ceil(4)),
+        };
+        rest + self.messages.iter().map(|m| m.tokens(encoding)).sum::<u64>()
     }
 
     /// An estimate of the prompt's tokens: about four characters a token over every text the model
     /// reads (messages, tool calls, tool definitions), plus a few per message. Used where no
     /// provider or encoding can count exactly.
     pub fn estimate_prompt_tokens(&self) -> u64 {
-        let chars: usize = self
-            .messages
-            .iter()
-            .map(|m| {
-                m.text().chars().count()
-                    + m.tool_calls.iter().flatten().map(|c| c.function.name.len() + c.function.arguments.len()).sum::<usize>()
-            })
-            .sum::<usize>()
-            + self.extra.get("tools").map_or(0, |t| t.to_string().chars().count());
-        (chars as u64).div_ceil(4) + 3 * self.messages.len() as u64
+        self.prompt_tokens(None)
+    }
+
+    /// Drops the oldest turns of the conversation until its prompt is at most `max` tokens (by
+    /// [`Self::prompt_tokens`] for `encoding`). A turn is a user message and every message after
+    /// it up to the next user message, so tool results leave with the calls they answer and the
+    /// conversation still starts with a user message. System and developer messages and the last
+    /// turn always stay. Returns how many messages were dropped and the prompt's tokens after,
+    /// which are still over `max` when what always stays is over it.
+    pub fn drop_oldest_turns(&mut self, encoding: Option<crate::tokenizer::Encoding>, max: u64) -> (usize, u64) {
+        let counts: Vec<u64> = self.messages.iter().map(|m| m.tokens(encoding)).collect();
+        let mut total = self.prompt_tokens(encoding);
+        let instruction = |m: &Message| matches!(m.role, Role::System | Role::Developer);
+        let last_turn = self.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(0);
+        let mut keep = vec![true; self.messages.len()];
+        let mut i = 0;
+        while total > max && i < last_turn {
+            // One turn: up to the next user message (messages before the first user message
+            // count as a turn of their own).
+            let end = (i + 1..last_turn).find(|&j| self.messages[j].role == Role::User).unwrap_or(last_turn);
+            for j in (i..end).filter(|&j| !instruction(&self.messages[j])) {
+                keep[j] = false;
+                total -= counts[j];
+            }
+            i = end;
+        }
+        let mut flags = keep.iter();
+        self.messages.retain(|_| flags.next().copied().unwrap_or(true));
+        (keep.iter().filter(|k| !**k).count(), total)
     }
 
     /// The output cap the caller set (`max_completion_tokens`, else `max_tokens`), if any.
@@ -255,6 +268,25 @@ impl ChatRequest {
 }
 
 impl Message {
+    /// The message's part of [`ChatRequest::prompt_tokens`] for `encoding`: exact with one (3,
+    /// its role, its text, its name and its tool calls), else about four characters a token plus 3.
+    pub fn tokens(&self, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
+        let calls = self.tool_calls.iter().flatten();
+        match encoding {
+            Some(enc) => {
+                let count = |s: &str| enc.count(s) as u64;
+                3 + count(self.role.as_str())
+                    + count(&self.text())
+                    + self.extra.get("name").and_then(Value::as_str).map_or(0, |n| 1 + count(n))
+                    + calls.map(|c| count(&c.function.name) + count(&c.function.arguments)).sum::<u64>()
+            }
+            None => {
+                let chars = self.text().chars().count() + calls.map(|c| c.function.name.len() + c.function.arguments.len()).sum::<usize>();
+                (chars as u64).div_ceil(4) + 3
+            }
+        }
+    }
+
     /// The message's text: the string content, or its text parts joined by newlines.
     pub fn text(&self) -> String {
         match &self.content {
@@ -316,6 +348,79 @@ mod tests {
         let deep =
             format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"metadata":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
         assert_eq!(ChatRequest::parse(deep.as_bytes()).map_err(|e| e.metric_label()).err(), Some("invalid_json"));
+    }
+
+    fn conversation() -> ChatRequest {
+        let body = serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "first question ".repeat(20)},
+            {"role": "assistant", "content": "first answer ".repeat(20)},
+            {"role": "user", "content": "what is the weather"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+            {"role": "developer", "content": "Answer in metric units."},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain, 4 degrees ".repeat(10)},
+            {"role": "assistant", "content": "Rain and 4 degrees."},
+            {"role": "user", "content": "and tomorrow?"},
+            {"role": "assistant", "content": "Let me check"},
+        ], "tools": [{"type": "function", "function": {"name": "weather"}}]});
+        ChatRequest::parse(body.to_string().as_bytes()).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn roles(chat: &ChatRequest) -> Vec<&'static str> {
+        chat.messages.iter().map(|m| m.role.as_str()).collect()
+    }
+
+    #[test]
+    fn truncation_drops_whole_turns_oldest_first_and_keeps_instructions_and_the_last_turn() {
+        let enc = Some(crate::tokenizer::Encoding::O200kBase);
+        for encoding in [enc, None] {
+            let full = conversation();
+            let total = full.prompt_tokens(encoding);
+            // The prompt is the sum of its messages' parts and the rest of the request.
+            let parts: u64 = full.messages.iter().map(|m| m.tokens(encoding)).sum();
+            assert!(parts < total, "{parts} of {total}");
+            // Under the cap: nothing changes.
+            let mut chat = full.clone();
+            assert_eq!(chat.drop_oldest_turns(encoding, total), (0, total));
+            assert_eq!(chat, full);
+            // Just over: the greeting before the first question is the oldest turn.
+            let mut chat = full.clone();
+            let (dropped, after) = chat.drop_oldest_turns(encoding, total - 1);
+            assert_eq!((dropped, after), (1, total - full.messages[1].tokens(encoding)));
+            assert_eq!(roles(&chat)[..2], ["system", "user"]);
+            // Further: the first question and its answer go together, then the tool turn, whose
+            // developer message stays.
+            let mut chat = full.clone();
+            let without_first: u64 = full.messages[1..4].iter().map(|m| m.tokens(encoding)).sum();
+            let (dropped, after) = chat.drop_oldest_turns(encoding, total - without_first);
+            assert_eq!((dropped, after), (3, total - without_first));
+            assert_eq!(roles(&chat), ["system", "user", "assistant", "developer", "tool", "assistant", "user", "assistant"]);
+            let mut chat = full.clone();
+            let (dropped, after) = chat.drop_oldest_turns(encoding, total - without_first - 1);
+            assert_eq!(dropped, 7);
+            assert_eq!(roles(&chat), ["system", "developer", "user", "assistant"]);
+            assert_eq!(after, chat.prompt_tokens(encoding), "the count returned is the prompt's count");
+            // What always stays is over a tiny cap: everything else is gone and the count says so.
+            let mut chat = full.clone();
+            let (dropped, after) = chat.drop_oldest_turns(encoding, 1);
+            assert_eq!((dropped, roles(&chat).len()), (7, 4));
+            assert!(after > 1);
+        }
+    }
+
+    #[test]
+    fn truncation_of_a_conversation_without_user_messages_or_earlier_turns_drops_nothing() {
+        for body in [
+            serde_json::json!([{"role": "system", "content": "s"}, {"role": "assistant", "content": "long ".repeat(50)}]),
+            serde_json::json!([{"role": "system", "content": "s"}, {"role": "user", "content": "long ".repeat(50)}]),
+        ] {
+            let mut chat = ChatRequest::parse(serde_json::json!({"model": "m", "messages": body}).to_string().as_bytes())
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            let before = chat.clone();
+            assert_eq!(chat.drop_oldest_turns(None, 5), (0, before.prompt_tokens(None)));
+            assert_eq!(chat, before);
+        }
     }
 
     #[test]

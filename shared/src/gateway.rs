@@ -436,6 +436,7 @@ impl Gateway {
                 key_id: None,
                 model: None,
                 feature: None,
+                truncated_messages: None,
                 overflow: None,
                 routing: None,
                 degraded: None,
@@ -702,7 +703,9 @@ impl Gateway {
         let prompt = chat.prompt_tokens(policy.encoding(&chat.model));
         let feature = phases::feature(&principal.tenant, req.headers(), chat.extra.get("metadata"));
         ctx.record.feature = feature.map(str::to_owned);
-        let output = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
+        let caps = phases::cap(&policy, &principal, feature, &mut chat, prompt)?;
+        let (prompt, output) = (caps.prompt_tokens, caps.output_tokens);
+        ctx.record.truncated_messages = (caps.dropped_messages > 0).then_some(caps.dropped_messages);
         // The edge cache: a fresh answer to the same request, of this tenant under this policy
         // version, skips the ledger, routing and the provider.
         if let Some(rule) = policy.route(&chat.model).and_then(|r| r.cache)
@@ -1723,6 +1726,9 @@ fn set_headers(resp: &mut http::Response<Body>, ctx: &Ctx) {
     }
     if let Some(c) = &ctx.record.cache {
         h.insert("x-edgegate-cache", HeaderValue::from_static(c.status));
+    }
+    if let Some(n) = ctx.record.truncated_messages {
+        h.insert("x-edgegate-truncated-messages", HeaderValue::from(n));
     }
     // Single retry ownership: once the gateway has retried (or may not, its budget spent), the
     // caller must not retry on top of it — except after a 429, whose `Retry-After` the gateway

@@ -86,6 +86,11 @@ const SCREENED: Instrument = Instrument {
     unit: "{prompt}",
     description: "Prompts the firewall screened, by whether their injection score reached the threshold.",
 };
+const TRUNCATED: Instrument = Instrument {
+    name: "gateway.prompts.truncated",
+    unit: "{message}",
+    description: "Messages dropped from prompts (their oldest turns) to fit a route's prompt cap, by tenant and model alias.",
+};
 const DENIED: Instrument = Instrument { name: "gateway.prompts.denied", unit: "{prompt}", description: "Prompts the firewall blocked." };
 const SANITIZED: Instrument =
     Instrument { name: "gateway.sanitizer.invocations", unit: "{prompt}", description: "Prompts the firewall sanitised." };
@@ -254,6 +259,9 @@ impl Meter {
             }
         }
 
+        if let Some(n) = r.truncated_messages {
+            self.add(TRUNCATED, who(), n as u64);
+        }
         // The prompt firewall and the guard phase.
         if let Some(suspicious) = r.suspicious {
             let mut labels = who();

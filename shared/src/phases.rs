@@ -14,7 +14,7 @@ use crate::dialect::Dialect;
 use crate::error::{Error, ErrorKind};
 use crate::jwt::JwtIssuer;
 use crate::ledger::{Amounts, LedgerAnswer, Limit, LimitState, Meter, Window};
-use crate::policy::{ApiKey, Limits, Policy, Provider, Role, Target, Tenant, hash_key};
+use crate::policy::{ApiKey, Limits, OverPromptCap, Policy, Provider, Role, Target, Tenant, hash_key};
 
 use crate::snapshot::Snapshot;
 
@@ -130,43 +130,75 @@ pub fn limits(policy: &Policy, principal: &Principal, scope: Scope<'_>) -> Vec<L
     scopes(policy, principal, scope).flat_map(|l| l.counters.iter().cloned()).collect()
 }
 
+/// The smallest `max_prompt_tokens` of every scope that applies.
+fn prompt_cap(policy: &Policy, principal: &Principal, scope: Scope<'_>) -> Option<u64> {
+    scopes(policy, principal, scope).filter_map(|l| l.max_prompt_tokens).min()
+}
+
+fn too_long(prompt_tokens: u64, max: u64) -> Error {
+    Error::new(ErrorKind::PromptTooLong, format!("the prompt is about {prompt_tokens} tokens; at most {max} are allowed here"))
+}
+
 /// Refuses a prompt over the smallest `max_prompt_tokens` of every scope that applies (400
 /// `context_length_exceeded`, naming `param`): chat messages and embedding inputs alike.
 pub fn cap_prompt(policy: &Policy, principal: &Principal, scope: Scope<'_>, prompt_tokens: u64, param: &str) -> Result<(), Error> {
-    if let Some(max) = scopes(policy, principal, scope).filter_map(|l| l.max_prompt_tokens).min()
-        && prompt_tokens > max
-    {
-        return Err(Error::new(
-            ErrorKind::PromptTooLong,
-            format!("the prompt is about {prompt_tokens} tokens; at most {max} are allowed here"),
-        )
-        .with_param(param));
+    match prompt_cap(policy, principal, scope) {
+        Some(max) if prompt_tokens > max => Err(too_long(prompt_tokens, max).with_param(param)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// Applies the token caps of every scope (the smallest wins): a prompt over `max_prompt_tokens`
-/// is refused (see [`cap_prompt`]); an output cap over `max_output_tokens`, or none, is set to it.
-/// Returns the output tokens to reserve.
+/// What [`cap`] settled for a chat request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// The prompt's tokens, as it will be sent.
+    pub prompt_tokens: u64,
+    /// The output tokens to reserve.
+    pub output_tokens: u64,
+    /// Messages dropped to fit the prompt cap (routes that drop the oldest turns).
+    pub dropped_messages: usize,
+}
+
+/// Applies the token caps of every scope (the smallest wins). A prompt over `max_prompt_tokens`
+/// loses its oldest turns if its route says so ([`ChatRequest::drop_oldest_turns`]), and is
+/// refused if it is still over (see [`cap_prompt`]); an output cap over `max_output_tokens`, or
+/// none, is set to it.
 pub fn cap(
     policy: &Policy,
     principal: &Principal,
     feature: Option<&str>,
     chat: &mut ChatRequest,
     prompt_tokens: u64,
-) -> Result<u64, Error> {
+) -> Result<Caps, Error> {
     let alias = chat.model.clone();
     let scope = Scope { alias: &alias, feature };
-    cap_prompt(policy, principal, scope, prompt_tokens, "messages")?;
+    let mut caps = Caps { prompt_tokens, output_tokens: 0, dropped_messages: 0 };
+    if let Some(max) = prompt_cap(policy, principal, scope)
+        && prompt_tokens > max
+    {
+        if policy.route(&alias).is_none_or(|r| r.over_prompt_cap == OverPromptCap::Refuse) {
+            return Err(too_long(prompt_tokens, max).with_param("messages"));
+        }
+        let (dropped, after) = chat.drop_oldest_turns(policy.encoding(&alias), max);
+        if after > max {
+            let message = format!(
+                "the prompt is about {prompt_tokens} tokens and its system messages and last turn alone about {after}; at most {max} are allowed here"
+            );
+            return Err(Error::new(ErrorKind::PromptTooLong, message).with_param("messages"));
+        }
+        caps.prompt_tokens = after;
+        caps.dropped_messages = dropped;
+    }
     let asked = chat.max_output_tokens();
-    match scopes(policy, principal, scope).filter_map(|l| l.max_output_tokens).min() {
+    caps.output_tokens = match scopes(policy, principal, scope).filter_map(|l| l.max_output_tokens).min() {
         Some(cap) if asked.is_none_or(|a| a > cap) => {
             let field = if chat.extra.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
             chat.extra.insert(field.into(), cap.into());
-            Ok(cap)
+            cap
         }
-        _ => Ok(asked.unwrap_or_else(|| policy.estimated_output_tokens())),
-    }
+        _ => asked.unwrap_or_else(|| policy.estimated_output_tokens()),
+    };
+    Ok(caps)
 }
 
 /// One `x-ratelimit-*` family: the tightest per-minute limit of its meter.

@@ -582,6 +582,24 @@ struct RawModel {
     firewall: Option<FirewallPolicy>,
     /// Serve repeated chat requests from the edge cache (see the README's "Edge cache").
     cache: Option<RawCache>,
+    /// What to do with a chat prompt over its `max_prompt_tokens` (default `refuse`).
+    #[serde(default)]
+    over_prompt_cap: OverPromptCap,
+}
+
+/// What a route does with a chat prompt over its `max_prompt_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OverPromptCap {
+    /// Answer 400 `context_length_exceeded`.
+    #[default]
+    Refuse,
+    /// Drop the oldest turns until the prompt fits (a turn is a user message and what follows it
+    /// up to the next one), keeping every system and developer message and the last turn; if
+    /// those alone are over the cap, answer 400 `context_length_exceeded`. The answer carries
+    /// `x-edgegate-truncated-messages`. Embeddings inputs are always refused.
+    DropOldestTurns,
 }
 
 /// A route's edge cache.
@@ -667,6 +685,8 @@ pub struct ModelRoute {
     pub firewall: Option<FirewallPolicy>,
     /// The route's edge cache.
     pub cache: Option<crate::cache::Rule>,
+    /// What to do with a chat prompt over its cap.
+    pub over_prompt_cap: OverPromptCap,
     /// The tokenizer encoding of the first target's model, if tiktoken knows it.
     pub encoding: Option<crate::tokenizer::Encoding>,
 }
@@ -1120,6 +1140,7 @@ impl Policy {
                 shadow,
                 firewall: m.firewall,
                 cache: m.cache.map(|c| crate::cache::Rule { ttl_seconds: c.ttl_seconds, when: c.when }),
+                over_prompt_cap: m.over_prompt_cap,
                 encoding,
             };
             let t = route.timeouts;
@@ -1604,6 +1625,8 @@ mod tests {
         assert_eq!(errors(&route(r#","critical":false,"degraded":{"alias":"a"}"#))[0].0, "models[0].degraded.alias");
         assert_eq!(errors(&route(r#","critical":false,"degraded":{"alias":"b","reply":"x"}"#))[0].0, "models[0].degraded");
         assert_eq!(errors(&route(r#","retry_budget_percent":101"#))[0].0, "models[0].retry_budget_percent");
+        assert!(errors(&route(r#","over_prompt_cap":"drop_oldest_turns""#)).is_empty());
+        assert!(errors(&route(r#","over_prompt_cap":"truncate""#))[0].0.starts_with("models[0]"));
         assert_eq!(errors(&route(r#","shadow":{"percent":0,"target":{"provider":"p","model":"m"}}"#))[0].0, "models[0].shadow.percent");
         assert_eq!(
             errors(&route(r#","shadow":{"percent":5,"target":{"provider":"q","model":"m"}}"#))[0].0,

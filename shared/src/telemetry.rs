@@ -140,6 +140,10 @@ pub struct RequestRecord {
     pub model: Option<String>,
     /// The product feature the request named, if the tenant declares it.
     pub feature: Option<String>,
+    /// Messages dropped from the prompt (its oldest turns) to fit its cap, on routes whose
+    /// `over_prompt_cap` is `drop_oldest_turns`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_messages: Option<usize>,
     /// The overflow alias that served the request after a limit (or every provider's quota)
     /// refused the one asked for.
     pub overflow: Option<String>,

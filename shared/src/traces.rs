@@ -130,6 +130,7 @@ pub fn spans(r: &RequestRecord) -> Vec<Value> {
         ("edgegate.fallback", Some((r.failed_over() || r.overflow.is_some()).into())),
         ("edgegate.overflow", r.overflow.clone().map(Value::from)),
         ("edgegate.degraded", r.degraded.map(Value::from)),
+        ("edgegate.prompt.truncated_messages", r.truncated_messages.map(|n| (n as u64).into())),
         ("edgegate.cost_micro_usd", r.cost_micro_usd.map(Value::from)),
         ("edgegate.stream", Some(r.stream.into())),
     ];

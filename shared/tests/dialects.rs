@@ -177,3 +177,35 @@ fn count_tokens_asks_anthropic_and_estimates_for_others() {
     assert!((10..60).contains(&n), "an estimate in the right range: {n}");
     assert_eq!(h.sent().len(), 1, "the mock is not asked");
 }
+
+#[test]
+fn a_truncated_anthropic_conversation_still_opens_with_the_user_and_keeps_tool_results_with_their_calls() {
+    let policy = json!({
+        "tenants": [{"id": "t"}],
+        "keys": [{"id": "k", "tenant": "t", "hash": key_hash_string("sk-t")}],
+        "providers": [{"id": "claude", "kind": "anthropic", "base_url": "http://127.0.0.1:7100/v1", "api_key_secret": "ANTHROPIC_KEY"}],
+        "models": [{"alias": "claude", "targets": [{"provider": "claude", "model": "claude-real"}],
+                    "limits": {"max_prompt_tokens": 60}, "over_prompt_cap": "drop_oldest_turns"}]
+    });
+    let (h, gw) = (TestHost::new(1_800_000_000_000, &policy.to_string()), Gateway::new());
+    h.set_secret("ANTHROPIC_KEY", "sk-ant-secret");
+    h.script(Scripted::json(
+        200,
+        r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-real","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","usage":{"input_tokens":9,"output_tokens":1}}"#,
+    ));
+    let body = json!({"model": "claude", "max_tokens": 20, "system": "Be brief.", "messages": [
+        {"role": "user", "content": "an old question about the weather in Oslo ".repeat(5)},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "rain"}, {"type": "text", "text": "thanks"}]},
+        {"role": "assistant", "content": "Rain."},
+        {"role": "user", "content": "and tomorrow?"}
+    ]});
+    let (status, headers, answer) = call(&h, &gw, "/v1/messages", &[("x-api-key", "sk-t")], body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(headers["x-edgegate-truncated-messages"], "3", "the question, the call and its result");
+    let sent: Value = h.sent().last().map(|r| serde_json::from_slice(r.body()).unwrap_or_default()).unwrap_or_default();
+    let roles: Vec<&str> = sent["messages"].as_array().into_iter().flatten().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, ["user", "assistant", "user"], "{sent}");
+    assert!(!sent.to_string().contains("toolu_1"), "no tool result without its call: {sent}");
+    assert_eq!(sent["system"], "Be brief.", "{sent}");
+}

@@ -441,3 +441,68 @@ fn ledger_shards_must_be_from_one_to_sixty_four() {
         assert!(errors.iter().any(|e| format!("{e:?}").contains("tenants[0].ledger_shards")), "{n}: {errors:?}");
     }
 }
+
+#[test]
+fn a_route_that_says_so_drops_the_oldest_turns_of_a_prompt_over_its_cap() {
+    let cap = json!({"max_prompt_tokens": 60});
+    let doc = json!({
+        "tenants": [{"id": "acme", "limits": {"tokens_per_minute": 100_000}}],
+        "keys": [{"id": "a", "tenant": "acme", "hash": key_hash_string("sk-a")}],
+        "providers": [{"id": "up", "kind": "openai_compatible", "base_url": "http://127.0.0.1:9/v1"}],
+        "models": [
+            {"alias": "trim", "targets": [{"provider": "up", "model": "gpt-4o"}], "limits": cap, "over_prompt_cap": "drop_oldest_turns"},
+            {"alias": "strict", "targets": [{"provider": "up", "model": "gpt-4o"}], "limits": cap}
+        ]
+    });
+    let (h, gw) = (TestHost::new(T0, &doc.to_string()), Gateway::new());
+    let ok = r#"{"id":"c","object":"chat.completion","created":1,"model":"u","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":1,"total_tokens":21}}"#;
+    let call = |model: &str, last: &str| {
+        let messages = json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "an old question ".repeat(20)},
+            {"role": "assistant", "content": "an old answer ".repeat(20)},
+            {"role": "user", "content": last}
+        ]);
+        let body = json!({"model": model, "messages": messages, "max_tokens": 10});
+        let req = http::Request::post("https://gw/v1/chat/completions")
+            .header("authorization", "Bearer sk-a")
+            .body(Bytes::from(body.to_string()))
+            .unwrap_or_else(|_| unreachable!());
+        let (parts, body) = h.call(&gw, req);
+        (parts, serde_json::from_slice::<Value>(&body).unwrap_or_default())
+    };
+
+    h.script(Scripted::json(200, ok));
+    let (parts, _) = call("trim", "and now?");
+    assert_eq!(parts.status, 200);
+    assert_eq!(parts.headers["x-edgegate-truncated-messages"], "2");
+    let sent: Value = h.sent().last().map(|r| serde_json::from_slice(r.body()).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(sent["messages"], json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "and now?"}]));
+    let record = h.drain_records().pop();
+    assert_eq!(record.as_ref().and_then(|r| r.truncated_messages), Some(2));
+    let decisions = record.as_ref().and_then(edgegate_core::audit::request_entry).map(|(_, d)| d.decisions).unwrap_or_default();
+    assert!(decisions.contains(&json!({"type": "truncation", "result": "dropped_oldest_turns", "messages": 2})), "{decisions:?}");
+    let mut meter = edgegate_core::metrics::Meter::new(T0);
+    record.iter().for_each(|r| meter.observe(r));
+    let export = meter.take(T0 + 60_000, "edgegate", "i").unwrap_or_default();
+    let export: Value = serde_json::from_str(&export).unwrap_or_default();
+    let metrics = export["resourceMetrics"][0]["scopeMetrics"][0]["metrics"].as_array().cloned().unwrap_or_default();
+    let truncated = metrics.iter().find(|m| m["name"] == "gateway.prompts.truncated").map(|m| m["sum"]["dataPoints"][0]["asInt"].clone());
+    assert_eq!(truncated, Some(json!("2")), "{export}");
+    assert_eq!(h.open_holds("acme"), 0);
+
+    // A route that does not say so refuses, as does one whose last turn alone is over the cap.
+    let sent_before = h.sent().len();
+    let (parts, body) = call("strict", "and now?");
+    assert_eq!((parts.status.as_u16(), body["error"]["code"].as_str()), (400, Some("context_length_exceeded")));
+    assert!(!parts.headers.contains_key("x-edgegate-truncated-messages"));
+    let (parts, body) = call("trim", &"a very long last question ".repeat(20));
+    assert_eq!(
+        (parts.status.as_u16(), body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+        (400, Some("context_length_exceeded"), Some("messages"))
+    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("last turn")), "{body}");
+    assert_eq!(h.sent().len(), sent_before, "nothing sent");
+    assert_eq!(h.open_holds("acme"), 0, "nothing held");
+    assert!(h.drain_records().iter().all(|r| r.truncated_messages.is_none()));
+}

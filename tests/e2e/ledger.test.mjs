@@ -4,7 +4,8 @@
 // X tokens. Exactly N are admitted, no more than X tokens are spent, and every hold is settled.
 // The same over a ledger split into four books, as a hot tenant's is.
 // Then a route with a queue under a concurrency limit of one: concurrent requests wait their turn
-// instead of being refused, and one that cannot get a slot within its wait is refused.
+// instead of being refused, and one that cannot get a slot within its wait is refused. And a
+// route that drops the oldest turns of a prompt over its cap sends only what fits.
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -24,6 +25,7 @@ function policy(simUrl) {
       // The same limits over a ledger split into four books (hot-tenant sharding).
       { id: "split", ledger_shards: 4, limits: { requests_per_minute: N, tokens_per_minute: 1_000_000 } },
       { id: "split-metered", ledger_shards: 4, limits: { tokens_per_minute: 3_000 } },
+      { id: "chatty", limits: { tokens_per_minute: 100_000 } },
     ],
     keys: [
       key("counted", "counted"),
@@ -31,6 +33,7 @@ function policy(simUrl) {
       key("single", "single"),
       key("split", "split"),
       key("split-metered", "split-metered"),
+      key("chatty", "chatty"),
     ],
     providers: [
       { id: "builtin", kind: "mock" },
@@ -44,6 +47,9 @@ function policy(simUrl) {
       { alias: "waits", queue_ms: 3_000, targets: [{ provider: "sim", model: "wait sim:latency=400" }] },
       { alias: "brief", queue_ms: 100, targets: [{ provider: "sim", model: "wait sim:latency=400" }] },
       { alias: "nowait", targets: [{ provider: "sim", model: "wait sim:latency=400" }] },
+      // A prompt cap of 60 tokens: one route drops the oldest turns to fit it, one refuses.
+      { alias: "trim", limits: { max_prompt_tokens: 60 }, over_prompt_cap: "drop_oldest_turns", targets: [{ provider: "sim", model: "sim-model" }] },
+      { alias: "strict", limits: { max_prompt_tokens: 60 }, targets: [{ provider: "sim", model: "sim-model" }] },
     ],
     settings: { policy_refresh_seconds: 0, estimated_output_tokens: 100 },
   };
@@ -180,5 +186,32 @@ for (const [name, start] of Object.entries(runtimes)) {
         assert.ok(spent <= 3_000, `spent ${spent}`);
       });
     }
+
+    it("drops the oldest turns of a prompt over its cap where the route says so, and refuses it elsewhere", async () => {
+      const conversation = (model, last) => ({
+        model,
+        messages: [
+          { role: "system", content: "Be brief." },
+          { role: "user", content: "an old question ".repeat(30) },
+          { role: "assistant", content: "an old answer ".repeat(30) },
+          { role: "user", content: last },
+        ],
+      });
+      const r = await send("chatty", conversation("trim", "and now?"));
+      const body = await r.json();
+      assert.equal(r.status, 200, JSON.stringify(body));
+      assert.equal(r.headers.get("x-edgegate-truncated-messages"), "2");
+      // The simulator counts what it was sent (words + 3 a message): the system message and the
+      // last question only.
+      assert.equal(body.usage.prompt_tokens, 2 + 3 + 2 + 3);
+      for (const [model, last] of [["strict", "and now?"], ["trim", "a long last question ".repeat(30)]]) {
+        const refused = await send("chatty", conversation(model, last));
+        const error = (await refused.json()).error;
+        assert.equal(refused.status, 400, JSON.stringify(error));
+        assert.equal(error.code, "context_length_exceeded");
+        assert.equal(refused.headers.get("x-edgegate-truncated-messages"), null);
+      }
+      assert.deepEqual((await settled("chatty")).holds, {});
+    });
   });
 }
