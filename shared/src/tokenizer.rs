@@ -16,8 +16,8 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use regex_automata::meta::{Cache, Config, Regex};
-use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::{Anchored, Input};
 
 /// An OpenAI encoding.
@@ -54,7 +54,7 @@ struct Vocab {
     starts: Vec<u32>,
     /// Open addressing over the tokens' bytes: `rank + 1` per slot, 0 when empty.
     slots: Vec<u32>,
-    pattern: Regex,
+    pattern: DFA,
 }
 
 impl Encoding {
@@ -124,13 +124,14 @@ impl Encoding {
             let cache = caches[self.index()].get_or_insert_with(|| vocab.pattern.create_cache());
             let mut at = 0;
             while at < text.len() {
-                let Some(m) = vocab.pattern.search_with(cache, &Input::new(text).range(at..).anchored(Anchored::Yes)) else {
+                // A lazy DFA without quit bytes or a give-up count never fails a search.
+                let Ok(Some(m)) = vocab.pattern.try_search_fwd(cache, &Input::new(text).range(at..).anchored(Anchored::Yes)) else {
                     // No piece starts here (cannot happen with these patterns): skip a character.
                     at += text[at..].chars().next().map_or(1, char::len_utf8);
                     continue;
                 };
-                let mut end = m.end();
-                let matched = &text[m.start()..end];
+                let mut end = m.offset();
+                let matched = &text[at..end];
                 // `\s+(?!\S)`: a whitespace run (not ended by a newline, which an earlier branch
                 // takes) followed by a non-space leaves its last character to what follows.
                 if end < text.len()
@@ -138,25 +139,51 @@ impl Encoding {
                     && !matched.ends_with(['\r', '\n'])
                     && let Some((last, _)) = matched.char_indices().next_back().filter(|(i, _)| *i > 0)
                 {
-                    end = m.start() + last;
+                    end = at + last;
                 }
-                each(&text.as_bytes()[m.start()..end], vocab);
+                each(&text.as_bytes()[at..end], vocab);
                 at = end;
             }
         });
     }
 }
 
-/// An encoding's pattern, for anchored searches that only need where a match ends.
-fn compile(pattern: &str) -> Regex {
-    let config = Config::new().which_captures(WhichCaptures::Implicit).auto_prefilter(false).hybrid_cache_capacity(4 << 20);
+/// An encoding's pattern, for anchored searches that only need where a match ends: a forward
+/// lazy DFA alone (no reverse automaton, no capture engines), so first use builds one NFA.
+fn compile(pattern: &str) -> DFA {
+    let nfa = thompson::Config::new().which_captures(WhichCaptures::None);
+    let config = DFA::config().cache_capacity(4 << 20).skip_cache_capacity_check(true);
     // The patterns are constants, tested; the fallback (matching nothing) is never built.
-    Regex::builder().configure(config).build(pattern).unwrap_or_else(|_| Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!()))
+    DFA::builder()
+        .configure(config)
+        .thompson(nfa)
+        .build(pattern)
+        .unwrap_or_else(|_| DFA::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!()))
 }
 
-/// FNV-1a over a token's bytes.
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A hash of a token's bytes, eight at a time: most tokens are at most eight bytes, whose hash is
+/// [`short_hash`] of them as one little-endian word.
 fn hash(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut rest = bytes;
+    while let Some((word, tail)) = rest.split_first_chunk::<8>().filter(|(_, tail)| !tail.is_empty()) {
+        h = (h ^ u64::from_le_bytes(*word)).wrapping_mul(K).rotate_left(29);
+        rest = tail;
+    }
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    finish(h, u64::from_le_bytes(last))
+}
+
+/// [`hash`] of `len` (1-8) bytes held in the low bytes of `word`, the rest zero.
+fn short_hash(len: usize, word: u64) -> u32 {
+    finish((len as u64).wrapping_mul(K), word)
+}
+
+fn finish(h: u64, word: u64) -> u32 {
+    ((h ^ word).wrapping_mul(K) >> 32) as u32
 }
 
 impl Vocab {
@@ -164,24 +191,32 @@ impl Vocab {
         let count = table.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes) as usize;
         let lengths = table.get(9..9 + count).unwrap_or_default();
         let blob = table.get(9 + count..).unwrap_or_default();
-        let mut starts = Vec::with_capacity(count + 1);
-        let mut at = 0u32;
-        for len in lengths {
-            starts.push(at);
-            at += u32::from(*len);
-        }
-        starts.push(at);
         let size = (count * 2).next_power_of_two().max(2);
-        let mut vocab = Vocab { blob, starts, slots: vec![0; size], pattern: compile(pattern) };
         let mask = size - 1;
-        for rank in 0..count {
-            let mut slot = hash(vocab.token(rank as u32)) as usize & mask;
-            while vocab.slots[slot] != 0 {
+        let mut starts = Vec::with_capacity(count + 1);
+        let mut slots = vec![0u32; size];
+        // One pass: where each token starts, and its slot. A short token away from the end of
+        // the blob is hashed from one unaligned read, masked to its length.
+        let mut at = 0usize;
+        for (rank, &len) in lengths.iter().enumerate() {
+            starts.push(at as u32);
+            let len = usize::from(len);
+            let h = match blob.get(at..at + 8) {
+                Some(word) if (1..=8).contains(&len) => {
+                    let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                    short_hash(len, if len == 8 { word } else { word & ((1u64 << (8 * len)) - 1) })
+                }
+                _ => hash(blob.get(at..at + len).unwrap_or_default()),
+            };
+            let mut slot = h as usize & mask;
+            while slots[slot] != 0 {
                 slot = (slot + 1) & mask;
             }
-            vocab.slots[slot] = rank as u32 + 1;
+            slots[slot] = rank as u32 + 1;
+            at += len;
         }
-        vocab
+        starts.push(at as u32);
+        Vocab { blob, starts, slots, pattern: compile(pattern) }
     }
 
     fn token(&self, rank: u32) -> &'static [u8] {

@@ -3,14 +3,17 @@
 // workerd's inspector (DevTools protocol) through Miniflare's `inspectorPort`, profiles while a
 // fixed number of requests run against the simulator, and prints the functions with the most
 // self time. Writes target/bench/edgegate.cpuprofile (open it in Chrome DevTools).
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests] [in-flight]'
+// `first` profiles instead the first request of a fresh isolate, on an alias whose prompt is
+// counted with o200k_base (what a cold start costs inside the Worker).
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first]'
 // (with EDGEGATE_UPSTREAM_SIM set). Not part of the test command: it asserts nothing.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
 
-const total = Number(process.argv[2] ?? 4000);
+const first = process.argv[2] === "first";
+const total = first ? 1 : Number(process.argv[2] ?? 4000);
 const inFlight = Number(process.argv[3] ?? 8);
 const inspectorPort = 9300 + Math.floor(Math.random() * 500);
 const sim = await startSimulator();
@@ -20,16 +23,19 @@ const gw = await startWorkerd({
     tenants: [{ id: "bench" }],
     keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
     providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
-    models: [{ alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] }],
+    models: [
+      { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
+      { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
+    ],
     settings: { policy_refresh_seconds: 60, audit: { enabled: false } },
   },
 });
-const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const body = JSON.stringify({ model: first ? "counted" : "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
 const send = async () => {
   const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { authorization: "Bearer sk-bench", "content-type": "application/json" }, body });
   await r.arrayBuffer();
 };
-for (let i = 0; i < 200; i++) await send(); // warm up
+if (!first) for (let i = 0; i < 200; i++) await send(); // warm up
 
 const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json/list`)).json();
 const target = targets.find((t) => t.webSocketDebuggerUrl?.includes("edgegate")) ?? targets[0];

@@ -2,8 +2,17 @@
 
 use std::time::Instant;
 
-/// Median microseconds per call of `f`, over 15 batches sized to take ~20 ms each.
+/// Median microseconds per call of `f`, over 15 batches sized to take ~20 ms each. With
+/// `BENCH_FILTER` set, only cases whose name contains it run; with `BENCH_REPEAT=N`, each runs
+/// N times untimed (to profile one case, e.g. under `valgrind --tool=callgrind`).
 pub(crate) fn bench(name: &str, mut f: impl FnMut()) {
+    if std::env::var("BENCH_FILTER").is_ok_and(|want| !name.contains(&want)) {
+        return;
+    }
+    if let Some(n) = std::env::var("BENCH_REPEAT").ok().and_then(|n| n.parse::<u32>().ok()) {
+        (0..n).for_each(|_| f());
+        return;
+    }
     let mut per_batch = 1u32;
     loop {
         let t = Instant::now();
