@@ -243,7 +243,9 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     tool: AhoCorasick,
     /// Grammar words, plain and in rot13: word → (grammar, role) for each grammar it belongs to.
-    words: std::collections::HashMap<String, Vec<(usize, Role, bool)>>,
+    /// Looked up for every word of every view, so hashed with foldhash rather than SipHash: the
+    /// keys are the gateway's own words, and no input ever adds one.
+    words: Words,
 }
 
 /// What a word is to a grammar.
@@ -254,6 +256,8 @@ enum Role {
     Marker,
     Object,
 }
+
+type Words = std::collections::HashMap<String, Vec<(usize, Role, bool)>, foldhash::fast::FixedState>;
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -276,7 +280,7 @@ impl RuleSet {
         let automaton = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns).ok()?;
         let tool_patterns: Vec<String> = tool_phrases().iter().map(|p| fold_phrase(p)).collect();
         let tool = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&tool_patterns).ok()?;
-        let mut words: std::collections::HashMap<String, Vec<(usize, Role, bool)>> = std::collections::HashMap::new();
+        let mut words = Words::default();
         for (g, grammar) in GRAMMARS.iter().enumerate() {
             let roles = [
                 (grammar.verbs, Role::Verb),
