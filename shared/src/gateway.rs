@@ -338,6 +338,8 @@ struct Ctx {
     audit: Option<AuditJob>,
     /// A cache miss's answer, kept as it is sent for the record phase to store.
     cache: Option<crate::cache::Pending>,
+    /// Whether the record phase logs the record (`settings.request_logs`).
+    logs: crate::policy::RequestLogs,
 }
 
 /// The record phase's audit step: the request's entry (for model routes) or the admin action's.
@@ -473,6 +475,7 @@ impl Gateway {
             metrics: None,
             audit: None,
             cache: None,
+            logs: crate::policy::RequestLogs::All,
             dialect,
         };
         let outcome = match route {
@@ -568,6 +571,7 @@ impl Gateway {
         };
         ctx.record.policy_version = Some(policy.version.clone());
         ctx.audit = policy.audit_retention_days().map(|retention_days| AuditJob { retention_days, admin: None });
+        ctx.logs = policy.request_logs();
         ctx.metrics = policy.telemetry().map(|settings| MetricsJob {
             state: Rc::clone(&self.meter),
             settings: settings.clone(),
@@ -1776,6 +1780,7 @@ struct Finish {
     metrics: Option<MetricsJob>,
     audit: Option<AuditJob>,
     cache: Option<crate::cache::Pending>,
+    logs: crate::policy::RequestLogs,
 }
 
 impl From<Ctx> for Finish {
@@ -1790,6 +1795,7 @@ impl From<Ctx> for Finish {
             metrics: ctx.metrics,
             audit: ctx.audit,
             cache: ctx.cache,
+            logs: ctx.logs,
         }
     }
 }
@@ -1811,22 +1817,12 @@ impl Finish {
                 duration_ms: end - start,
             });
         }
-        finish(host, self.record, self.account, self.health, self.shadow, self.screen, self.metrics, self.audit, self.cache);
+        finish(host, self);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish<H: Host>(
-    host: &H,
-    mut record: RequestRecord,
-    account: Account,
-    health: Option<HealthReport>,
-    shadow: Option<ShadowJob>,
-    screen: Option<PendingScreen>,
-    metrics: Option<MetricsJob>,
-    audit: Option<AuditJob>,
-    cache: Option<crate::cache::Pending>,
-) {
+fn finish<H: Host>(host: &H, job: Finish) {
+    let Finish { mut record, account, health, shadow, guard: _, screen, metrics, audit, cache, logs } = job;
     let now = host.now_ms();
     record.duration_ms = now.saturating_sub(record.start_ms);
     let settle = account.settle(&mut record);
@@ -1905,7 +1901,9 @@ fn finish<H: Host>(
         if let Some(job) = metrics {
             export_metrics(&worker, job, &record).await;
         }
-        let _ = worker.export(vec![record]).await;
+        if logs == crate::policy::RequestLogs::All || record.is_notable() {
+            let _ = worker.export(vec![record]).await;
+        }
     }));
 }
 

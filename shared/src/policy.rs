@@ -86,6 +86,26 @@ struct RawSettings {
     audit: Option<RawAudit>,
     /// Feedback quality: the SLO a canary policy is held to.
     quality: Option<RawQuality>,
+    /// Which requests the host logs, one JSON record a line (Workers Logs and `wrangler tail`,
+    /// Spin's log): `all` (default), or `notable` ones only (see [`RequestLogs::Notable`]).
+    /// Metrics, traces and the audit log see every request either way.
+    #[serde(default)]
+    request_logs: RequestLogs,
+}
+
+/// Which request records become log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLogs {
+    /// Every request's.
+    #[default]
+    All,
+    /// Those that failed (an error, or a status of 400 or more) or carry something to act on: a
+    /// failed attempt, a firewall or guard finding, a budget alert, containment engaged, a
+    /// breaker transition, a credential fallback, degraded mode, an exhausted retry budget, or a
+    /// policy, health, cache or audit fault. A log line costs the isolate time on every request.
+    Notable,
 }
 
 /// Quality of answers, from `POST /v1/feedback`.
@@ -916,6 +936,7 @@ pub struct Policy {
     issuers: HashMap<String, JwtIssuer>,
     refresh_ms: u64,
     estimated_output_tokens: u64,
+    request_logs: RequestLogs,
     breaker: BreakerSettings,
     firewall: Option<FirewallPolicy>,
     rule_sets: BTreeMap<String, Rc<crate::firewall::custom::RuleSet>>,
@@ -1344,6 +1365,7 @@ impl Policy {
             issuers,
             refresh_ms,
             estimated_output_tokens,
+            request_logs: doc.settings.request_logs,
             breaker,
             firewall,
             rule_sets,
@@ -1448,6 +1470,11 @@ impl Policy {
     /// Output tokens assumed for a request that sets no `max_tokens`.
     pub fn estimated_output_tokens(&self) -> u64 {
         self.estimated_output_tokens
+    }
+
+    /// Which request records become log lines.
+    pub fn request_logs(&self) -> RequestLogs {
+        self.request_logs
     }
 
     /// Every model alias, in order.
@@ -1626,6 +1653,8 @@ mod tests {
         assert_eq!(errors(&route(r#","critical":false,"degraded":{"alias":"b","reply":"x"}"#))[0].0, "models[0].degraded");
         assert_eq!(errors(&route(r#","retry_budget_percent":101"#))[0].0, "models[0].retry_budget_percent");
         assert!(errors(&route(r#","over_prompt_cap":"drop_oldest_turns""#)).is_empty());
+        assert!(!errors(r#"{"settings":{"request_logs":"some"}}"#).is_empty());
+        assert!(errors(r#"{"settings":{"request_logs":"notable"}}"#).is_empty());
         assert!(errors(&route(r#","over_prompt_cap":"truncate""#))[0].0.starts_with("models[0]"));
         assert_eq!(errors(&route(r#","shadow":{"percent":0,"target":{"provider":"p","model":"m"}}"#))[0].0, "models[0].shadow.percent");
         assert_eq!(

@@ -85,6 +85,24 @@ impl RequestRecord {
         self.attempts.iter().rev().find(|a| a.error.is_none())
     }
 
+    /// Whether the request failed or carries something to act on (see
+    /// [`crate::policy::RequestLogs::Notable`]).
+    pub fn is_notable(&self) -> bool {
+        let faults = [self.policy_fault, self.health_fault, self.audit_fault, self.cache.as_ref().and_then(|c| c.fault)];
+        self.status >= 400
+            || self.error.is_some()
+            || self.attempts.iter().any(|a| a.error.is_some())
+            || self.firewall.is_some()
+            || self.guard.is_some()
+            || !self.budget_alerts.is_empty()
+            || self.containment.as_ref().is_some_and(|c| !c.engaged.is_empty())
+            || !self.breaker_events.is_empty()
+            || !self.credential_fallbacks.is_empty()
+            || self.degraded.is_some()
+            || self.retry_budget_exhausted
+            || faults.iter().any(Option::is_some)
+    }
+
     /// Whether a candidate after the first answered.
     pub fn failed_over(&self) -> bool {
         self.served().zip(self.attempts.first()).is_some_and(|(s, first)| !std::ptr::eq(s, first))

@@ -172,3 +172,22 @@ fn spans_follow_the_phases_and_continue_the_callers_trace_upstream() {
     assert!(has(&root, "edgegate.fallback", json!({"boolValue": true})));
     assert!(has(&attempts[1], "edgegate.attempt", json!({"intValue": "2"})));
 }
+
+#[test]
+fn notable_request_logs_leave_out_plain_successes() {
+    let doc = json!({
+        "tenants": [{"id": "t", "limits": {"requests_per_minute": 2}}],
+        "keys": [{"id": "k", "tenant": "t", "hash": key_hash_string("sk")}],
+        "providers": [{"id": "builtin", "kind": "mock"}],
+        "models": [{"alias": "m", "targets": [{"provider": "builtin", "model": "mock-1"}]}],
+        "settings": {"request_logs": "notable"}
+    });
+    let (h, gw) = (TestHost::new(1_800_000_000_000, &doc.to_string()), Gateway::new());
+    assert_eq!(h.call(&gw, ask("m", "hello")).0.status, 200);
+    assert!(h.drain_records().is_empty(), "a plain success is not logged");
+    // A prompt the firewall flags (personal data) is, as is a refusal.
+    assert_eq!(h.call(&gw, ask("m", "mail me at ann@example.com")).0.status, 200);
+    assert_eq!(h.call(&gw, ask("m", "hello")).0.status, 429);
+    let logged: Vec<(u16, bool)> = h.drain_records().iter().map(|r| (r.status, r.firewall.is_some())).collect();
+    assert_eq!(logged, [(200, true), (429, false)]);
+}

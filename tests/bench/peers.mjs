@@ -3,8 +3,9 @@
 // each gateway — edgegate (the built Worker in workerd), Portkey's gateway (@portkey-ai/gateway,
 // Node) and the LiteLLM proxy (offline cost map, one worker) — all on 127.0.0.1 and the same
 // simulator — and a "workerd floor": a JavaScript Worker in the same runtime that only forwards,
-// so edgegate's overhead can be split into the runtime's and the gateway's own. Overhead at a percentile = the gateway's latency minus the direct latency at that
-// percentile, in the same run. Streams: time to the first chunk, sequential, from a Node client.
+// so edgegate's overhead can be split into the runtime's and the gateway's own.
+// "edgegate notable" is the same Worker logging only notable requests (settings.request_logs).
+// Overhead at a percentile = the gateway's latency minus the direct latency at that percentile, in the same run. Streams: time to the first chunk, sequential, from a Node client.
 //
 //   bash tests/bench/peers-setup.sh                      # oha, Portkey and LiteLLM into the cache
 //   bash -c 'source deploy/local/setup.sh && node tests/bench/peers.mjs [--rate R] [--seconds S] [--runs N]'
@@ -117,21 +118,22 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const sim = await startSimulator();
 const simUrl = sim.url;
-const edgegate = await startWorkerd({
-  policy: {
-    tenants: [{ id: "bench" }],
-    keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
-    providers: [
-      { id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1` },
-      { id: "builtin", kind: "mock" },
-    ],
-    models: [
-      { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
-      { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
-    ],
-    settings: { policy_refresh_seconds: 60, audit: { enabled: false } },
-  },
+const edgegatePolicy = (settings) => ({
+  tenants: [{ id: "bench" }],
+  keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
+  providers: [
+    { id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1` },
+    { id: "builtin", kind: "mock" },
+  ],
+  models: [
+    { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
+    { alias: "mock", targets: [{ provider: "builtin", model: "mock-1" }] },
+  ],
+  settings: { policy_refresh_seconds: 60, audit: { enabled: false }, ...settings },
 });
+const edgegate = await startWorkerd({ policy: edgegatePolicy({}) });
+// The same, logging only notable requests (`settings.request_logs`): what a log line a request costs.
+const notable = want("edgegate notable") && await startWorkerd({ policy: edgegatePolicy({ request_logs: "notable" }) });
 const floor = await startFloor(simUrl);
 const port = (base) => base + Math.floor(Math.random() * 1000);
 const portkeyPort = port(20000);
@@ -151,6 +153,7 @@ const targets = {
   direct: { url: `${simUrl}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
   "workerd floor": { url: `${floor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
   edgegate: { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } },
+  ...(notable ? { "edgegate notable": { url: `${notable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } } } : {}),
   // No upstream at all: a Worker that echoes the body, and edgegate answering from its built-in mock.
   "workerd static": { url: `${floor.url}/static`, headers: {} },
   "edgegate mock": { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" }, body: JSON.stringify({ ...JSON.parse(BODY), model: "mock" }) },
@@ -175,6 +178,7 @@ try {
   if (litellm) await litellm.stop();
   if (portkey) await portkey.stop();
   await edgegate.stop();
+  if (notable) await notable.stop();
   await floor.stop();
   await sim.stop();
 }

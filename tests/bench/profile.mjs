@@ -5,7 +5,8 @@
 // self time. Writes target/bench/edgegate.cpuprofile (open it in Chrome DevTools).
 // `first` profiles instead the first request of a fresh isolate, on an alias whose prompt is
 // counted with o200k_base (what a cold start costs inside the Worker).
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first]'
+// A last argument `notable` sets `settings.request_logs: "notable"` (no log line for plain successes).
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first] [notable]'
 // (with EDGEGATE_UPSTREAM_SIM set). Not part of the test command: it asserts nothing.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -27,7 +28,7 @@ const gw = await startWorkerd({
       { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
       { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
     ],
-    settings: { policy_refresh_seconds: 60, audit: { enabled: false } },
+    settings: { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.at(-1) === "notable" ? { request_logs: "notable" } : {}) },
   },
 });
 const body = JSON.stringify({ model: first ? "counted" : "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });

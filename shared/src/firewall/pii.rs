@@ -150,14 +150,23 @@ const KEY_PREFIXES: &[(&str, usize)] = &[
 /// Tokens split on white space and punctuation that keys, tokens, e-mails and addresses never
 /// contain: keys, JWTs, e-mails and IP addresses.
 fn tokens(text: &str, found: &mut Vec<Finding>) {
-    let is_token = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+' | ':' | '%');
+    let bytes = text.as_bytes();
     let mut start = None;
-    for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
-        match (start, is_token(c)) {
-            (None, true) => start = Some(i),
+    let mut i = 0;
+    while i <= bytes.len() {
+        // ASCII by its byte; anything else by its character (letters and digits of any script).
+        let (token_char, width) = match bytes.get(i) {
+            None => (false, 1),
+            Some(&b) if b.is_ascii() => (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+' | b':' | b'%'), 1),
+            Some(_) => text.get(i..).and_then(|t| t.chars().next()).map_or((false, 1), |c| (c.is_alphanumeric(), c.len_utf8())),
+        };
+        let at = i;
+        i += width;
+        match (start, token_char) {
+            (None, true) => start = Some(at),
             (Some(s), false) => {
                 start = None;
-                let token = text.get(s..i).unwrap_or("").trim_end_matches(['.', ':', '-']);
+                let token = text.get(s..at).unwrap_or("").trim_end_matches(['.', ':', '-']);
                 if let Some(kind) = classify(token) {
                     found.push(Finding { kind, span: s..s + token.len() });
                 }
@@ -408,6 +417,64 @@ pub fn iban_valid(chars: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`tokens`] as it was written first, character by character: the reference.
+    fn tokens_by_char(text: &str) -> Vec<Finding> {
+        let mut found = Vec::new();
+        let is_token = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+' | ':' | '%');
+        let mut start = None;
+        for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
+            match (start, is_token(c)) {
+                (None, true) => start = Some(i),
+                (Some(s), false) => {
+                    start = None;
+                    let token = text.get(s..i).unwrap_or("").trim_end_matches(['.', ':', '-']);
+                    if let Some(kind) = classify(token) {
+                        found.push(Finding { kind, span: s..s + token.len() });
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn tokens_split_by_bytes_as_by_characters() {
+        let pieces = [
+            "ann@example.com",
+            "sk-proj-abcdefghijklmnopqrstuvwxyz012345",
+            "10.0.0.1",
+            "fe80::1",
+            " ",
+            ", ",
+            "größe",
+            "日本語",
+            "é",
+            "ü@b.de",
+            "x.",
+            "AKIAABCDEFGHIJKLMNOP",
+            "🙂",
+            "\u{a0}",
+            "-",
+            ":",
+            "name@mail.例え.jp",
+            "٣٤٥",
+            "\n",
+        ];
+        let mut seed = 0x2545_f491_u64;
+        for _ in 0..2000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 12) {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                text.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            let mut found = Vec::new();
+            tokens(&text, &mut found);
+            let spans = |f: &[Finding]| f.iter().map(|f| (f.kind, f.span.clone())).collect::<Vec<_>>();
+            assert_eq!(spans(&found), spans(&tokens_by_char(&text)), "{text:?}");
+        }
+    }
 
     fn kinds(text: &str) -> Vec<(Pii, &str)> {
         scan(text).into_iter().map(|f| (f.kind, text.get(f.span).unwrap_or("?"))).collect()
