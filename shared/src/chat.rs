@@ -197,12 +197,17 @@ impl ChatRequest {
     /// encoding (models tiktoken does not know), [`Self::estimate_prompt_tokens`]. The count is
     /// the sum of [`Message::tokens`] and a part for the rest of the request.
     pub fn prompt_tokens(&self, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
+        self.rest_tokens(encoding) + self.messages.iter().map(|m| m.tokens(encoding)).sum::<u64>()
+    }
+
+    /// The prompt's tokens outside its messages: the tool definitions, and (counted exactly)
+    /// the 3 that prime the answer.
+    fn rest_tokens(&self, encoding: Option<crate::tokenizer::Encoding>) -> u64 {
         let tools = self.extra.get("tools").map(Value::to_string);
-        let rest = match encoding {
+        match encoding {
             Some(enc) => 3 + tools.map_or(0, |t| enc.count(&t) as u64),
             None => tools.map_or(0, |t| (t.chars().count() as u64).div_ceil(4)),
-        };
-        rest + self.messages.iter().map(|m| m.tokens(encoding)).sum::<u64>()
+        }
     }
 
     /// An estimate of the prompt's tokens: about four characters a token over every text the model
@@ -219,8 +224,9 @@ impl ChatRequest {
     /// turn always stay. Returns how many messages were dropped and the prompt's tokens after,
     /// which are still over `max` when what always stays is over it.
     pub fn drop_oldest_turns(&mut self, encoding: Option<crate::tokenizer::Encoding>, max: u64) -> (usize, u64) {
+        // Each message is counted once; the total is the same sum `prompt_tokens` makes.
         let counts: Vec<u64> = self.messages.iter().map(|m| m.tokens(encoding)).collect();
-        let mut total = self.prompt_tokens(encoding);
+        let mut total = self.rest_tokens(encoding) + counts.iter().sum::<u64>();
         let instruction = |m: &Message| matches!(m.role, Role::System | Role::Developer);
         let last_turn = self.messages.iter().rposition(|m| m.role == Role::User).unwrap_or(0);
         let mut keep = vec![true; self.messages.len()];
