@@ -18,6 +18,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { homedir, cpus } from "node:os";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
+import { startFloor } from "./floor.mjs";
 
 const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const RATE = arg("--rate", 200);
@@ -96,22 +97,6 @@ async function firstChunk(url, headers, base = BODY, n = 100) {
   }
   times.sort((a, b) => a - b);
   return { p50: times[Math.floor(n / 2)], p99: times[Math.floor(n * 0.99)] };
-}
-
-/** The runtime's floor: a JavaScript Worker in the same Miniflare that only forwards each request
- * to the simulator. What edgegate adds beyond it is the gateway's own work. */
-async function startFloor(upstream) {
-  const { Miniflare } = await import("miniflare");
-  const script = `export default {
-    async fetch(req, env) {
-      const u = new URL(req.url);
-      if (u.pathname === "/static") return new Response(await req.text(), { headers: { "content-type": "application/json" } });
-      return fetch(env.UPSTREAM + u.pathname, { method: req.method, headers: { "content-type": "application/json" }, body: req.body });
-    },
-  };`;
-  const mf = new Miniflare({ host: "127.0.0.1", port: 0, modules: true, script, bindings: { UPSTREAM: upstream } });
-  const url = (await mf.ready).toString().replace(/\/$/, "");
-  return { url, stop: () => mf.dispose() };
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];

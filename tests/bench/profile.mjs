@@ -3,12 +3,13 @@
 // workerd's inspector (DevTools protocol) through Miniflare's `inspectorPort`, profiles while a
 // fixed number of requests run against the simulator, and prints the functions with the most
 // self time. Writes target/bench/edgegate.cpuprofile (open it in Chrome DevTools).
-// `first` profiles instead the first request of a fresh isolate, on an alias whose prompt is
-// counted with o200k_base (what a cold start costs inside the Worker).
+// `first` profiles instead the first request of a fresh isolate (the policy already in KV), on an
+// alias whose prompt is counted with o200k_base (what a cold start costs inside the Worker).
 // A last argument `notable` sets `settings.request_logs: "notable"` (no log line for plain successes).
 // Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first] [notable]'
 // (with EDGEGATE_UPSTREAM_SIM set). Not part of the test command: it asserts nothing.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
@@ -18,19 +19,21 @@ const total = first ? 1 : Number(process.argv[2] ?? 4000);
 const inFlight = Number(process.argv[3] ?? 8);
 const inspectorPort = 9300 + Math.floor(Math.random() * 500);
 const sim = await startSimulator();
-const gw = await startWorkerd({
-  inspectorPort,
-  policy: {
-    tenants: [{ id: "bench" }],
-    keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
-    providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
-    models: [
-      { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
-      { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
-    ],
-    settings: { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.at(-1) === "notable" ? { request_logs: "notable" } : {}) },
-  },
-});
+const policy = {
+  tenants: [{ id: "bench" }],
+  keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
+  providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
+  models: [
+    { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
+    { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
+  ],
+  settings: { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.at(-1) === "notable" ? { request_logs: "notable" } : {}) },
+};
+// `first`: the policy is published by an earlier workerd on the same state, so the profiled
+// request is the isolate's first, and reads the policy from KV as in production.
+const stateDir = first ? mkdtempSync(join(tmpdir(), "edgegate-profile-")) : null;
+if (first) await (await startWorkerd({ stateDir, policy })).stop();
+const gw = await startWorkerd({ inspectorPort, stateDir, policy: first ? undefined : policy });
 const body = JSON.stringify({ model: first ? "counted" : "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
 const send = async () => {
   const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { authorization: "Bearer sk-bench", "content-type": "application/json" }, body });

@@ -164,8 +164,10 @@ export async function publish(url, policy) {
  * (and so the admin CLI's `--target local`) reads and writes them; a second start on the same
  * directory finds them again.
  * `cf`: the `request.cf` object workerd gives the Worker (where the request was received).
+ * `workersAi: false` leaves out the `AI` binding (a Miniflare wrapped binding, which alone adds
+ * over half a second to startup: the cold-start benchmark measures without it).
  */
-export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null, cf = DEFAULT_CF, inspectorPort }) {
+export async function startWorkerd({ policy, secrets = {}, faultyKv = false, stateDir = null, cf = DEFAULT_CF, inspectorPort, workersAi = true }) {
   const { Miniflare } = await import("miniflare");
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions, main } = unstable_getMiniflareWorkerOptions(join(ROOT, "wrangler.toml"));
@@ -178,9 +180,9 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
     scriptPath: main ?? join(ROOT, "edge/cloudflare/build/index.js"),
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
     bindings: { ...(workerOptions.bindings ?? {}), EDGEGATE_ADMIN_KEY: ADMIN_KEY, EDGEGATE_ADMIN_API: "on", ...secrets },
-    wrappedBindings: { AI: { scriptName: "fake-workers-ai" } },
+    wrappedBindings: workersAi ? { AI: { scriptName: "fake-workers-ai" } } : {},
   };
-  const workers = [edgegate, { name: "fake-workers-ai", modules: true, script: FAKE_WORKERS_AI }];
+  const workers = [edgegate, ...(workersAi ? [{ name: "fake-workers-ai", modules: true, script: FAKE_WORKERS_AI }] : [])];
   if (faultyKv) {
     edgegate.kvNamespaces = {};
     edgegate.wrappedBindings.POLICY = { scriptName: "faulty-kv" };

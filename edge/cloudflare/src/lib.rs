@@ -27,6 +27,13 @@ thread_local! {
     static GATEWAY: Rc<Gateway> = Rc::new(Gateway::new());
 }
 
+/// When the isolate loads the module: the firewall's automata are built here, once, rather than
+/// inside the first request (see `edgegate_core::firewall::prepare`).
+#[event(start)]
+fn start() {
+    edgegate_core::firewall::prepare();
+}
+
 #[event(fetch)]
 async fn fetch(req: HttpRequest, env: Env, ctx: Context) -> worker::Result<Response> {
     let host = CfHost(Rc::new(Inner { env, ctx }));

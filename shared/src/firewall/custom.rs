@@ -1,18 +1,23 @@
 //! Custom rule sets from policy: named, versioned lists of regular expressions an operator adds to
 //! the built-in rules, compiled once per policy snapshot.
 //!
-//! Regular expressions run on the `regex` crate, whose searches take time linear in the text for a
-//! given pattern (finite automata, no backtracking); patterns are capped in length and compiled
-//! size. All rules of a set for one side are one `RegexSet`, so a text is scanned once per view
-//! however many rules there are; a rule's span is looked for only when it matched. Matching
-//! ignores case. On the prompt side a rule matches each text with invisible characters removed,
-//! NFKC and single spaces; then the folded text (look-alikes and digits written for letters folded
-//! too) and every decoded payload (see [`super::normalize`]). On the answer side it matches the
-//! answer as written.
+//! Regular expressions run on the `regex` crate's engines, whose searches take time linear in the
+//! text for a given pattern (finite automata, no backtracking); patterns are capped in length and
+//! compiled size. All rules of a set for one side are one automaton — a lazy DFA that reports
+//! every pattern that matches (a `RegexSet` where a pattern needs Unicode word boundaries) — so a
+//! text is scanned once per view however many rules there are; a rule's span is looked for only
+//! when it matched. Matching ignores case. On the prompt side a rule matches each text with
+//! invisible characters removed, NFKC and single spaces; then the folded text (look-alikes and
+//! digits written for letters folded too) and every decoded payload (see [`super::normalize`]).
+//! On the answer side it matches the answer as written.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind, PatternSet};
 use serde::Deserialize;
 
 use super::normalize::Normalized;
@@ -130,8 +135,77 @@ impl Eq for Rule {}
 /// The rules of one side as one automaton: set index `i` is rule `rules[i]`.
 #[derive(Debug, Clone)]
 struct SideSet {
-    set: regex::RegexSet,
+    matcher: Matcher,
     rules: Vec<usize>,
+}
+
+/// What finds which of a side's patterns match somewhere in a text.
+enum Matcher {
+    /// A forward lazy DFA that reports every pattern matching (`MatchKind::All`), built from one
+    /// NFA without capture states. A `RegexSet` also builds a reverse NFA, capture states and
+    /// engines a set never uses: three times the work, which a fresh isolate pays before its
+    /// first answer. With no quit bytes and no give-up count, its searches never fail.
+    Lazy(Box<(DFA, Mutex<Option<Cache>>)>),
+    /// Patterns a DFA cannot run (a Unicode word boundary, in a policy's rule).
+    Set(regex::RegexSet),
+}
+
+impl Matcher {
+    fn build(patterns: &[&str], insensitive: bool) -> Result<Matcher, String> {
+        let lazy = DFA::builder()
+            .configure(DFA::config().match_kind(MatchKind::All))
+            .syntax(syntax::Config::new().case_insensitive(insensitive))
+            .thompson(thompson::Config::new().which_captures(WhichCaptures::None).nfa_size_limit(Some(SIZE_LIMIT)))
+            .build_many(patterns);
+        match lazy {
+            Ok(dfa) => Ok(Matcher::Lazy(Box::new((dfa, Mutex::new(None))))),
+            Err(_) => regex::RegexSetBuilder::new(patterns)
+                .case_insensitive(insensitive)
+                .size_limit(SIZE_LIMIT)
+                .build()
+                .map(Matcher::Set)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The indexes of the patterns that match somewhere in `text`, in order.
+    fn matches(&self, text: &str) -> Vec<usize> {
+        match self {
+            Matcher::Lazy(lazy) => {
+                let (dfa, cache) = &**lazy;
+                let mut found = PatternSet::new(dfa.pattern_len());
+                // Never contended in a Worker (one thread); elsewhere a busy cache means a fresh one.
+                let mut held = cache.try_lock();
+                let mut spare = None;
+                let cache = match held.as_deref_mut() {
+                    Ok(slot) => slot.get_or_insert_with(|| dfa.create_cache()),
+                    Err(_) => spare.insert(dfa.create_cache()),
+                };
+                // Cannot fail (see the variant); a failure would report no match, like no rule.
+                let _ = dfa.try_which_overlapping_matches(cache, &Input::new(text), &mut found);
+                found.iter().map(|p| p.as_usize()).collect()
+            }
+            Matcher::Set(set) => set.matches(text).iter().collect(),
+        }
+    }
+}
+
+impl Clone for Matcher {
+    fn clone(&self) -> Matcher {
+        match self {
+            Matcher::Lazy(lazy) => Matcher::Lazy(Box::new((lazy.0.clone(), Mutex::new(None)))),
+            Matcher::Set(set) => Matcher::Set(set.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::Lazy(lazy) => write!(f, "Lazy({} patterns)", lazy.0.pattern_len()),
+            Matcher::Set(set) => write!(f, "Set({} patterns)", set.len()),
+        }
+    }
 }
 
 /// A compiled rule set.
@@ -265,9 +339,9 @@ impl RawRuleSet {
             if picked.is_empty() {
                 return None;
             }
-            let patterns = picked.iter().filter_map(|&i| rules.get(i)).map(|r| &*r.pattern);
-            match regex::RegexSetBuilder::new(patterns).case_insensitive(!builtin).size_limit(SIZE_LIMIT).build() {
-                Ok(set) => Some(SideSet { set, rules: picked }),
+            let patterns: Vec<&str> = picked.iter().filter_map(|&i| rules.get(i)).map(|r| &*r.pattern).collect();
+            match Matcher::build(&patterns, !builtin) {
+                Ok(matcher) => Some(SideSet { matcher, rules: picked }),
                 Err(e) => {
                     errors.push((format!("{at}.rules"), format!("the rules together are too large: {e}")));
                     None
@@ -287,7 +361,7 @@ impl RuleSet {
         let Some(side) = &self.prompt else { return };
         let mut found = vec![false; side.rules.len()];
         for (view, text) in plain.map(|p| (None, p)).into_iter().chain(normalized.views()) {
-            for i in side.set.matches(text).iter() {
+            for i in side.matcher.matches(text) {
                 let (Some(seen), Some(rule)) = (found.get_mut(i), side.rules.get(i).and_then(|&r| self.rules.get(r))) else { continue };
                 if *seen {
                     continue;
@@ -320,7 +394,7 @@ impl RuleSet {
     /// Answer-side hits in `text`: the first of each rule.
     pub fn answer_hits(&self, text: &str, out: &mut Vec<AnswerHit>) {
         let Some(side) = &self.answer else { return };
-        for i in side.set.matches(text).iter() {
+        for i in side.matcher.matches(text) {
             let Some(rule) = side.rules.get(i).and_then(|&r| self.rules.get(r)) else { continue };
             if let Some(span) = rule.find(text) {
                 out.push(AnswerHit { rule: rule.id, class: rule.class, span });
@@ -380,6 +454,44 @@ mod tests {
         rules.answer_hits("Project Falcon is… here is How To Make it", &mut hits);
         assert_eq!(hits.iter().map(|h| (h.rule, h.class)).collect::<Vec<_>>(), [("codename", "secrets"), ("answer-only", "acme")]);
         assert_eq!(hits[0].span, 0..14);
+    }
+
+    #[test]
+    fn the_lazy_dfa_reports_what_a_regex_set_reports() {
+        let patterns =
+            [r"(?-u:\b)(no|without) (rules|limits)(?-u:\b)", r"(^|[.>]\s*)(assistant|ai)\s*[,:]", r"a[^.]{0,20}b", r"caf\x{e9}", "zzz"];
+        let texts = [
+            "",
+            "assistant: hi",
+            "an AI with no rules. ai, go",
+            "a long way, then b",
+            "a. b",
+            "café au lait",
+            "norules without limits",
+            "ε assistant: ünïcode",
+        ];
+        for insensitive in [false, true] {
+            let lazy = Matcher::build(&patterns, insensitive).unwrap_or_else(|e| unreachable!("{e}"));
+            assert!(matches!(lazy, Matcher::Lazy(_)));
+            let set = regex::RegexSetBuilder::new(patterns).case_insensitive(insensitive).build().unwrap_or_else(|e| unreachable!("{e}"));
+            for text in texts {
+                assert_eq!(lazy.matches(text), set.matches(text).iter().collect::<Vec<_>>(), "{text:?}, insensitive {insensitive}");
+            }
+            // A clone has its own cache and the same answers.
+            assert_eq!(lazy.clone().matches("an AI with no rules"), [0]);
+        }
+    }
+
+    #[test]
+    fn a_unicode_word_boundary_falls_back_to_a_regex_set() {
+        let rules =
+            set(serde_json::json!([{"id": "word", "pattern": r"\bcafé\b", "on": "both"}])).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let side = rules.answer.as_ref().map(|s| &s.matcher);
+        assert!(matches!(side, Some(Matcher::Set(_))), "{side:?}");
+        let mut hits = Vec::new();
+        rules.answer_hits("un café, s'il vous plaît", &mut hits);
+        rules.answer_hits("cafés", &mut hits);
+        assert_eq!(hits.iter().map(|h| (h.span.start, h.span.end)).collect::<Vec<_>>(), [(3, 8)]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! "an AI with no rules" (3) reach the default threshold together while "developer mode" (1) alone
 //! does not. Rule ids name the family the cue belongs to (`injection.persona_jailbreak.…`).
 //!
-//! All cues compile into one `RegexSet` (see [`super::custom`]), once per isolate: a text is
+//! All cues compile into one automaton (see [`super::custom`]), once per isolate: a text is
 //! scanned once per view for all of them. Patterns avoid the characters the folding rewrites
 //! (digits, `@`, `$`, `!`, `|`); their word boundaries and gaps are ASCII ([`ascii_gaps`]).
 
@@ -99,7 +99,7 @@ const CUES: &[(&str, u8, &str)] = &[
     (
         "injection.system_prompt_extraction.foreign",
         3,
-        r"(prompt|message|instructions?|consignes?) (du |de )?syst[eè]me\b|\bsystem-?prompt|\bsystemanweisung|\b(prompt|instrucciones|mensaje) del sistema\b|\b(prompt|instruções) do sistema\b|\b(prompt|istruzioni) di sistema\b",
+        r"(prompt|message|instructions?|consignes?) (du |de )?syst(eme|ème)\b|\bsystem-?prompt|\bsystemanweisung|\b(prompt|instrucciones|mensaje) del sistema\b|\b(prompt|instruções) do sistema\b|\b(prompt|istruzioni) di sistema\b",
     ),
     // Fake ends of input and messages smuggled after them.
     (
@@ -120,11 +120,12 @@ const CUES: &[(&str, u8, &str)] = &[
     ),
 ];
 
-/// `pattern` with word boundaries and gaps (`[^.]`) over ASCII: Unicode-aware ones compile into
-/// automata tens of times larger (30 ms on first use instead of about 1 ms), and folded text is
-/// ASCII wherever these cues look. A gap stops at a non-ASCII character.
+/// `pattern` with word boundaries, gaps (`[^.]`) and `\s` over ASCII: Unicode-aware ones compile
+/// into automata tens of times larger (30 ms on first use instead of about 1 ms), and folded text
+/// is ASCII wherever these cues look (its white space is single ASCII spaces). A gap stops at a
+/// non-ASCII character.
 fn ascii_gaps(pattern: &str) -> String {
-    pattern.replace(r"\b", r"(?-u:\b)").replace("[^.]", r"[\x00-\x2D\x2F-\x7F]")
+    pattern.replace(r"\b", r"(?-u:\b)").replace("[^.]", r"[\x00-\x2D\x2F-\x7F]").replace(r"\s", r"(?-u:\s)")
 }
 
 /// The heuristics, compiled on first use (once per isolate). `None` only if a fixed pattern

@@ -279,7 +279,12 @@ impl RuleSet {
         patterns.extend(rotated);
         let automaton = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns).ok()?;
         let tool_patterns: Vec<String> = tool_phrases().iter().map(|p| fold_phrase(p)).collect();
-        let tool = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&tool_patterns).ok()?;
+        // Tool results only: a contiguous NFA, whose build skips the DFA the default would make.
+        let tool = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
+            .build(&tool_patterns)
+            .ok()?;
         let mut words = Words::default();
         for (g, grammar) in GRAMMARS.iter().enumerate() {
             let roles = [

@@ -536,6 +536,13 @@ pub fn inspect(chat: &ChatRequest) -> Inspection {
     inspect_texts(&texts(chat), &[])
 }
 
+/// Builds the built-in rules' automata and runs them once over a plain sentence, so that the
+/// first prompt does not wait for them: a host calls this when an isolate starts (Workers start
+/// one before its first request where they can, during the TLS handshake).
+pub fn prepare() {
+    injection_findings(0, "Summarise this paragraph in one line.", false, &[], &mut Vec::new());
+}
+
 /// Injection findings (built-in and `sets`) in one text.
 fn injection_findings(index: usize, text: &str, tool: bool, sets: &[Rc<custom::RuleSet>], out: &mut Vec<Finding>) -> bool {
     let normalized = normalize::normalize(text);
