@@ -12,6 +12,11 @@
 //! except that the `regex` crate has no look-ahead: `\s+(?!\S)` (whitespace not followed by a
 //! non-space) is matched as `\s+` and a run followed by a non-space gives back its last character,
 //! as the look-ahead would.
+//!
+//! The pattern runs as a lazy DFA, except where a piece's end depends on ASCII characters alone
+//! (most pieces of most prompts): there a few comparisons per byte decide it as the pattern's
+//! alternatives would ([`ascii_piece`]; a test checks both agree on generated mixed text, and the
+//! corpus comparison with tiktoken runs through both).
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -113,8 +118,13 @@ impl Encoding {
     }
 
     /// Splits `text` by the encoding's pattern and hands each piece to `each`. Every position
-    /// starts a piece, so each search is anchored where the last piece ended.
-    fn pieces(self, text: &str, mut each: impl FnMut(&[u8], &Vocab)) {
+    /// starts a piece, so each search is anchored where the last piece ended. A piece whose end
+    /// depends on ASCII characters alone is found by [`ascii_piece`]; the automaton finds the rest.
+    fn pieces(self, text: &str, each: impl FnMut(&[u8], &Vocab)) {
+        self.pieces_with(text, true, each);
+    }
+
+    fn pieces_with(self, text: &str, fast: bool, mut each: impl FnMut(&[u8], &Vocab)) {
         thread_local! {
             static CACHES: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
         }
@@ -124,13 +134,19 @@ impl Encoding {
             let cache = caches[self.index()].get_or_insert_with(|| vocab.pattern.create_cache());
             let mut at = 0;
             while at < text.len() {
-                // A lazy DFA without quit bytes or a give-up count never fails a search.
-                let Ok(Some(m)) = vocab.pattern.try_search_fwd(cache, &Input::new(text).range(at..).anchored(Anchored::Yes)) else {
-                    // No piece starts here (cannot happen with these patterns): skip a character.
-                    at += text[at..].chars().next().map_or(1, char::len_utf8);
-                    continue;
+                let fast_end = if fast { ascii_piece(self, text.as_bytes(), at) } else { None };
+                let mut end = match fast_end {
+                    Some(end) => end,
+                    // A lazy DFA without quit bytes or a give-up count never fails a search.
+                    None => match vocab.pattern.try_search_fwd(cache, &Input::new(text).range(at..).anchored(Anchored::Yes)) {
+                        Ok(Some(m)) => m.offset(),
+                        // No piece starts here (cannot happen with these patterns): skip a character.
+                        _ => {
+                            at += text[at..].chars().next().map_or(1, char::len_utf8);
+                            continue;
+                        }
+                    },
                 };
-                let mut end = m.offset();
                 let matched = &text[at..end];
                 // `\s+(?!\S)`: a whitespace run (not ended by a newline, which an earlier branch
                 // takes) followed by a non-space leaves its last character to what follows.
@@ -146,6 +162,113 @@ impl Encoding {
             }
         });
     }
+}
+
+/// Where the piece of `enc`'s pattern that starts at `at` ends, worked out from ASCII bytes the
+/// way the pattern's leftmost-first alternatives decide it; `None` as soon as the answer depends
+/// on a byte that is not ASCII (a letter, digit, mark or space of another script could extend the
+/// piece, and `(?i)s` also matches `ſ`), which leaves the piece to the automaton. Most prompts are
+/// mostly ASCII, and a piece is a few bytes: this is several times cheaper than a search. On ASCII
+/// the classes are: letters `A-Z` (upper) and `a-z` (lower), digits `0-9`, white space
+/// `\t \n \x0B \x0C \r` and space, and everything else "other". The look-ahead `\s+(?!\S)`
+/// is applied by the caller, as for the automaton's matches.
+fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
+    // `Some(None)` past the end, `None` on a byte that is not ASCII.
+    let at_byte = |i: usize| -> Option<Option<u8>> {
+        match b.get(i) {
+            None => Some(None),
+            Some(&c) if c.is_ascii() => Some(Some(c)),
+            Some(_) => None,
+        }
+    };
+    // The end of the run from `i` of bytes `class` accepts.
+    let run = |mut i: usize, class: fn(u8) -> bool| -> Option<usize> {
+        while let Some(c) = at_byte(i)? {
+            if !class(c) {
+                break;
+            }
+            i += 1;
+        }
+        Some(i)
+    };
+    let space = |c: u8| matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+    let newline = |c: u8| c == b'\r' || c == b'\n';
+    let other = |c: u8| !c.is_ascii_alphanumeric() && !matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+    // `'s|'t|'re|'ve|'m|'ll|'d`, case-insensitive: where one starting at `i` ends.
+    let contraction = |i: usize| -> Option<Option<usize>> {
+        if at_byte(i)? != Some(b'\'') {
+            return Some(None);
+        }
+        let one = at_byte(i + 1)?.map(|c| c.to_ascii_lowercase());
+        if matches!(one, Some(b's' | b't' | b'm' | b'd')) {
+            return Some(Some(i + 2));
+        }
+        if !matches!(one, Some(b'r' | b'v' | b'l')) {
+            return Some(None);
+        }
+        let two = at_byte(i + 2)?.map(|c| c.to_ascii_lowercase());
+        Some(matches!((one, two), (Some(b'r' | b'v'), Some(b'e')) | (Some(b'l'), Some(b'l'))).then_some(i + 3))
+    };
+    let first = at_byte(at)??;
+    if enc == Encoding::Cl100kBase && first == b'\'' {
+        // `'(?i:[sdmt]|ll|ve|re)` comes first in cl100k_base.
+        if let Some(end) = contraction(at)? {
+            return Some(end);
+        }
+    }
+    // Letters, after at most one character that is neither a letter, a digit nor a newline.
+    let letters_from = if first.is_ascii_alphabetic() {
+        Some(at)
+    } else if !first.is_ascii_digit() && !newline(first) && at_byte(at + 1)?.is_some_and(|c| c.is_ascii_alphabetic()) {
+        Some(at + 1)
+    } else {
+        None
+    };
+    if let Some(from) = letters_from {
+        let end = match enc {
+            // `\p{L}+`.
+            Encoding::Cl100kBase => run(from, |c| c.is_ascii_alphabetic())?,
+            // `U*L+C?`, else `U+L*C?` (here with no L): upper case then lower case, and a contraction.
+            Encoding::O200kBase => {
+                let upper = run(from, |c| c.is_ascii_uppercase())?;
+                let lower = run(upper, |c| c.is_ascii_lowercase())?;
+                contraction(lower)?.unwrap_or(lower)
+            }
+        };
+        return Some(end);
+    }
+    if first.is_ascii_digit() {
+        // `\p{N}{1,3}`: a fourth digit, or a non-ASCII one, is the next piece's.
+        let mut end = at + 1;
+        while end < at + 3 {
+            match at_byte(end)? {
+                Some(c) if c.is_ascii_digit() => end += 1,
+                _ => break,
+            }
+        }
+        return Some(end);
+    }
+    // ` ?[^\s\p{L}\p{N}]+` then newlines (and, in o200k_base, slashes).
+    let from = if first == b' ' { at + 1 } else { at };
+    if at_byte(from)?.is_some_and(other) {
+        let mut end = run(from, other)?;
+        // Only ASCII bytes can be in this set, so any other byte just ends it.
+        let slash = enc == Encoding::O200kBase;
+        while b.get(end).is_some_and(|&c| newline(c) || (slash && c == b'/')) {
+            end += 1;
+        }
+        return Some(end);
+    }
+    if !space(first) {
+        return None;
+    }
+    // White space: to the end of the text (cl100k_base's `\s+$`), else up to its last newline
+    // (`\s*[\r\n]+`), else all of it (`\s+`).
+    let end = run(at, space)?;
+    if enc == Encoding::Cl100kBase && end == b.len() {
+        return Some(end);
+    }
+    Some(b[at..end].iter().rposition(|&c| newline(c)).map_or(end, |i| at + i + 1))
 }
 
 /// An encoding's pattern, for anchored searches that only need where a match ends: a forward
@@ -333,6 +456,46 @@ impl Vocab {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_path_splits_as_the_automaton_does() {
+        // Every branch of `ascii_piece`, and the non-ASCII characters that must send a piece to
+        // the automaton: a letter, `ſ` (which `(?i)s` matches), a Greek letter, a no-break space,
+        // a superscript digit, a dash, a combining mark.
+        let alphabet = [
+            "a", "z", "A", "Z", "'", "s", "S", "t", "T", "r", "R", "e", "v", "l", "L", "d", "m", "0", "7", "9", " ", " ", "\t", "\n", "\r",
+            "\x0B", "\x0C", ",", ".", "/", "$", "-", "_", "\u{1}", "\u{1f}", "é", "ſ", "Ω", "\u{a0}", "²", "—", "\u{301}", "'s", "'ll",
+            "'Re", "'vE", "12345", "\r\n", " \n ",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut fast, mut pieces) = (0, 0);
+        for _ in 0..20_000 {
+            let len = next(16);
+            let text: String = (0..len).map(|_| alphabet[next(alphabet.len())]).collect();
+            for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
+                let split = |fast: bool| {
+                    let mut out = Vec::new();
+                    enc.pieces_with(&text, fast, |p, _| out.push(p.to_vec()));
+                    out
+                };
+                assert_eq!(split(true), split(false), "{} on {text:?}", enc.name());
+                let mut at = 0;
+                for piece in split(false) {
+                    pieces += 1;
+                    fast += usize::from(ascii_piece(enc, text.as_bytes(), at).is_some());
+                    at += piece.len();
+                }
+            }
+        }
+        // The fast path is taken for most pieces even in this deliberately mixed text.
+        assert!(fast * 2 > pieces, "{fast} of {pieces}");
+    }
 
     #[test]
     fn known_encodings_of_tiktoken() {
