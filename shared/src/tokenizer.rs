@@ -15,7 +15,7 @@
 //!
 //! The pattern runs as a lazy DFA, except where a piece's end depends on ASCII characters alone
 //! (most pieces of most prompts): there a few comparisons per byte decide it as the pattern's
-//! alternatives would ([`ascii_piece`]; a test checks both agree on generated mixed text, and the
+//! alternatives would (`ascii_piece`; a test checks both agree on generated mixed text, and the
 //! corpus comparison with tiktoken runs through both).
 
 use std::cell::RefCell;
