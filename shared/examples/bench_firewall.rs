@@ -4,7 +4,8 @@
 //! a 1 KB prompt with a custom rule set of ten regular expressions besides; then the guard phase
 //! over a 16 KB answer streamed in 64-byte pieces, with personal data, answer rules and the
 //! system-prompt leak check on. The first line is the one-time cost of building the built-in rule
-//! set (on first use in an isolate).
+//! set (on first use in an isolate), with an attack as the first text; `BENCH_WARMUP=TEXT` sets
+//! another, and `BENCH_FILTER="first use"` stops after that line (for callgrind).
 //!
 //! Native:  cargo run --release -p edgegate-core --features testkit --example bench_firewall
 //! wasm:    `bash tests/bench/native-vs-wasm.sh bench_firewall`
