@@ -10,8 +10,8 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
-import { startFloor } from "./floor.mjs";
+import { ROOT, startSimulator, startWorkerd } from "../e2e/lib.mjs";
+import { benchPolicy, startFloor } from "./common.mjs";
 
 const rounds = Number(process.argv[2] ?? 7);
 const sim = await startSimulator();
@@ -19,16 +19,7 @@ const stateDir = mkdtempSync(join(tmpdir(), "edgegate-coldstart-"));
 const first = await startWorkerd({
   stateDir,
   workersAi: false,
-  policy: {
-    tenants: [{ id: "bench" }],
-    keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
-    providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
-    models: [
-      { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
-      { alias: "estimated", targets: [{ provider: "sim", model: "sim-model" }] },
-    ],
-    settings: { policy_refresh_seconds: 60 },
-  },
+  policy: benchPolicy(sim.url, { policy_refresh_seconds: 60 }),
 });
 await first.stop();
 

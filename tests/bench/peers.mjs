@@ -18,7 +18,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { homedir, cpus } from "node:os";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
-import { startFloor } from "./floor.mjs";
+import { startFloor } from "./common.mjs";
 
 const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const RATE = arg("--rate", 200);

@@ -12,29 +12,21 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
+import { ROOT, startSimulator, startWorkerd } from "../e2e/lib.mjs";
+import { benchPolicy } from "./common.mjs";
 
 const first = process.argv[2] === "first";
 const total = first ? 1 : Number(process.argv[2] ?? 4000);
 const inFlight = Number(process.argv[3] ?? 8);
 const inspectorPort = 9300 + Math.floor(Math.random() * 500);
 const sim = await startSimulator();
-const policy = {
-  tenants: [{ id: "bench" }],
-  keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
-  providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
-  models: [
-    { alias: "bench", targets: [{ provider: "sim", model: "sim-model" }] },
-    { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
-  ],
-  settings: { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.at(-1) === "notable" ? { request_logs: "notable" } : {}) },
-};
+const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.at(-1) === "notable" ? { request_logs: "notable" } : {}) });
 // `first`: the policy is published by an earlier workerd on the same state, so the profiled
 // request is the isolate's first, and reads the policy from KV as in production.
 const stateDir = first ? mkdtempSync(join(tmpdir(), "edgegate-profile-")) : null;
 if (first) await (await startWorkerd({ stateDir, policy })).stop();
 const gw = await startWorkerd({ inspectorPort, stateDir, policy: first ? undefined : policy });
-const body = JSON.stringify({ model: first ? "counted" : "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const body = JSON.stringify({ model: first ? "counted" : "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
 const send = async () => {
   const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { authorization: "Bearer sk-bench", "content-type": "application/json" }, body });
   await r.arrayBuffer();

@@ -5,19 +5,12 @@
 // cost, and its cost per 1 KB prompt once warm. Through the upstream simulator on 127.0.0.1.
 // Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tokenizer.mjs [rounds]'
 // Needs the built Worker and the harness (npm test builds both). Asserts nothing.
-import { startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
+import { startSimulator, startWorkerd } from "../e2e/lib.mjs";
+import { benchPolicy } from "./common.mjs";
 
 const rounds = Number(process.argv[2] ?? 7);
 const sim = await startSimulator();
-const policy = {
-  tenants: [{ id: "bench" }],
-  keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
-  providers: [{ id: "sim", kind: "openai_compatible", base_url: `${sim.url}/v1` }],
-  models: [
-    { alias: "counted", targets: [{ provider: "sim", model: "gpt-4o-mini" }] },
-    { alias: "estimated", targets: [{ provider: "sim", model: "sim-model" }] },
-  ],
-};
+const policy = benchPolicy(sim.url);
 // About 1 KB of mixed prose.
 const prompt = "The gateway counts every prompt before it admits it; 价格 und Größe zählen. ".repeat(14).slice(0, 1024);
 const once = async (url, model) => {
