@@ -191,9 +191,13 @@ fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
         }
         Some(i)
     };
-    let space = |c: u8| matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+    fn space(c: u8) -> bool {
+        matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+    }
+    fn other(c: u8) -> bool {
+        !c.is_ascii_alphanumeric() && !space(c)
+    }
     let newline = |c: u8| c == b'\r' || c == b'\n';
-    let other = |c: u8| !c.is_ascii_alphanumeric() && !matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
     // `'s|'t|'re|'ve|'m|'ll|'d`, case-insensitive: where one starting at `i` ends.
     let contraction = |i: usize| -> Option<Option<usize>> {
         if at_byte(i)? != Some(b'\'') {
