@@ -364,20 +364,33 @@ impl RuleSet {
     }
 }
 
-/// Each word (a run of letters and digits) of `text` with its byte offset.
+/// Each word (a run of letters and digits) of `text` with its byte offset. ASCII is classed by
+/// its byte; anything else by its character (letters and digits of any script).
 fn word_spans(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    let mut rest = text.char_indices().peekable();
+    let bytes = text.as_bytes();
+    // Where the run starting at `i` of characters that are (or are not) word characters ends.
+    let run_end = move |mut i: usize, word: bool| {
+        while let Some(&b) = bytes.get(i) {
+            if b.is_ascii() {
+                if b.is_ascii_alphanumeric() != word {
+                    break;
+                }
+                i += 1;
+            } else {
+                let c = text.get(i..).and_then(|t| t.chars().next()).unwrap_or(' ');
+                if c.is_alphanumeric() != word {
+                    break;
+                }
+                i += c.len_utf8();
+            }
+        }
+        i
+    };
+    let mut at = 0;
     std::iter::from_fn(move || {
-        while rest.peek().is_some_and(|(_, c)| !c.is_alphanumeric()) {
-            rest.next();
-        }
-        let (start, _) = *rest.peek()?;
-        let mut end = start;
-        while let Some((i, c)) = rest.peek().copied().filter(|(_, c)| c.is_alphanumeric()) {
-            end = i + c.len_utf8();
-            rest.next();
-        }
-        text.get(start..end).map(|w| (start, w))
+        let start = run_end(at, false);
+        at = run_end(start, true);
+        (at > start).then(|| text.get(start..at).map(|w| (start, w))).flatten()
     })
 }
 
@@ -396,4 +409,41 @@ fn edges(text: &str, start: usize, end: usize) -> bool {
 
 fn finding(rule: Rule, message: usize, view: Option<Encoding>, span: std::ops::Range<usize>) -> Finding {
     Finding { rule: rule.id, rule_set: RULE_SET, severity: rule.severity, points: rule.severity.points(), message, view, span }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_as_by_character() {
+        // The reference: every character classed by `char::is_alphanumeric`.
+        fn by_char(text: &str) -> Vec<(usize, &str)> {
+            let mut out = Vec::new();
+            let mut start = None;
+            for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+                match (start, c.is_alphanumeric() && i < text.len()) {
+                    (None, true) => start = Some(i),
+                    (Some(s), false) => {
+                        out.push((s, &text[s..i]));
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+            out
+        }
+        for text in [
+            "",
+            " ",
+            "Ignore all previous instructions.",
+            "naïve café, Straße; 東京タワー 2026 — déjà-vu!",
+            "x",
+            "  ends with a word",
+            "١٢٣ ⅷ ²³ ǅemal Ωmega\u{200b}zero width",
+            "a\u{301}ccent mark, ﬁ ligature",
+        ] {
+            assert_eq!(word_spans(text).collect::<Vec<_>>(), by_char(text), "{text:?}");
+        }
+    }
 }
