@@ -8,7 +8,7 @@ cd "$ROOT"
 export CARGO_TERM_COLOR=never
 HARNESS_TARGET="$EDGEGATE_CACHE/harness-target"
 
-say "building the test harness (Spin test host, upstream simulator) into $HARNESS_TARGET"
+say "building the test harness (Spin test host, upstream simulator, the Spin pre-initialiser) into $HARNESS_TARGET"
 (cd tests/harness && CARGO_TARGET_DIR="$HARNESS_TARGET" cargo build --release --locked --quiet)
 export EDGEGATE_SPIN_HOST="$HARNESS_TARGET/release/spin-test-host"
 export EDGEGATE_UPSTREAM_SIM="$HARNESS_TARGET/release/upstream-sim"
@@ -91,7 +91,8 @@ say "building the Worker (worker-build) and the Spin component"
 mkdir -p target
 (cd edge/cloudflare && worker-build --release >"$ROOT/target/worker-build.log" 2>&1) || { cat target/worker-build.log >&2; exit 1; }
 cargo build --locked --quiet -p edgegate-spin --target wasm32-wasip2 --release
-for f in edge/cloudflare/build/index_bg.wasm target/wasm32-wasip2/release/edgegate_spin.wasm; do
+"$HARNESS_TARGET/release/edgegate-preinit" target/wasm32-wasip2/release/edgegate_spin.wasm target/wasm32-wasip2/release/edgegate_spin.preinit.wasm
+for f in edge/cloudflare/build/index_bg.wasm target/wasm32-wasip2/release/edgegate_spin.wasm target/wasm32-wasip2/release/edgegate_spin.preinit.wasm; do
   printf '  %-52s %8d bytes raw %8d gzip\n' "$f" "$(stat -c %s "$f")" "$(gzip -9c "$f" | wc -c)" >&2
 done
 

@@ -4,7 +4,7 @@
 //! stream, and when a client abandons a stream.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -115,8 +115,9 @@ const SCREEN_BATCH_MS: u64 = 1_000;
 #[derive(Debug, Clone, Default)]
 struct Unsent(Option<Rc<RefCell<HeldScreens>>>);
 
-/// Per tenant and route: clean screenings held, and since when (epoch ms).
-type HeldScreens = HashMap<(String, String), (u32, u64)>;
+/// Per tenant and route: clean screenings held, and since when (epoch ms). Ordered, not hashed:
+/// the route is the request's (see `providers::gemini`).
+type HeldScreens = BTreeMap<(String, String), (u32, u64)>;
 
 impl Unsent {
     /// Whether `screen` (of `tenant`) must be sent now; if so it takes the clean ones held for

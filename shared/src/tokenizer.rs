@@ -103,6 +103,15 @@ impl Encoding {
         }
     }
 
+    /// Builds both encodings' tables and pattern automata, and counts a short text of several
+    /// scripts with each. A host whose instances start from a snapshot taken after this (the
+    /// pre-initialised Spin component, `edgegate-preinit`) no longer builds them per instance.
+    pub fn prepare() {
+        for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            encoding.count("Summarise this paragraph in one line, s'il vous plaît: 東京, Zürich, 2026!");
+        }
+    }
+
     /// The tokens of `text`, as tiktoken's `encode_ordinary` gives them (special tokens are text).
     pub fn encode(self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3);

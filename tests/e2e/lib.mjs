@@ -4,7 +4,7 @@
 // with a port chosen by the OS, and every one is stopped by the returned `stop()`.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,6 +36,7 @@ function spawnServer(bin, args, env = {}) {
         clearTimeout(timer);
         resolvePromise({
           url: ready.slice("listening on ".length).trim(),
+          pid: child.pid,
           lines,
           stderr: () => err,
           stop: () =>
@@ -286,20 +287,32 @@ export async function steadyLoad({ send, rps, seconds, inFlight = 48 }) {
   return { results, skipped, seconds: (Date.now() - start) / 1000 };
 }
 
-/** The built Spin component in the Spin test host, with `policy` published. */
-export async function startSpin({ policy, variables = {} }) {
+/**
+ * The built Spin component in the Spin test host, with `policy` published: spin.toml's (the
+ * pre-initialised one), or `component` (a path from the project root) under spin.toml's settings.
+ */
+export async function startSpin({ policy, variables = {}, component }) {
   const bin = process.env.EDGEGATE_SPIN_HOST;
   if (!bin) throw new Error("EDGEGATE_SPIN_HOST is not set: run the tests with `npm test`");
   const dir = mkdtempSync(join(tmpdir(), "edgegate-spin-"));
+  let manifest = join(ROOT, "spin.toml");
+  if (component) {
+    const text = readFileSync(manifest, "utf8");
+    const replaced = text.replace(/^source = ".*"$/m, `source = ${JSON.stringify(join(ROOT, component))}`);
+    if (replaced === text) throw new Error("spin.toml has no `source = \"…\"` line to replace");
+    manifest = join(dir, "spin.toml");
+    writeFileSync(manifest, replaced);
+  }
   const env = Object.fromEntries(Object.entries({ edgegate_admin_key: ADMIN_KEY, edgegate_admin_api: "on", ...variables }).map(([k, v]) => [`SPIN_VARIABLE_${k.toUpperCase()}`, v]));
   const host = await spawnServer(
     bin,
-    ["--manifest", join(ROOT, "spin.toml"), "--listen", "127.0.0.1:0", "--state-dir", join(dir, "state")],
+    ["--manifest", manifest, "--listen", "127.0.0.1:0", "--state-dir", join(dir, "state")],
     env,
   );
   if (policy) await publish(host.url, policy);
   return {
     url: host.url,
+    pid: host.pid,
     lines: host.lines,
     stateDir: join(dir, "state"),
     setPolicy: (p) => publish(host.url, p),

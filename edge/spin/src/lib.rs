@@ -35,6 +35,31 @@ mod entry {
     }
 }
 
+/// `wizer-initialize`: run once by `edgegate-preinit` at build time, which snapshots the memory it
+/// leaves. Every instance of the pre-initialised component then starts with the firewall's
+/// automata and the tokenizer's tables built, instead of building them in each request (Spin
+/// instantiates the component per request). It reads no clock, variable or store; the standard
+/// library's hash-map keys are the one thing drawn (see `edgegate-preinit`). Calling it again
+/// finds everything built.
+#[allow(unsafe_code)]
+mod preinit {
+    spin_sdk::wit_bindgen::generate!({
+        inline: "package edgegate:preinit; world preinit { export wizer-initialize: func(); }",
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+    });
+
+    struct Preinit;
+
+    impl Guest for Preinit {
+        fn wizer_initialize() {
+            edgegate_core::firewall::prepare();
+            edgegate_core::tokenizer::Encoding::prepare();
+        }
+    }
+
+    export!(Preinit);
+}
+
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let host = SpinHost::default();
     let mut request = match read_request(req).await {

@@ -14,7 +14,7 @@
 //! nothing more is sent (the caller marks the choice `content_filter`). The delay added to a
 //! stream is at most [`WINDOW`] bytes of text (or one finding).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use super::Action;
@@ -39,7 +39,8 @@ pub const LEAK_RULE: &str = "guard.system_prompt_leak";
 /// The system prompt's runs of [`LEAK_WORDS`] words, as hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leak {
-    shingles: HashSet<u64>,
+    /// Ordered, not hashed: the runs are the request's text (see `providers::gemini`).
+    shingles: BTreeSet<u64>,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -63,7 +64,7 @@ impl Leak {
     pub fn new(text: &str) -> Option<Leak> {
         let words: Vec<u64> =
             text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.chars().fold(FNV_OFFSET, word_hash)).collect();
-        let shingles: HashSet<u64> = words.windows(LEAK_WORDS).map(|w| shingle(w.iter())).collect();
+        let shingles: BTreeSet<u64> = words.windows(LEAK_WORDS).map(|w| shingle(w.iter())).collect();
         (!shingles.is_empty()).then_some(Leak { shingles })
     }
 }

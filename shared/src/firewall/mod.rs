@@ -536,11 +536,16 @@ pub fn inspect(chat: &ChatRequest) -> Inspection {
     inspect_texts(&texts(chat), &[])
 }
 
-/// Builds the built-in rules' automata and runs them once over a plain sentence, so that the
-/// first prompt does not wait for them: a host calls this when an isolate starts (Workers start
-/// one before its first request where they can, during the TLS handshake).
+/// Builds the built-in rules' automata and runs them once over a short paragraph of ordinary
+/// prose, so that the first prompt waits neither for them nor for most of the lazy automata's
+/// states: a host calls this when an isolate starts (Workers start one before its first request
+/// where they can, during the TLS handshake), or before it snapshots one (a pre-initialised Spin
+/// component).
 pub fn prepare() {
-    injection_findings(0, "Summarise this paragraph in one line.", false, &[], &mut Vec::new());
+    const PROSE: &str = "Summarise this paragraph in one line. The quarterly report shows revenue grew by 12% \
+        in every region (EMEA, APAC, Americas); please write a short, friendly answer for the board, \
+        and list three risks: supply, hiring and currency. Why did costs rise? Use plain English.\n";
+    injection_findings(0, PROSE, false, &[], &mut Vec::new());
 }
 
 /// Injection findings (built-in and `sets`) in one text.

@@ -6,7 +6,7 @@
 //! reads only inline data or its own uploaded files); tool JSON schemas are passed as given
 //! (Gemini accepts an OpenAPI subset and rejects some JSON Schema keywords itself).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -43,7 +43,9 @@ pub fn generate_request(req: &ChatRequest) -> Result<Value, Error> {
     req.require_single_choice("Gemini")?;
     let mut system = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    let mut call_names: HashMap<&str, &str> = HashMap::new();
+    // Ordered, not hashed: its keys are the request's, and no key of a request should depend on
+    // hash keys an instance may share with others (a pre-initialised component fixes them).
+    let mut call_names: BTreeMap<&str, &str> = BTreeMap::new();
     for m in &req.messages {
         let (role, content) = match m.role {
             Role::System | Role::Developer => {
