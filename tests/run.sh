@@ -93,8 +93,15 @@ mkdir -p target
 cargo build --locked --quiet -p edgegate-spin --target wasm32-wasip2 --release
 "$HARNESS_TARGET/release/edgegate-preinit" target/wasm32-wasip2/release/edgegate_spin.wasm target/wasm32-wasip2/release/edgegate_spin.preinit.wasm
 for f in edge/cloudflare/build/index_bg.wasm target/wasm32-wasip2/release/edgegate_spin.wasm target/wasm32-wasip2/release/edgegate_spin.preinit.wasm; do
-  printf '  %-52s %8d bytes raw %8d gzip\n' "$f" "$(stat -c %s "$f")" "$(gzip -9c "$f" | wc -c)" >&2
+  printf '  %-56s %9d bytes raw %8d gzip\n' "$f" "$(stat -c %s "$f")" "$(gzip -9c "$f" | wc -c)" >&2
 done
+# With its seed given, pre-initialisation is reproducible byte for byte.
+for n in 1 2; do
+  EDGEGATE_PREINIT_SEED=00112233445566778899aabbccddeeff "$HARNESS_TARGET/release/edgegate-preinit" \
+    target/wasm32-wasip2/release/edgegate_spin.wasm "target/preinit-seeded-$n.wasm" 2>/dev/null
+done
+cmp target/preinit-seeded-1.wasm target/preinit-seeded-2.wasm || { echo "two pre-initialisations with one seed differ" >&2; exit 1; }
+rm -f target/preinit-seeded-*.wasm
 
 say "deploy check: wrangler deploy --dry-run of the staging and production environments (no account)"
 for env in staging production; do

@@ -54,13 +54,25 @@ fn main() -> Result<(), BoxError> {
 /// `wasi:random/insecure-seed`, the one import initialisation may call: Rust's standard library
 /// draws its hash-map keys from it the first time a `HashMap` is made, and the automata make some.
 /// The snapshot keeps those keys, so every instance of this build shares them; they come from
-/// this machine's random source, so each build has its own. The gateway keys no hashed map by
-/// request data (those maps are ordered), so shared keys do not open it to hash flooding.
+/// this machine's random source, so each build has its own, or from `EDGEGATE_PREINIT_SEED`
+/// (32 hex digits) for a build that must be reproducible byte for byte. The gateway keys no hashed
+/// map by request data (those maps are ordered), so shared keys do not open it to hash flooding.
 fn seed(engine: &Engine, component: &Component, linker: &mut Linker<()>) -> Result<(), BoxError> {
     let imports = component.component_type().imports(engine).map(|(name, _)| name.to_owned()).collect::<Vec<_>>();
     let Some(name) = imports.into_iter().find(|n| n.starts_with("wasi:random/insecure-seed@")) else { return Ok(()) };
     let mut bytes = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    match std::env::var("EDGEGATE_PREINIT_SEED") {
+        Ok(hex) => {
+            let digits = hex.trim();
+            if digits.len() != 32 {
+                return Err("EDGEGATE_PREINIT_SEED must be 32 hex digits".into());
+            }
+            for (byte, pair) in bytes.iter_mut().zip(digits.as_bytes().chunks(2)) {
+                *byte = u8::from_str_radix(std::str::from_utf8(pair)?, 16).map_err(|_| "EDGEGATE_PREINIT_SEED must be 32 hex digits")?;
+            }
+        }
+        Err(_) => std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?,
+    }
     let (a, b) = bytes.split_at(8);
     let value = (u64::from_le_bytes(a.try_into()?), u64::from_le_bytes(b.try_into()?));
     linker.instance(&name)?.func_wrap("insecure-seed", move |_, ()| Ok((value,)))?;
