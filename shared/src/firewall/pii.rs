@@ -147,6 +147,18 @@ const KEY_PREFIXES: &[(&str, usize)] = &[
     ("glpat-", 20),
 ];
 
+/// The ASCII bytes a token may hold: letters, digits and `-_.@+:%`.
+const TOKEN_BYTE: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'@' | b'+' | b':' | b'%');
+        b += 1;
+    }
+    table
+};
+
 /// Tokens split on white space and punctuation that keys, tokens, e-mails and addresses never
 /// contain: keys, JWTs, e-mails and IP addresses.
 fn tokens(text: &str, found: &mut Vec<Finding>) {
@@ -157,7 +169,7 @@ fn tokens(text: &str, found: &mut Vec<Finding>) {
         // ASCII by its byte; anything else by its character (letters and digits of any script).
         let (token_char, width) = match bytes.get(i) {
             None => (false, 1),
-            Some(&b) if b.is_ascii() => (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+' | b':' | b'%'), 1),
+            Some(&b) if b.is_ascii() => (TOKEN_BYTE[usize::from(b)], 1),
             Some(_) => text.get(i..).and_then(|t| t.chars().next()).map_or((false, 1), |c| (c.is_alphanumeric(), c.len_utf8())),
         };
         let at = i;
@@ -243,6 +255,11 @@ fn digit_runs(text: &str, found: &mut Vec<Finding>) {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
+        // Most bytes are neither a digit nor `+`: skip them before anything else.
+        if !bytes[i].is_ascii_digit() && bytes[i] != b'+' {
+            i += 1;
+            continue;
+        }
         let plus = bytes[i] == b'+' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
         let starts = (bytes[i].is_ascii_digit() || plus) && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric());
         if !starts {
@@ -358,6 +375,11 @@ fn ibans(text: &str, found: &mut Vec<Finding>) {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i + 4 <= bytes.len() {
+        // An IBAN starts with a capital letter; most bytes are not one.
+        if !bytes[i].is_ascii_uppercase() {
+            i += 1;
+            continue;
+        }
         let head = &bytes[i..i + 4];
         let starts = head[0].is_ascii_uppercase()
             && head[1].is_ascii_uppercase()
