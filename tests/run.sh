@@ -98,7 +98,8 @@ done
 # With its seed given, pre-initialisation is reproducible byte for byte.
 for n in 1 2; do
   EDGEGATE_PREINIT_SEED=00112233445566778899aabbccddeeff "$HARNESS_TARGET/release/edgegate-preinit" \
-    target/wasm32-wasip2/release/edgegate_spin.wasm "target/preinit-seeded-$n.wasm" 2>/dev/null
+    target/wasm32-wasip2/release/edgegate_spin.wasm "target/preinit-seeded-$n.wasm" 2>target/preinit-seeded.log \
+    || { cat target/preinit-seeded.log >&2; exit 1; }
 done
 cmp target/preinit-seeded-1.wasm target/preinit-seeded-2.wasm || { echo "two pre-initialisations with one seed differ" >&2; exit 1; }
 rm -f target/preinit-seeded-*.wasm

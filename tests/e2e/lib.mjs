@@ -298,7 +298,7 @@ export async function startSpin({ policy, variables = {}, component }) {
   let manifest = join(ROOT, "spin.toml");
   if (component) {
     const text = readFileSync(manifest, "utf8");
-    const replaced = text.replace(/^source = ".*"$/m, `source = ${JSON.stringify(join(ROOT, component))}`);
+    const replaced = text.replace(/^source = ".*"$/m, () => `source = ${JSON.stringify(join(ROOT, component))}`);
     if (replaced === text) throw new Error("spin.toml has no `source = \"…\"` line to replace");
     manifest = join(dir, "spin.toml");
     writeFileSync(manifest, replaced);

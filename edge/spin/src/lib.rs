@@ -52,7 +52,7 @@ mod preinit {
 
     impl Guest for Preinit {
         fn wizer_initialize() {
-            edgegate_core::firewall::prepare();
+            edgegate_core::firewall::prepare_for_snapshot();
             edgegate_core::tokenizer::Encoding::prepare();
         }
     }

@@ -355,6 +355,14 @@ impl RawRuleSet {
 }
 
 impl RuleSet {
+    /// Compiles every rule's own expression now rather than on its first hit (for a snapshot
+    /// taken before any request, see [`super::prepare_for_snapshot`]).
+    pub fn compile_all(&self) {
+        for rule in &self.rules {
+            rule.regex.get_or_init(|| Rule::build(&rule.pattern, rule.insensitive).ok());
+        }
+    }
+
     /// Prompt-side hits in one text: `plain` if given (see [`super::normalize::plain`]), then the
     /// folded text and decoded payloads of `normalized`; at most one finding per rule.
     pub fn inspect(&self, index: usize, plain: Option<&str>, normalized: &Normalized, out: &mut Vec<Finding>) {

@@ -548,6 +548,16 @@ pub fn prepare() {
     injection_findings(0, PROSE, false, &[], &mut Vec::new());
 }
 
+/// [`prepare`], and every built-in heuristic cue's own expression, which otherwise compiles on
+/// the cue's first hit: for a host that snapshots the result once (the pre-initialised Spin
+/// component), so that no instance compiles one while answering a request.
+pub fn prepare_for_snapshot() {
+    prepare();
+    if let Some(cues) = heuristics::builtin() {
+        cues.compile_all();
+    }
+}
+
 /// Injection findings (built-in and `sets`) in one text.
 fn injection_findings(index: usize, text: &str, tool: bool, sets: &[Rc<custom::RuleSet>], out: &mut Vec<Finding>) -> bool {
     let normalized = normalize::normalize(text);

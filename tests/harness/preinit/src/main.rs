@@ -8,6 +8,8 @@
 //! can read no clock, variable or store and draw no secure randomness: the snapshot holds nothing
 //! that belongs to one deployment. The written component is compiled once more before it is kept.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
@@ -54,27 +56,31 @@ fn main() -> Result<(), BoxError> {
 /// `wasi:random/insecure-seed`, the one import initialisation may call: Rust's standard library
 /// draws its hash-map keys from it the first time a `HashMap` is made, and the automata make some.
 /// The snapshot keeps those keys, so every instance of this build shares them; they come from
-/// this machine's random source, so each build has its own, or from `EDGEGATE_PREINIT_SEED`
-/// (32 hex digits) for a build that must be reproducible byte for byte. The gateway keys no hashed
-/// map by request data (those maps are ordered), so shared keys do not open it to hash flooding.
+/// this machine's random source (through the standard library's own hash keys), so each build
+/// has its own, or from `EDGEGATE_PREINIT_SEED` (32 hex digits) for a build that must be
+/// reproducible byte for byte. Either way they can be read from the component, so they are no
+/// secret: the maps into which a request can insert keys of its choosing are ordered, not hashed.
 fn seed(engine: &Engine, component: &Component, linker: &mut Linker<()>) -> Result<(), BoxError> {
     let imports = component.component_type().imports(engine).map(|(name, _)| name.to_owned()).collect::<Vec<_>>();
     let Some(name) = imports.into_iter().find(|n| n.starts_with("wasi:random/insecure-seed@")) else { return Ok(()) };
-    let mut bytes = [0u8; 16];
-    match std::env::var("EDGEGATE_PREINIT_SEED") {
+    let value = match std::env::var("EDGEGATE_PREINIT_SEED") {
         Ok(hex) => {
             let digits = hex.trim();
-            if digits.len() != 32 {
+            if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err("EDGEGATE_PREINIT_SEED must be 32 hex digits".into());
             }
-            for (byte, pair) in bytes.iter_mut().zip(digits.as_bytes().chunks(2)) {
-                *byte = u8::from_str_radix(std::str::from_utf8(pair)?, 16).map_err(|_| "EDGEGATE_PREINIT_SEED must be 32 hex digits")?;
-            }
+            let (a, b) = digits.split_at(16);
+            (u64::from_str_radix(a, 16)?, u64::from_str_radix(b, 16)?)
         }
-        Err(_) => std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?,
-    }
-    let (a, b) = bytes.split_at(8);
-    let value = (u64::from_le_bytes(a.try_into()?), u64::from_le_bytes(b.try_into()?));
+        Err(_) => {
+            let random = |n: u64| {
+                let mut hasher = RandomState::new().build_hasher();
+                hasher.write_u64(n);
+                hasher.finish()
+            };
+            (random(0), random(1))
+        }
+    };
     linker.instance(&name)?.func_wrap("insecure-seed", move |_, ()| Ok((value,)))?;
     Ok(())
 }
