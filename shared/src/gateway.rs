@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -218,6 +218,58 @@ struct HealthView {
     /// Observations not yet sent to the store (already applied to `board`).
     pending: Vec<Observation>,
     syncing: bool,
+    /// Why the isolate's first read of the board failed, for the record of the request that began it.
+    first_fault: Option<&'static str>,
+    /// Requests whose plan waits for the first read.
+    waiting: Vec<Waker>,
+}
+
+/// The isolate's first read of its location's health board, begun when a request that will be
+/// routed arrives: it runs beside the policy read, authentication, the firewall and counting, and
+/// that request's plan waits for it (see [`Gateway::plan`]). Dropped unfinished, it gives the read
+/// back, so that a later request begins it again.
+struct FirstRead<'a> {
+    view: &'a RefCell<HealthView>,
+    done: bool,
+}
+
+impl FirstRead<'_> {
+    fn end(&mut self, outcome: Result<Board, &'static str>, now_ms: u64) {
+        let mut view = self.view.borrow_mut();
+        view.syncing = false;
+        view.synced_ms = Some(now_ms);
+        match outcome {
+            Ok(board) => view.board = board,
+            Err(fault) => view.first_fault = Some(fault),
+        }
+        view.waiting.drain(..).for_each(Waker::wake);
+        self.done = true;
+    }
+}
+
+impl Drop for FirstRead<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut view = self.view.borrow_mut();
+            view.syncing = false;
+            view.waiting.drain(..).for_each(Waker::wake);
+        }
+    }
+}
+
+/// Ready once the isolate's first read of the health board has ended (or was given back).
+struct BoardRead<'a>(&'a RefCell<HealthView>);
+
+impl Future for BoardRead<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut view = self.0.borrow_mut();
+        if view.syncing && view.synced_ms.is_none() {
+            view.waiting.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(())
+    }
 }
 
 /// What a request reports about provider health when it is recorded.
@@ -261,6 +313,11 @@ impl Route {
             Route::Feedback => FEEDBACK_ROUTE,
             Route::Admin(name) => name,
         }
+    }
+
+    /// Whether requests on this route are routed to a provider (and so read the health board).
+    fn plans(self) -> bool {
+        matches!(self, Route::ChatCompletions | Route::Messages | Route::CountTokens | Route::Embeddings)
     }
 
     /// The dialect the caller speaks on this route.
@@ -341,6 +398,8 @@ struct Ctx {
     cache: Option<crate::cache::Pending>,
     /// Whether the record phase logs the record (`settings.request_logs`).
     logs: crate::policy::RequestLogs,
+    /// This request began the isolate's first read of the health board; its plan waits for it.
+    first_read: bool,
 }
 
 /// The record phase's audit step: the request's entry (for model routes) or the admin action's.
@@ -478,9 +537,16 @@ impl Gateway {
             cache: None,
             logs: crate::policy::RequestLogs::All,
             dialect,
+            first_read: false,
         };
         let outcome = match route {
-            Ok(route) => self.dispatch(host, &mut ctx, route, req).await,
+            Ok(route) => match route.plans().then(|| self.first_read(host, &req)).flatten() {
+                Some(read) => {
+                    ctx.first_read = true;
+                    futures::future::join(read, self.dispatch(host, &mut ctx, route, req)).await.1
+                }
+                None => self.dispatch(host, &mut ctx, route, req).await,
+            },
             Err(e) => Err(e),
         };
         let (mut resp, stream) = match outcome {
@@ -819,7 +885,8 @@ impl Gateway {
     }
 
     /// Phase 4, **route**: the plan for `ask` (see [`routing::plan`]) over this location's health
-    /// board, read first if this isolate has not read it yet. The decision goes into the record;
+    /// board. An isolate's first read of it began when the request arrived ([`Gateway::first_read`]),
+    /// and the request that began it waits for it here. The decision goes into the record;
     /// an empty plan (residency removed every candidate) is `residency_unavailable`.
     async fn plan<H: Host>(
         &self,
@@ -830,22 +897,9 @@ impl Gateway {
         ask: routing::Ask<'_>,
     ) -> Result<Plan, Error> {
         let board_id = health::board_id(ask.origin.colo.as_deref());
-        let first = {
-            let mut view = self.health.borrow_mut();
-            let first = view.synced_ms.is_none() && !view.syncing;
-            view.syncing |= first;
-            first
-        };
-        if first {
-            let read = host.apply(&board_id, LedgerOp::Health { observations: Vec::new(), breaker: *policy.breaker() }).await;
-            let mut view = self.health.borrow_mut();
-            view.syncing = false;
-            view.synced_ms = Some(host.now_ms());
-            match read {
-                Ok(LedgerAnswer::Health { board, .. }) => view.board = board,
-                Ok(_) => ctx.record.health_fault = Some("internal_error"),
-                Err(e) => ctx.record.health_fault = Some(e.metric_label()),
-            }
+        if std::mem::take(&mut ctx.first_read) {
+            BoardRead(&self.health).await;
+            ctx.record.health_fault = self.health.borrow_mut().first_fault.take();
         }
         let mut random = [0u8; 8];
         host.fill(&mut random);
@@ -867,6 +921,31 @@ impl Gateway {
         });
         report.route = ask.alias.to_owned();
         Ok(plan)
+    }
+
+    /// The isolate's first read of its location's health board, if no request has begun it (see
+    /// [`FirstRead`]). The location is the one the runtime served the request from; an asserted
+    /// origin changes country and continent, never the location.
+    fn first_read<'a, H: Host>(&'a self, host: &'a H, req: &http::Request<Bytes>) -> Option<impl Future<Output = ()> + 'a> {
+        {
+            let mut view = self.health.borrow_mut();
+            if view.synced_ms.is_some() || view.syncing {
+                return None;
+            }
+            view.syncing = true;
+        }
+        let board_id = health::board_id(req.extensions().get::<Origin>().and_then(|o| o.colo.as_deref()));
+        let mut claim = FirstRead { view: &self.health, done: false };
+        Some(async move {
+            // A read applies no observations, so no breaker thresholds are needed.
+            let read = host.apply(&board_id, LedgerOp::Health { observations: Vec::new(), breaker: BreakerSettings::default() }).await;
+            let outcome = match read {
+                Ok(LedgerAnswer::Health { board, .. }) => Ok(board),
+                Ok(_) => Err("internal_error"),
+                Err(e) => Err(e.metric_label()),
+            };
+            claim.end(outcome, host.now_ms());
+        })
     }
 
     /// Adds the prices of a later plan (overflow, degraded) to the request's account, so its cost

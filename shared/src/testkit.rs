@@ -78,6 +78,7 @@ struct Inner {
     audit_ops: RefCell<Vec<(String, AuditOp)>>,
     cache: RefCell<HashMap<String, (u64, Bytes)>>,
     cache_fault: RefCell<Option<Error>>,
+    slow_ledger: Cell<bool>,
 }
 
 /// A JWT verifier plugged into the test host (the `edgegate-jwt` crate's, in its tests).
@@ -123,6 +124,12 @@ impl TestHost {
     /// A copy of the counter-store book named `id` (a tenant, or a location's health board).
     pub fn book(&self, id: &str) -> Option<Book> {
         self.0.ledger.borrow().get(id).cloned()
+    }
+
+    /// Makes each counter-store call wait one turn of the executor before it answers, as a store
+    /// across the network does: what the gateway runs beside the call gets to run first.
+    pub fn slow_ledger(&self, on: bool) {
+        self.0.slow_ledger.set(on);
     }
 
     /// Makes every edge cache operation fail with `fault` (or work again with `None`).
@@ -261,6 +268,17 @@ impl PolicyStore for TestHost {
 
 impl Ledger for TestHost {
     async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
+        if self.0.slow_ledger.get() {
+            let mut waited = false;
+            futures::future::poll_fn(|cx| {
+                if std::mem::replace(&mut waited, true) {
+                    return std::task::Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            })
+            .await;
+        }
         let now = self.now_ms();
         Ok(self.0.ledger.borrow_mut().entry(tenant.to_owned()).or_default().apply(now, op))
     }

@@ -183,6 +183,31 @@ fn the_breaker_opens_after_failures_sends_traffic_to_the_healthy_deployment_then
 }
 
 #[test]
+fn a_new_isolate_routes_its_first_request_by_the_location_board_read_beside_that_request() {
+    let h = TestHost::new(T0, &policy(failing_primary()));
+    let gw = Gateway::new();
+    // One isolate opens eu-a's breaker and reports it to the location's board.
+    for _ in 0..5 {
+        h.script(Scripted::json(503, "{}"));
+        h.script(Scripted::json(200, OK));
+        call(&h, &gw, request("sk-g", "chat", None, &[]));
+    }
+    h.advance(1_000);
+    h.script(Scripted::json(200, OK));
+    call(&h, &gw, request("sk-g", "chat", None, &[]));
+
+    // A new isolate begins reading the board when its first request arrives, and the read is
+    // still under way when the request has been validated: routing waits for it, and skips eu-a.
+    h.slow_ledger(true);
+    let fresh = Gateway::new();
+    h.script(Scripted::json(200, OK));
+    let a = call(&h, &fresh, request("sk-g", "chat", None, &[]));
+    assert_eq!(a.hosts, ["eu-b.test"]);
+    assert_eq!(a.record.routing.map(|r| r.unhealthy), Some(vec!["eu-a".to_owned()]));
+    assert_eq!(a.record.health_fault, None);
+}
+
+#[test]
 fn a_critical_route_still_tries_an_open_deployment_when_nothing_else_is_left() {
     let h = TestHost::new(T0, &policy(failing_primary()));
     let gw = Gateway::new();
