@@ -136,17 +136,21 @@ fn failing_primary() -> Value {
     ])
 }
 
+/// Five requests fail over from eu-a to eu-b: five failures in a row open eu-a's breaker.
+fn open_eu_a(h: &TestHost, gw: &Gateway) {
+    for _ in 0..5 {
+        h.script(Scripted::json(503, "{}"));
+        h.script(Scripted::json(200, OK));
+        let a = call(h, gw, request("sk-g", "chat", None, &[]));
+        assert_eq!((a.status, a.hosts.len()), (200, 2));
+    }
+}
+
 #[test]
 fn the_breaker_opens_after_failures_sends_traffic_to_the_healthy_deployment_then_probes_and_closes() {
     let h = TestHost::new(T0, &policy(failing_primary()));
     let gw = Gateway::new();
-    // Five requests fail over from eu-a to eu-b: five failures in a row open eu-a's breaker.
-    for _ in 0..5 {
-        h.script(Scripted::json(503, "{}"));
-        h.script(Scripted::json(200, OK));
-        let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
-        assert_eq!((a.status, a.hosts.len()), (200, 2));
-    }
+    open_eu_a(&h, &gw);
     // Open: eu-a is skipped; no retry needed.
     h.script(Scripted::json(200, OK));
     let a = call(&h, &gw, request("sk-g", "chat", None, &[]));
@@ -187,11 +191,7 @@ fn a_new_isolate_routes_its_first_request_by_the_location_board_read_beside_that
     let h = TestHost::new(T0, &policy(failing_primary()));
     let gw = Gateway::new();
     // One isolate opens eu-a's breaker and reports it to the location's board.
-    for _ in 0..5 {
-        h.script(Scripted::json(503, "{}"));
-        h.script(Scripted::json(200, OK));
-        call(&h, &gw, request("sk-g", "chat", None, &[]));
-    }
+    open_eu_a(&h, &gw);
     h.advance(1_000);
     h.script(Scripted::json(200, OK));
     call(&h, &gw, request("sk-g", "chat", None, &[]));
