@@ -367,15 +367,29 @@ impl RuleSet {
 /// Each word (a run of letters and digits) of `text` with its byte offset. ASCII is classed by
 /// its byte; anything else by its character (letters and digits of any script).
 fn word_spans(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    const OTHER: u8 = 0;
+    const WORD: u8 = 1;
+    const NOT_ASCII: u8 = 2;
+    /// Each byte's class: an ASCII letter or digit, other ASCII, or part of another character.
+    const CLASS: [u8; 256] = {
+        let mut table = [NOT_ASCII; 256];
+        let mut b = 0u8;
+        while b < 128 {
+            table[b as usize] = if b.is_ascii_alphanumeric() { WORD } else { OTHER };
+            b += 1;
+        }
+        table
+    };
     let bytes = text.as_bytes();
     // Where the run starting at `i` of characters that are (or are not) word characters ends.
     let run_end = move |mut i: usize, word: bool| {
+        let same = if word { WORD } else { OTHER };
         while let Some(&b) = bytes.get(i) {
-            if b.is_ascii() {
-                if b.is_ascii_alphanumeric() != word {
-                    break;
-                }
+            let class = CLASS[usize::from(b)];
+            if class == same {
                 i += 1;
+            } else if class != NOT_ASCII {
+                break;
             } else {
                 let c = text.get(i..).and_then(|t| t.chars().next()).unwrap_or(' ');
                 if c.is_alphanumeric() != word {

@@ -63,7 +63,7 @@ pub fn is_invisible(c: char) -> bool {
 
 /// Latin letters that other scripts' look-alikes stand for (Cyrillic and Greek, lower case; NFKC
 /// has already folded full-width and mathematical letters).
-fn confusable(c: char) -> char {
+const fn confusable(c: char) -> char {
     match c {
         'а' | 'α' => 'a',
         'в' | 'β' => 'b',
@@ -94,7 +94,7 @@ fn confusable(c: char) -> char {
 }
 
 /// Digits and signs written for letters ("1gn0re"), folded to the letters.
-fn leet(c: char) -> char {
+const fn leet(c: char) -> char {
     match c {
         '0' => 'o',
         '1' | '!' | '|' => 'i',
@@ -140,23 +140,41 @@ fn visible(input: &str) -> (Cow<'_, str>, usize, String) {
     (Cow::Owned(kept), invisible, tags)
 }
 
+/// Each ASCII byte lower-cased, then folded by [`leet`] and [`confusable`] if `fold`: the byte
+/// by byte path of [`squeeze`].
+const fn ascii_map(fold: bool) -> [u8; 128] {
+    let mut table = [0u8; 128];
+    let mut b = 0u8;
+    while b < 128 {
+        let lower = b.to_ascii_lowercase();
+        let mapped = if fold { leet(confusable(lower as char)) } else { lower as char };
+        table[b as usize] = if mapped.is_ascii() { mapped as u8 } else { lower };
+        b += 1;
+    }
+    table
+}
+
+/// [`fold`]'s map of ASCII bytes.
+const FOLDED: [u8; 128] = ascii_map(true);
+/// [`plain`]'s map of ASCII bytes: lower case.
+const LOWER: [u8; 128] = ascii_map(false);
+
 /// `text` lower-cased with runs of white space made one space (none at either end), each other
 /// character mapped by `map` (which keeps ASCII ASCII). ASCII text (most prompts) is done byte by
-/// byte, skipping decoding and the Unicode tables.
-fn squeeze(text: &str, map: impl Fn(char) -> char) -> String {
+/// byte through `ascii`, the same map as a table, skipping decoding and the Unicode tables.
+fn squeeze(text: &str, ascii: &[u8; 128], map: impl Fn(char) -> char) -> String {
     if text.is_ascii() {
         let mut out = Vec::with_capacity(text.len());
         let mut space = true;
         for &b in text.as_bytes() {
-            if b.is_ascii_whitespace() || b == 0x0B {
+            if b <= b' ' && (b.is_ascii_whitespace() || b == 0x0B) {
                 if !space {
                     out.push(b' ');
                 }
                 space = true;
             } else {
                 space = false;
-                let lower = b.to_ascii_lowercase();
-                out.push(u8::try_from(map(char::from(lower))).unwrap_or(lower));
+                out.push(ascii[usize::from(b & 0x7F)]);
             }
         }
         if out.last() == Some(&b' ') {
@@ -185,7 +203,40 @@ fn squeeze(text: &str, map: impl Fn(char) -> char) -> String {
 
 /// Folds an already NFKC-normalised, invisible-free text for matching.
 fn fold(text: &str) -> String {
-    squeeze(text, |c| leet(confusable(c)))
+    squeeze(text, &FOLDED, |c| leet(confusable(c)))
+}
+
+/// The bytes base64 and hex payloads are written in: letters, digits and `+/=-_`.
+const PAYLOAD_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0u8;
+    while b < 128 {
+        table[b as usize] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_');
+        b += 1;
+    }
+    table
+};
+
+/// The runs of payload bytes in `text` at least [`MIN_PAYLOAD`] long. Payload bytes are ASCII,
+/// so the text is split byte by byte: every byte of any other character separates, and every run
+/// is ASCII.
+fn payload_runs(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < bytes.len() {
+            let start = at;
+            while at < bytes.len() && PAYLOAD_BYTE[usize::from(bytes[at])] {
+                at += 1;
+            }
+            let end = at;
+            at += 1;
+            if end - start >= MIN_PAYLOAD {
+                return text.get(start..end);
+            }
+        }
+        None
+    })
 }
 
 /// Normalises `input` (see the module docs).
@@ -201,10 +252,7 @@ pub fn normalize(input: &str) -> Normalized {
     if !tags.is_empty() {
         add(Encoding::Tags, tags);
     }
-    for token in nfkc.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_'))) {
-        if token.len() < MIN_PAYLOAD {
-            continue;
-        }
+    for token in payload_runs(&nfkc) {
         if token.len() % 2 == 0 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
             if let Some(text) = hex(token).and_then(printable) {
                 add(Encoding::Hex, text);
@@ -226,7 +274,7 @@ pub fn normalize(input: &str) -> Normalized {
 /// `input` with invisible characters removed, NFKC, lower case and single spaces — the view
 /// custom rules match besides the folded one (look-alikes and digits left as they are).
 pub fn plain(input: &str) -> String {
-    squeeze(&nfkc(&visible(input).0), |c| c)
+    squeeze(&nfkc(&visible(input).0), &LOWER, |c| c)
 }
 
 /// The letter 13 places on in the Latin alphabet (others unchanged).
@@ -321,7 +369,7 @@ mod tests {
             let c = char::from(b);
             for text in [format!("a{c}B {c}"), format!("{c}{c}x\t{c}")] {
                 // A non-ASCII letter at the end sends the same text down the general path.
-                for f in [fold, |t: &str| squeeze(t, |c| c)] {
+                for f in [fold, |t: &str| squeeze(t, &LOWER, |c| c)] {
                     let general = f(&format!("{text}é"));
                     assert_eq!(f(&text), general.strip_suffix('é').unwrap_or(&general).trim_end(), "{text:?}");
                 }
@@ -344,6 +392,28 @@ mod tests {
         assert_eq!(views("%69%67%6E%6F%72%65 all"), [(Encoding::Url, "ignore all".into())]);
         let tags: String = "ignore".chars().map(|c| char::from_u32(0xE0000 + c as u32).unwrap_or(' ')).collect();
         assert_eq!(views(&format!("hello{tags}")), [(Encoding::Tags, "ignore".into())]);
+    }
+
+    #[test]
+    fn payload_runs_split_as_by_character() {
+        let reference = |t: &str| -> Vec<String> {
+            t.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_')))
+                .filter(|r| r.len() >= MIN_PAYLOAD)
+                .map(str::to_owned)
+                .collect()
+        };
+        let texts = [
+            "QUJDREVGR0hJSktMTU5PUA== then é QUJDREVGR0hJSktMTU5PUA",
+            "éQUJDREVGR0hJSktMTU5PUAé日本QUJDREVGR0hJSktMTU5PUA日",
+            "0123456789abcdef0123456789abcdef",
+            "a+b/c=d-e_f0123456789 short x9_-+/=0123456789abcdef\u{200B}",
+            "",
+            "é",
+            "QUJDREVGR0hJSktMTU5PU",
+        ];
+        for t in texts {
+            assert_eq!(payload_runs(t).map(str::to_owned).collect::<Vec<_>>(), reference(t), "{t:?}");
+        }
     }
 
     #[test]

@@ -163,27 +163,42 @@ const TOKEN_BYTE: [bool; 128] = {
 /// contain: keys, JWTs, e-mails and IP addresses.
 fn tokens(text: &str, found: &mut Vec<Finding>) {
     let bytes = text.as_bytes();
-    let mut start = None;
+    // Whether the character at `i` belongs in a token, and its width: ASCII by its byte, anything
+    // else by its character (letters and digits of any script).
+    let class = |i: usize| match bytes.get(i) {
+        None => (false, 1),
+        Some(&b) if b.is_ascii() => (TOKEN_BYTE[usize::from(b)], 1),
+        Some(_) => text.get(i..).and_then(|t| t.chars().next()).map_or((false, 1), |c| (c.is_alphanumeric(), c.len_utf8())),
+    };
     let mut i = 0;
-    while i <= bytes.len() {
-        // ASCII by its byte; anything else by its character (letters and digits of any script).
-        let (token_char, width) = match bytes.get(i) {
-            None => (false, 1),
-            Some(&b) if b.is_ascii() => (TOKEN_BYTE[usize::from(b)], 1),
-            Some(_) => text.get(i..).and_then(|t| t.chars().next()).map_or((false, 1), |c| (c.is_alphanumeric(), c.len_utf8())),
-        };
-        let at = i;
-        i += width;
-        match (start, token_char) {
-            (None, true) => start = Some(at),
-            (Some(s), false) => {
-                start = None;
-                let token = text.get(s..at).unwrap_or("").trim_end_matches(['.', ':', '-']);
-                if let Some(kind) = classify(token) {
-                    found.push(Finding { kind, span: s..s + token.len() });
+    while i < bytes.len() {
+        let (token_char, width) = class(i);
+        if !token_char {
+            i += width;
+            continue;
+        }
+        let start = i;
+        let mut marks = false;
+        loop {
+            match bytes.get(i) {
+                Some(&b) if b.is_ascii() && TOKEN_BYTE[usize::from(b)] => {
+                    marks |= matches!(b, b'@' | b'.' | b':');
+                    i += 1;
                 }
+                Some(&b) if !b.is_ascii() => match class(i) {
+                    (true, width) => i += width,
+                    (false, _) => break,
+                },
+                _ => break,
             }
-            _ => {}
+        }
+        // Most tokens are words: no `@`, `.` or `:`, and too short for a key (see `classify`).
+        if !marks && i - start < SHORTEST_KEY {
+            continue;
+        }
+        let token = text.get(start..i).unwrap_or("").trim_end_matches(['.', ':', '-']);
+        if let Some(kind) = classify(token) {
+            found.push(Finding { kind, span: start..start + token.len() });
         }
     }
 }
