@@ -1332,7 +1332,7 @@ impl Gateway {
                 let (snapshot, _) = snapshot?;
                 let (_, principal) = self.identify(host, &snapshot, secret, now_ms, needs).await?;
                 ctx.record.tenant = Some(principal.tenant.id.clone());
-                principal.key.id
+                principal.key.id.clone()
             }
         };
         ctx.record.key_id = Some(actor.clone());

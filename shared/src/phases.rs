@@ -21,10 +21,10 @@ use crate::snapshot::Snapshot;
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The presented key (never its secret).
-    pub key: ApiKey,
-    /// The key's tenant.
-    pub tenant: Tenant,
+    /// The presented key (never its secret), shared with the policy.
+    pub key: Rc<ApiKey>,
+    /// The key's tenant (shared with the policy: a request does not copy it).
+    pub tenant: Rc<Tenant>,
 }
 
 /// The secret presented in `Authorization: Bearer <key>` (or `x-api-key`); `missing_api_key`
@@ -69,7 +69,7 @@ pub fn authenticate(snapshot: &Snapshot, secret: &str, now_ms: u64, needs: Role)
     if !key.roles.has(needs) {
         return Err(Error::new(ErrorKind::PermissionDenied, format!("this key does not have the `{}` role", needs.name())));
     }
-    Ok((Rc::clone(policy), Principal { key: key.clone(), tenant: tenant.clone() }))
+    Ok((Rc::clone(policy), Principal { key: Rc::clone(key), tenant: Rc::clone(tenant) }))
 }
 
 /// The principal of a verified token: its tenant must exist in `policy`, and its roles (from
@@ -97,7 +97,7 @@ pub fn token_principal(
         // Token subjects have no limits of their own; their tenant's apply.
         limits: Limits::default(),
     };
-    Ok(Principal { key, tenant: tenant.clone() })
+    Ok(Principal { key: Rc::new(key), tenant: Rc::clone(tenant) })
 }
 
 /// What a request asks for, as far as limits go: the model alias, and the product feature it
@@ -344,7 +344,7 @@ mod tests {
         }
         let secret = credential(&map).map_err(|e| e.metric_label())?;
         authenticate(&Snapshot { active: Rc::new(policy()), canary: None }, secret, 0, Role::Invoke)
-            .map(|(_, p)| p.key.id)
+            .map(|(_, p)| p.key.id.clone())
             .map_err(|e| e.metric_label())
     }
 
@@ -370,7 +370,8 @@ mod tests {
                 {"id": "old", "tenant": "t", "hash": key_hash_string("sk-old"), "expires_at": 1_000}
             ]
         }));
-        let check = |secret, role, now_ms| authenticate(&s, secret, now_ms, role).map(|(_, p)| p.key.id).map_err(|e| e.metric_label());
+        let check =
+            |secret, role, now_ms| authenticate(&s, secret, now_ms, role).map(|(_, p)| p.key.id.clone()).map_err(|e| e.metric_label());
         assert_eq!(check("sk-user", Role::Invoke, 0), Ok("user".into()));
         assert_eq!(check("sk-user", Role::PolicyRead, 0), Err("permission_denied"));
         assert_eq!(check("sk-admin", Role::PolicyWrite, 0), Ok("admin".into()));

@@ -928,8 +928,8 @@ impl Default for Target {
 pub struct Policy {
     /// Content hash of the raw document; names the snapshot in every response and record.
     pub version: String,
-    tenants: HashMap<String, Tenant>,
-    keys: HashMap<[u8; 32], ApiKey>,
+    tenants: HashMap<String, Rc<Tenant>>,
+    keys: HashMap<[u8; 32], Rc<ApiKey>>,
     providers: HashMap<String, Rc<Provider>>,
     models: BTreeMap<String, ModelRoute>,
     overflow: HashMap<String, String>,
@@ -1022,7 +1022,7 @@ impl Policy {
                 // `~…` names the gateway's own books and logs (health boards, the admin audit log).
                 err(format!("tenants[{i}].id"), "must be non-empty, not start with `~` and contain no `/`".into());
             }
-            if tenants.insert(t.id.clone(), tenant).is_some() {
+            if tenants.insert(t.id.clone(), Rc::new(tenant)).is_some() {
                 err(format!("tenants[{i}].id"), format!("duplicate tenant id {:?}", t.id));
             }
         }
@@ -1218,7 +1218,7 @@ impl Policy {
             let roles = k.roles.map_or(Roles(Role::Invoke.bit()), |r| r.into_iter().collect());
             let limits = k.limits.compile(&format!("key:{}", k.id), &format!("keys[{i}].limits"), &percents, &mut limit_errors);
             let key = ApiKey { id: k.id, tenant: k.tenant, models: k.models, roles, expires_at: k.expires_at, limits };
-            if keys.insert(hash, key).is_some() {
+            if keys.insert(hash, Rc::new(key)).is_some() {
                 err(format!("keys[{i}].hash"), "duplicate key hash".into());
             }
         }
@@ -1377,12 +1377,12 @@ impl Policy {
     }
 
     /// The key whose secret is `secret`, looked up by its SHA-256.
-    pub fn key_by_secret(&self, secret: &str) -> Option<&ApiKey> {
+    pub fn key_by_secret(&self, secret: &str) -> Option<&Rc<ApiKey>> {
         self.key_by_hash(&hash_key(secret))
     }
 
     /// The key whose secret has the SHA-256 `hash`.
-    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Rc<ApiKey>> {
         self.keys.get(hash)
     }
 
@@ -1392,7 +1392,7 @@ impl Policy {
     }
 
     /// A tenant by id.
-    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+    pub fn tenant(&self, id: &str) -> Option<&Rc<Tenant>> {
         self.tenants.get(id)
     }
 
