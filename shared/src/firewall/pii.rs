@@ -147,13 +147,25 @@ const KEY_PREFIXES: &[(&str, usize)] = &[
     ("glpat-", 20),
 ];
 
-/// The ASCII bytes a token may hold: letters, digits and `-_.@+:%`.
-const TOKEN_BYTE: [bool; 128] = {
-    let mut table = [false; 128];
-    let mut b = 0;
+/// A byte of a token: an ASCII letter or digit, or one of `-_.@+:%`.
+const TOKEN: u8 = 1;
+/// A byte of a token that marks e-mails, addresses and JWTs: `@`, `.` or `:`.
+const MARK: u8 = 2;
+/// A byte of a character that is not ASCII (a token's if the character is a letter or digit).
+const WIDE: u8 = 4;
+
+/// Each byte's class for [`tokens`]: 0 for ASCII that separates tokens.
+const TOKEN_CLASS: [u8; 256] = {
+    let mut table = [WIDE; 256];
+    let mut b = 0u8;
     while b < 128 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'@' | b'+' | b':' | b'%');
+        table[b as usize] = if matches!(b, b'@' | b'.' | b':') {
+            TOKEN | MARK
+        } else if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'%') {
+            TOKEN
+        } else {
+            0
+        };
         b += 1;
     }
     table
@@ -163,34 +175,33 @@ const TOKEN_BYTE: [bool; 128] = {
 /// contain: keys, JWTs, e-mails and IP addresses.
 fn tokens(text: &str, found: &mut Vec<Finding>) {
     let bytes = text.as_bytes();
-    // Whether the character at `i` belongs in a token, and its width: ASCII by its byte, anything
-    // else by its character (letters and digits of any script).
-    let class = |i: usize| match bytes.get(i) {
-        None => (false, 1),
-        Some(&b) if b.is_ascii() => (TOKEN_BYTE[usize::from(b)], 1),
-        Some(_) => text.get(i..).and_then(|t| t.chars().next()).map_or((false, 1), |c| (c.is_alphanumeric(), c.len_utf8())),
-    };
+    // The width of the character at `i` if it is a letter or digit of any script.
+    let wide_letter = |i: usize| text.get(i..).and_then(|t| t.chars().next()).filter(|c| c.is_alphanumeric()).map(char::len_utf8);
     let mut i = 0;
     while i < bytes.len() {
-        let (token_char, width) = class(i);
-        if !token_char {
-            i += width;
+        if TOKEN_CLASS[usize::from(bytes[i])] == 0 {
+            i += 1;
             continue;
         }
         let start = i;
         let mut marks = false;
-        loop {
-            match bytes.get(i) {
-                Some(&b) if b.is_ascii() && TOKEN_BYTE[usize::from(b)] => {
-                    marks |= matches!(b, b'@' | b'.' | b':');
-                    i += 1;
-                }
-                Some(&b) if !b.is_ascii() => match class(i) {
-                    (true, width) => i += width,
-                    (false, _) => break,
-                },
-                _ => break,
+        while let Some(&b) = bytes.get(i) {
+            let class = TOKEN_CLASS[usize::from(b)];
+            if class & TOKEN != 0 {
+                marks |= class & MARK != 0;
+                i += 1;
+            } else if class == WIDE
+                && let Some(width) = wide_letter(i)
+            {
+                i += width;
+            } else {
+                break;
             }
+        }
+        if i == start {
+            // A character that is neither ASCII nor a letter or digit.
+            i += text.get(i..).and_then(|t| t.chars().next()).map_or(1, char::len_utf8);
+            continue;
         }
         // Most tokens are words: no `@`, `.` or `:`, and too short for a key (see `classify`).
         if !marks && i - start < SHORTEST_KEY {
