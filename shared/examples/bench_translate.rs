@@ -1,5 +1,6 @@
 //! Translation overhead per request: how long the core spends converting between dialects and
-//! provider formats, and running a whole request through the gateway on the in-memory host.
+//! provider formats, running a whole request through the gateway on the in-memory host, and the
+//! decision path alone (authenticate, validate, count, route, admit).
 //!
 //! Native:  cargo run --release -p edgegate-core --features testkit --example bench_translate
 //! wasm:    `bash tests/bench/native-vs-wasm.sh bench_translate` runs it both ways, the wasm build as a WASIp2 component
@@ -19,10 +20,18 @@ use bytes::Bytes;
 use edgegate_core::chat::{ChatRequest, Usage};
 use edgegate_core::dialect::Dialect;
 use edgegate_core::dialect::anthropic::Anthropic as AnthropicDialect;
+use edgegate_core::dialect::openai::OpenAi;
+use edgegate_core::firewall;
+use edgegate_core::health::Board;
+use edgegate_core::ledger::{Book, LedgerOp};
+use edgegate_core::phases;
+use edgegate_core::policy::Role;
 use edgegate_core::policy::{Provider, ProviderKind, Target, key_hash_string};
 use edgegate_core::providers::ProviderAdapter;
 use edgegate_core::providers::anthropic::Anthropic;
 use edgegate_core::providers::openai_compatible::OpenAiCompatible;
+use edgegate_core::routing::{self, Origin};
+use edgegate_core::snapshot::Snapshot;
 use edgegate_core::testkit::TestHost;
 use edgegate_core::{Body, Gateway};
 use futures::StreamExt;
@@ -175,6 +184,40 @@ fn main() {
                     http::Request::post("https://gw/v1/chat/completions").header("authorization", "Bearer sk").body(body.clone()).unwrap();
                 black_box(futures::executor::block_on(gw.handle(&host, req)));
                 host.drain_records();
+            });
+        }
+    }
+
+    // The decision path alone, as the performance target names it: authenticate, validate (parse
+    // and the firewall), count or estimate the prompt, route, and admit in an in-memory ledger
+    // book (the hold released after). No provider, response or record.
+    let snapshot =
+        Snapshot { active: std::rc::Rc::new(edgegate_core::Policy::compile(policy.to_string().as_bytes()).unwrap()), canary: None };
+    let (origin, board) = (Origin::default(), Board::default());
+    let mut book = Book::default();
+    let now = 1_800_000_000_000;
+    for kb in [1usize, 16] {
+        let prompt: String = prose.chars().cycle().take(kb * 1024).collect();
+        for alias in ["exact", "estimated"] {
+            let body = Bytes::from(
+                serde_json::json!({"model": alias, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]}).to_string(),
+            );
+            bench(&format!("decision path, {kb} KB prompt, {alias} count"), || {
+                let (policy, principal) = phases::authenticate(&snapshot, "sk", now, Role::Invoke).unwrap();
+                let mut chat = phases::validate(&OpenAi, &body).unwrap();
+                let levels = [policy.route(alias).and_then(|r| r.firewall.as_ref()), principal.tenant.firewall.as_ref(), policy.firewall()];
+                let rules = firewall::Effective::resolve(&levels, policy.rule_sets());
+                let (verdict, allowed) = firewall::enforce(&mut chat, &rules, &body);
+                allowed.unwrap();
+                let prompt = chat.prompt_tokens(policy.encoding(&chat.model));
+                let ask = routing::Ask { alias, origin: &origin, chat: Some(&chat), prompt_tokens: prompt, output_tokens: 16 };
+                let plan = routing::plan(&policy, &principal, ask, &board, now, 7).unwrap();
+                let limits = phases::limits(&policy, &principal, phases::Scope { alias, feature: None });
+                let ask = phases::ask(&plan.candidates, prompt, 16);
+                let id = String::from("req");
+                let answer = book.apply(now, LedgerOp::Reserve { id: id.clone(), limits, ask, screen: None, queue_until_ms: None });
+                book.apply(now, LedgerOp::Release { id });
+                black_box((verdict, plan, answer));
             });
         }
     }
