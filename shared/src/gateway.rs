@@ -218,7 +218,8 @@ struct HealthView {
     /// Observations not yet sent to the store (already applied to `board`).
     pending: Vec<Observation>,
     syncing: bool,
-    /// Why the isolate's first read of the board failed, for the record of the request that began it.
+    /// Why the isolate's first read of the board failed, for the record of the request that began
+    /// it (taken when that request's dispatch ends).
     first_fault: Option<&'static str>,
     /// Requests whose plan waits for the first read.
     waiting: Vec<Waker>,
@@ -543,7 +544,10 @@ impl Gateway {
             Ok(route) => match route.plans().then(|| self.first_read(host, &req)).flatten() {
                 Some(read) => {
                     ctx.first_read = true;
-                    futures::future::join(read, self.dispatch(host, &mut ctx, route, req)).await.1
+                    let outcome = futures::future::join(read, self.dispatch(host, &mut ctx, route, req)).await.1;
+                    // Recorded even when the request ended before its route phase.
+                    ctx.record.health_fault = self.health.borrow_mut().first_fault.take();
+                    outcome
                 }
                 None => self.dispatch(host, &mut ctx, route, req).await,
             },
@@ -897,9 +901,8 @@ impl Gateway {
         ask: routing::Ask<'_>,
     ) -> Result<Plan, Error> {
         let board_id = health::board_id(ask.origin.colo.as_deref());
-        if std::mem::take(&mut ctx.first_read) {
+        if ctx.first_read {
             BoardRead(&self.health).await;
-            ctx.record.health_fault = self.health.borrow_mut().first_fault.take();
         }
         let mut random = [0u8; 8];
         host.fill(&mut random);
