@@ -82,9 +82,12 @@ pub struct Finding {
 pub fn scan(text: &str) -> Vec<Finding> {
     let mut found = Vec::new();
     private_keys(text, &mut found);
-    tokens(text, &mut found);
-    digit_runs(text, &mut found);
-    ibans(text, &mut found);
+    // Card, phone and SSN numbers and IBANs all hold a digit: they are looked for from the first.
+    if tokens(text, &mut found) & DIGIT != 0 {
+        let first = text.bytes().position(|b| b.is_ascii_digit()).unwrap_or(0);
+        digit_runs(text, first.saturating_sub(1), &mut found);
+        ibans(text, first.saturating_sub(2), &mut found);
+    }
     found.sort_by(|a, b| a.span.start.cmp(&b.span.start).then(b.span.end.cmp(&a.span.end)));
     let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
     for f in found {
@@ -153,6 +156,8 @@ const TOKEN: u8 = 1;
 const MARK: u8 = 2;
 /// A byte of a character that is not ASCII (a token's if the character is a letter or digit).
 const WIDE: u8 = 4;
+/// An ASCII digit (a token byte too).
+const DIGIT: u8 = 8;
 
 /// Each byte's class for [`tokens`]: 0 for ASCII that separates tokens.
 const TOKEN_CLASS: [u8; 256] = {
@@ -161,6 +166,8 @@ const TOKEN_CLASS: [u8; 256] = {
     while b < 128 {
         table[b as usize] = if matches!(b, b'@' | b'.' | b':') {
             TOKEN | MARK
+        } else if b.is_ascii_digit() {
+            TOKEN | DIGIT
         } else if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'%') {
             TOKEN
         } else {
@@ -172,23 +179,23 @@ const TOKEN_CLASS: [u8; 256] = {
 };
 
 /// Tokens split on white space and punctuation that keys, tokens, e-mails and addresses never
-/// contain: keys, JWTs, e-mails and IP addresses.
-fn tokens(text: &str, found: &mut Vec<Finding>) {
+/// contain: keys, JWTs, e-mails and IP addresses. Returns the classes of every token byte seen.
+fn tokens(text: &str, found: &mut Vec<Finding>) -> u8 {
     let bytes = text.as_bytes();
     // The width of the character at `i` if it is a letter or digit of any script.
     let wide_letter = |i: usize| text.get(i..).and_then(|t| t.chars().next()).filter(|c| c.is_alphanumeric()).map(char::len_utf8);
-    let mut i = 0;
+    let (mut i, mut seen) = (0, 0);
     while i < bytes.len() {
         if TOKEN_CLASS[usize::from(bytes[i])] == 0 {
             i += 1;
             continue;
         }
         let start = i;
-        let mut marks = false;
+        let mut classes = 0;
         while let Some(&b) = bytes.get(i) {
             let class = TOKEN_CLASS[usize::from(b)];
             if class & TOKEN != 0 {
-                marks |= class & MARK != 0;
+                classes |= class;
                 i += 1;
             } else if class == WIDE
                 && let Some(width) = wide_letter(i)
@@ -203,8 +210,9 @@ fn tokens(text: &str, found: &mut Vec<Finding>) {
             i += text.get(i..).and_then(|t| t.chars().next()).map_or(1, char::len_utf8);
             continue;
         }
+        seen |= classes;
         // Most tokens are words: no `@`, `.` or `:`, and too short for a key (see `classify`).
-        if !marks && i - start < SHORTEST_KEY {
+        if classes & MARK == 0 && i - start < SHORTEST_KEY {
             continue;
         }
         let token = text.get(start..i).unwrap_or("").trim_end_matches(['.', ':', '-']);
@@ -212,6 +220,7 @@ fn tokens(text: &str, found: &mut Vec<Finding>) {
             found.push(Finding { kind, span: start..start + token.len() });
         }
     }
+    seen
 }
 
 /// The shortest token a key prefix and its characters make.
@@ -276,10 +285,10 @@ fn is_email(token: &str) -> bool {
 }
 
 /// Runs of digits with the separators people write in them (space, `-`, `.`, `(`, `)`), and a
-/// leading `+`: card numbers, phone numbers and SSNs.
-fn digit_runs(text: &str, found: &mut Vec<Finding>) {
+/// leading `+`: card numbers, phone numbers and SSNs. None starts before `from`.
+fn digit_runs(text: &str, from: usize, found: &mut Vec<Finding>) {
     let bytes = text.as_bytes();
-    let mut i = 0;
+    let mut i = from;
     while i < bytes.len() {
         // Most bytes are neither a digit nor `+`: skip them before anything else.
         if !bytes[i].is_ascii_digit() && bytes[i] != b'+' {
@@ -396,10 +405,10 @@ const IBAN_LENGTHS: &[(&str, usize)] = &[
     ("SE", 24),
 ];
 
-/// IBANs, written compact or in groups of four.
-fn ibans(text: &str, found: &mut Vec<Finding>) {
+/// IBANs, written compact or in groups of four. None starts before `from`.
+fn ibans(text: &str, from: usize, found: &mut Vec<Finding>) {
     let bytes = text.as_bytes();
-    let mut i = 0;
+    let mut i = from;
     while i + 4 <= bytes.len() {
         // An IBAN starts with a capital letter; most bytes are not one.
         if !bytes[i].is_ascii_uppercase() {
@@ -543,6 +552,17 @@ mod tests {
         assert_eq!(kinds("GB82WEST12345698765432"), [(Pii::Iban, "GB82WEST12345698765432")]);
         assert_eq!(kinds("DE89 3704 0044 0532 0130 01"), [], "bad check digits");
         assert_eq!(kinds("DE89370400440532013"), [], "wrong length for DE");
+    }
+
+    #[test]
+    fn numbers_are_looked_for_from_the_first_digit() {
+        for before in ["", " ", "words, then ", "é "] {
+            let at = |found: &str| format!("{before}{found} after");
+            assert_eq!(kinds(&at("+44 20 7946 0958")), [(Pii::Phone, "+44 20 7946 0958")], "{before:?}");
+            assert_eq!(kinds(&at("GB82WEST12345698765432")), [(Pii::Iban, "GB82WEST12345698765432")], "{before:?}");
+            assert_eq!(kinds(&at("4111 1111 1111 1111")), [(Pii::CardNumber, "4111 1111 1111 1111")], "{before:?}");
+        }
+        assert_eq!(kinds("No digits at all, NOT EVEN ONE: DEXX WEST"), []);
     }
 
     #[test]
