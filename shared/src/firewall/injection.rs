@@ -255,6 +255,16 @@ pub struct RuleSet {
     shapes: [u64; 256],
 }
 
+/// A word of a text that the rule set knows: its place among the text's words, its byte span, and
+/// what it is.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    place: usize,
+    start: usize,
+    end: usize,
+    entry: &'a Entry,
+}
+
 /// A phrase that starts with a word.
 struct Phrase {
     rule: Rule,
@@ -365,7 +375,11 @@ impl RuleSet {
     /// hits in text order, then grammar hits, then tool phrases.
     pub fn inspect(&self, index: usize, normalized: &Normalized, tool: bool, out: &mut Vec<Finding>) {
         for (view, text) in normalized.views() {
-            let words: Vec<(usize, &str, Option<&Entry>)> = word_spans(text).map(|(at, w)| (at, w, self.entry(w))).collect();
+            // The words the rule set knows, each with its place among all the view's words.
+            let words: Vec<Known> = word_spans(text)
+                .enumerate()
+                .filter_map(|(place, (start, word))| self.entry(word).map(|entry| Known { place, start, end: start + word.len(), entry }))
+                .collect();
             let mut loose = self.loose.find_iter(text).peekable();
             let mut loose_before = |at: usize, out: &mut Vec<Finding>| {
                 while let Some(m) = loose.next_if(|m| m.start() < at) {
@@ -381,8 +395,10 @@ impl RuleSet {
             // A phrase is looked for where a word starts, outside the phrase found last; the
             // longest that ends on a word edge is the hit.
             let mut covered = 0;
-            for &(start, _, entry) in &words {
-                let Some(entry) = entry.filter(|_| start >= covered) else { continue };
+            for &Known { start, entry, .. } in words.iter().filter(|w| !w.entry.phrases.is_empty()) {
+                if start < covered {
+                    continue;
+                }
                 let rest = text.get(start..).unwrap_or("");
                 let hit = entry
                     .phrases
@@ -408,23 +424,24 @@ impl RuleSet {
         }
     }
 
-    /// Grammar hits in one view's `words`: for each verb, the words after it are walked while
-    /// they are fillers or markers; an object ends a hit if a marker was seen.
-    fn grammars(&self, index: usize, view: Option<Encoding>, words: &[(usize, &str, Option<&Entry>)], out: &mut Vec<Finding>) {
-        for (i, &(start, _, entry)) in words.iter().enumerate() {
-            let Some(entry) = entry else { continue };
-            for &(g, role, rotated) in &entry.grammar {
+    /// Grammar hits in one view's known `words`: for each verb, the words after it are walked
+    /// while they are fillers or markers (a word the rule set does not know is neither); an object
+    /// ends a hit if a marker was seen.
+    fn grammars(&self, index: usize, view: Option<Encoding>, words: &[Known], out: &mut Vec<Finding>) {
+        for (i, verb) in words.iter().enumerate() {
+            for &(g, role, rotated) in &verb.entry.grammar {
                 if role != Role::Verb {
                     continue;
                 }
                 let mut marked = false;
-                for &(end_at, next, next_entry) in words.iter().skip(i + 1).take(MAX_FILLERS + 1) {
-                    let next_roles = next_entry.map_or(&[][..], |e| e.grammar.as_slice());
+                let next_words = words.iter().skip(i + 1).take(MAX_FILLERS + 1);
+                for (next, place) in next_words.zip(verb.place + 1..) {
+                    let next_roles = if next.place == place { next.entry.grammar.as_slice() } else { &[] };
                     let has = |r: Role| next_roles.iter().any(|&(ng, nr, nrot)| ng == g && nr == r && nrot == rotated);
                     if has(Role::Object) && marked {
                         if let Some(grammar) = GRAMMARS.get(g) {
                             let view = if rotated { Some(Encoding::Rot13) } else { view };
-                            out.push(finding(grammar.rule, index, view, start..end_at + next.len()));
+                            out.push(finding(grammar.rule, index, view, verb.start..next.end));
                         }
                         break;
                     }

@@ -140,15 +140,22 @@ fn visible(input: &str) -> (Cow<'_, str>, usize, String) {
     (Cow::Owned(kept), invisible, tags)
 }
 
-/// Each ASCII byte lower-cased, then folded by [`leet`] and [`confusable`] if `fold`: the byte
-/// by byte path of [`squeeze`].
+/// Each ASCII byte lower-cased, then folded by [`leet`] and [`confusable`] if `fold`, and white
+/// space (vertical tab included) made a space: the byte by byte path of [`squeeze`]. Only white
+/// space maps to a space.
 const fn ascii_map(fold: bool) -> [u8; 128] {
     let mut table = [0u8; 128];
     let mut b = 0u8;
     while b < 128 {
         let lower = b.to_ascii_lowercase();
         let mapped = if fold { leet(confusable(lower as char)) } else { lower as char };
-        table[b as usize] = if mapped.is_ascii() { mapped as u8 } else { lower };
+        table[b as usize] = if b.is_ascii_whitespace() || b == 0x0B {
+            b' '
+        } else if mapped.is_ascii() && mapped != ' ' {
+            mapped as u8
+        } else {
+            lower
+        };
         b += 1;
     }
     table
@@ -164,21 +171,29 @@ const LOWER: [u8; 128] = ascii_map(false);
 /// byte through `ascii`, the same map as a table, skipping decoding and the Unicode tables.
 fn squeeze(text: &str, ascii: &[u8; 128], map: impl Fn(char) -> char) -> String {
     if text.is_ascii() {
-        let mut out = Vec::with_capacity(text.len());
-        let mut space = true;
-        for &b in text.as_bytes() {
-            if b <= b' ' && (b.is_ascii_whitespace() || b == 0x0B) {
-                if !space {
-                    out.push(b' ');
-                }
-                space = true;
-            } else {
-                space = false;
-                out.push(ascii[usize::from(b & 0x7F)]);
+        // Mapped in one pass (white space becomes a space), noting a space at the start or after
+        // another; most texts have no space to drop.
+        let (mut after_space, mut doubled) = (true, false);
+        let mut out: Vec<u8> = text
+            .bytes()
+            .map(|b| {
+                let mapped = ascii[usize::from(b & 0x7F)];
+                let space = mapped == b' ';
+                doubled |= space & after_space;
+                after_space = space;
+                mapped
+            })
+            .collect();
+        if doubled || after_space && !out.is_empty() {
+            let mut space = true;
+            out.retain(|&b| {
+                let keep = b != b' ' || !space;
+                space = b == b' ';
+                keep
+            });
+            if out.last() == Some(&b' ') {
+                out.pop();
             }
-        }
-        if out.last() == Some(&b' ') {
-            out.pop();
         }
         return String::from_utf8(out).unwrap_or_default();
     }
