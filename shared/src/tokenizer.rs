@@ -182,6 +182,28 @@ impl Encoding {
 /// `\t \n \x0B \x0C \r` and space, and everything else "other". The look-ahead `\s+(?!\S)`
 /// is applied by the caller, as for the automaton's matches.
 fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
+    const UPPER: u8 = 1;
+    const LOWER: u8 = 2;
+    const DIGIT: u8 = 4;
+    const SPACE: u8 = 8;
+    const OTHER: u8 = 16;
+    const WIDE: u8 = 32;
+    /// Each byte's class: one bit each, `WIDE` for the bytes of characters that are not ASCII.
+    const PIECE_CLASS: [u8; 256] = {
+        let mut table = [WIDE; 256];
+        let mut c = 0u8;
+        while c < 128 {
+            table[c as usize] = match c {
+                b'A'..=b'Z' => UPPER,
+                b'a'..=b'z' => LOWER,
+                b'0'..=b'9' => DIGIT,
+                b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ' => SPACE,
+                _ => OTHER,
+            };
+            c += 1;
+        }
+        table
+    };
     // `Some(None)` past the end, `None` on a byte that is not ASCII.
     let at_byte = |i: usize| -> Option<Option<u8>> {
         match b.get(i) {
@@ -190,22 +212,19 @@ fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
             Some(_) => None,
         }
     };
-    // The end of the run from `i` of bytes `class` accepts.
-    let run = |mut i: usize, class: fn(u8) -> bool| -> Option<usize> {
-        while let Some(c) = at_byte(i)? {
-            if !class(c) {
-                break;
+    // The end of the run from `i` of bytes of the classes in `mask`.
+    let run = |mut i: usize, mask: u8| -> Option<usize> {
+        while let Some(&c) = b.get(i) {
+            let class = PIECE_CLASS[usize::from(c)];
+            if class & mask == 0 {
+                return (class != WIDE).then_some(i);
             }
             i += 1;
         }
         Some(i)
     };
-    fn space(c: u8) -> bool {
-        matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
-    }
-    fn other(c: u8) -> bool {
-        !c.is_ascii_alphanumeric() && !space(c)
-    }
+    let space = |c: u8| PIECE_CLASS[usize::from(c)] == SPACE;
+    let other = |c: u8| PIECE_CLASS[usize::from(c)] == OTHER;
     let newline = |c: u8| c == b'\r' || c == b'\n';
     // `'s|'t|'re|'ve|'m|'ll|'d`, case-insensitive: where one starting at `i` ends.
     let contraction = |i: usize| -> Option<Option<usize>> {
@@ -240,11 +259,11 @@ fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
     if let Some(from) = letters_from {
         let end = match enc {
             // `\p{L}+`.
-            Encoding::Cl100kBase => run(from, |c| c.is_ascii_alphabetic())?,
+            Encoding::Cl100kBase => run(from, UPPER | LOWER)?,
             // `U*L+C?`, else `U+L*C?` (here with no L): upper case then lower case, and a contraction.
             Encoding::O200kBase => {
-                let upper = run(from, |c| c.is_ascii_uppercase())?;
-                let lower = run(upper, |c| c.is_ascii_lowercase())?;
+                let upper = run(from, UPPER)?;
+                let lower = run(upper, LOWER)?;
                 contraction(lower)?.unwrap_or(lower)
             }
         };
@@ -264,7 +283,7 @@ fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
     // ` ?[^\s\p{L}\p{N}]+` then newlines (and, in o200k_base, slashes).
     let from = if first == b' ' { at + 1 } else { at };
     if at_byte(from)?.is_some_and(other) {
-        let mut end = run(from, other)?;
+        let mut end = run(from, OTHER)?;
         // Only ASCII bytes can be in this set, so any other byte just ends it.
         let slash = enc == Encoding::O200kBase;
         while b.get(end).is_some_and(|&c| newline(c) || (slash && c == b'/')) {
@@ -277,7 +296,7 @@ fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
     }
     // White space: to the end of the text (cl100k_base's `\s+$`), else up to its last newline
     // (`\s*[\r\n]+`), else all of it (`\s+`).
-    let end = run(at, space)?;
+    let end = run(at, SPACE)?;
     if enc == Encoding::Cl100kBase && end == b.len() {
         return Some(end);
     }
@@ -308,9 +327,22 @@ fn hash(bytes: &[u8]) -> u32 {
         h = (h ^ u64::from_le_bytes(*word)).wrapping_mul(K).rotate_left(29);
         rest = tail;
     }
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    finish(h, u64::from_le_bytes(last))
+    finish(h, short_word(rest))
+}
+
+/// `bytes` (at most 8) as one little-endian word, the rest zero: two reads that may overlap (the
+/// first and last 4 or 2 bytes), whose shared bytes are the same.
+fn short_word(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    let two = |at: usize| bytes.get(at..).and_then(<[u8]>::first_chunk::<2>).map_or(0, |b| u64::from(u16::from_le_bytes(*b)));
+    let four = |at: usize| bytes.get(at..).and_then(<[u8]>::first_chunk::<4>).map_or(0, |b| u64::from(u32::from_le_bytes(*b)));
+    match n {
+        0 => 0,
+        1 => u64::from(bytes[0]),
+        2..=3 => two(0) | two(n - 2) << (8 * (n - 2)),
+        4..=7 => four(0) | four(n - 4) << (8 * (n - 4)),
+        _ => bytes.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b)),
+    }
 }
 
 /// [`hash`] of `len` (1-8) bytes held in the low bytes of `word`, the rest zero.
@@ -360,16 +392,23 @@ impl Vocab {
         &self.blob[start..end]
     }
 
-    /// The rank of `bytes`, if they are a token.
+    /// The rank of `bytes`, if they are a token. Most pieces and parts are at most eight bytes:
+    /// those are hashed and compared as one word.
     fn rank(&self, bytes: &[u8]) -> Option<u32> {
         let mask = self.slots.len() - 1;
-        let mut slot = hash(bytes) as usize & mask;
+        let short = (bytes.len() <= 8).then(|| short_word(bytes));
+        let mut slot = short.map_or_else(|| hash(bytes), |word| short_hash(bytes.len(), word)) as usize & mask;
         loop {
-            match self.slots[slot] {
-                0 => return None,
-                r if self.token(r - 1) == bytes => return Some(r - 1),
-                _ => slot = (slot + 1) & mask,
+            let r = self.slots[slot].checked_sub(1)?;
+            let token = self.token(r);
+            let same = match short {
+                Some(word) => token.len() == bytes.len() && short_word(token) == word,
+                None => token == bytes,
+            };
+            if same {
+                return Some(r);
             }
+            slot = (slot + 1) & mask;
         }
     }
 
@@ -508,6 +547,26 @@ mod tests {
         }
         // The fast path is taken for most pieces even in this deliberately mixed text.
         assert!(fast * 2 > pieces, "{fast} of {pieces}");
+    }
+
+    #[test]
+    fn ranks_are_found_as_by_a_map_of_every_token() {
+        for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
+            let vocab = enc.vocab();
+            let count = vocab.starts.len() as u32 - 1;
+            let all: std::collections::HashMap<&[u8], u32> = (0..count).map(|r| (vocab.token(r), r)).collect();
+            assert_eq!(all.len(), count as usize, "{}: tokens are distinct", enc.name());
+            // Every token, then every pair of neighbouring tokens and each with a byte cut off:
+            // short and long, tokens and not.
+            for r in 0..count {
+                assert_eq!(vocab.rank(vocab.token(r)), Some(r), "{}", enc.name());
+                let pair = [vocab.token(r), vocab.token((r + 1) % count)].concat();
+                for bytes in [&pair[..], &pair[..pair.len() - 1], &pair[1..]] {
+                    assert_eq!(vocab.rank(bytes), all.get(bytes).copied(), "{}: {bytes:?}", enc.name());
+                }
+            }
+            assert_eq!(vocab.rank(b""), None);
+        }
     }
 
     #[test]

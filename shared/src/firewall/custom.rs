@@ -181,8 +181,14 @@ impl Matcher {
                     Ok(slot) => slot.get_or_insert_with(|| dfa.create_cache()),
                     Err(_) => spare.insert(dfa.create_cache()),
                 };
-                // Cannot fail (see the variant); a failure would report no match, like no rule.
-                let _ = dfa.try_which_overlapping_matches(cache, &Input::new(text), &mut found);
+                // Most texts match no rule. One forward search, which stops at the first match,
+                // says so through the library's unrolled loop; only a text that matches is
+                // searched again for every pattern that does (an overlapping search, several
+                // times slower per byte). Neither can fail (see the variant); a failure would
+                // report no match, like no rule.
+                if let Ok(Some(_)) = dfa.try_search_fwd(cache, &Input::new(text).earliest(true)) {
+                    let _ = dfa.try_which_overlapping_matches(cache, &Input::new(text), &mut found);
+                }
                 found.iter().map(|p| p.as_usize()).collect()
             }
             Matcher::Set(set) => set.matches(text).iter().collect(),
