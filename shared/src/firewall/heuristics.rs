@@ -7,7 +7,7 @@
 //! does not. Rule ids name the family the cue belongs to (`injection.persona_jailbreak.…`).
 //!
 //! All cues compile into one automaton (see [`super::custom`]), once per isolate: a text is
-//! scanned once per view for all of them. Patterns avoid the characters the folding rewrites
+//! scanned once per view for all of them (again, for which, only if one matched). Patterns avoid the characters the folding rewrites
 //! (digits, `@`, `$`, `!`, `|`); their word boundaries and gaps are ASCII ([`ascii_gaps`]).
 
 use std::sync::OnceLock;
