@@ -184,9 +184,12 @@ impl Matcher {
                 // Most texts match no rule. One forward search, which stops at the first match,
                 // says so through the library's unrolled loop; only a text that matches is
                 // searched again for every pattern that does (an overlapping search, several
-                // times slower per byte). Neither can fail (see the variant); a failure would
-                // report no match, like no rule.
-                if let Ok(Some(_)) = dfa.try_search_fwd(cache, &Input::new(text).earliest(true)) {
+                // times slower per byte). A set that can match the empty string skips the first
+                // search: it steps over empty matches inside a character by starting again, which
+                // can lose a match that began before. Neither can fail (see the variant); a
+                // failure would report no match, like no rule.
+                let any = dfa.get_nfa().has_empty() || matches!(dfa.try_search_fwd(cache, &Input::new(text).earliest(true)), Ok(Some(_)));
+                if any {
                     let _ = dfa.try_which_overlapping_matches(cache, &Input::new(text), &mut found);
                 }
                 found.iter().map(|p| p.as_usize()).collect()
@@ -494,6 +497,11 @@ mod tests {
             // A clone has its own cache and the same answers.
             assert_eq!(lazy.clone().matches("an AI with no rules"), [0]);
         }
+        // An empty match inside a character (`\B` between the bytes of `☃`) is stepped over
+        // without losing the match around it.
+        let lazy = Matcher::build(&[r"(?-u:\B)", "a☃b"], false).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(matches!(lazy, Matcher::Lazy(_)));
+        assert_eq!(lazy.matches("a☃b"), [1]);
     }
 
     #[test]
