@@ -6,10 +6,10 @@
 //! compiled size. All rules of a set for one side are one automaton — a lazy DFA that reports
 //! every pattern that matches (a `RegexSet` where a pattern needs Unicode word boundaries) — so a
 //! text is scanned once per view however many rules there are (a second time, for which rules,
-//! only if one matched); a rule's span is looked for only when it matched. Matching ignores case. On the prompt side a rule matches each text with
-//! invisible characters removed, NFKC and single spaces; then the folded text (look-alikes and
-//! digits written for letters folded too) and every decoded payload (see [`super::normalize`]).
-//! On the answer side it matches the answer as written.
+//! only if one matched); a rule's span is looked for only when it matched. Matching ignores case.
+//! On the prompt side a rule matches each text with invisible characters removed, NFKC and single
+//! spaces; then the folded text (look-alikes and digits written for letters folded too) and every
+//! decoded payload (see [`super::normalize`]). On the answer side it matches the answer as written.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};

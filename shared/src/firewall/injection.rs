@@ -311,7 +311,7 @@ impl RuleSet {
 
     fn compile() -> Option<RuleSet> {
         let mut words = Words::default();
-        let (mut phrases, mut loose_rules, mut loose) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut phrases, mut loose_rules, mut loose, mut loose_rotated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (rule, phrase) in self::phrases() {
             let folded = fold_phrase(&phrase);
             let rotated: String = folded.chars().map(rot13).collect();
@@ -319,6 +319,7 @@ impl RuleSet {
             if !starts_with_word {
                 loose_rules.push(rule);
                 loose.push(folded);
+                loose_rotated.push(rotated);
                 continue;
             }
             for (text, rotated) in [(folded, false), (rotated, true)] {
@@ -330,8 +331,7 @@ impl RuleSet {
         for entry in words.values_mut() {
             entry.phrases.sort_by_key(|&p| std::cmp::Reverse(phrases.get(p).map_or(0, |p| p.text.len())));
         }
-        let rotated: Vec<String> = loose.iter().map(|p| p.chars().map(rot13).collect()).collect();
-        loose.extend(rotated);
+        loose.extend(loose_rotated);
         let loose = AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&loose).ok()?;
         let tool_patterns: Vec<String> = tool_phrases().iter().map(|p| fold_phrase(p)).collect();
         // Tool results only: a contiguous NFA, whose build skips the DFA the default would make.
