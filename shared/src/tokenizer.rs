@@ -160,6 +160,7 @@ impl Encoding {
                 // `\s+(?!\S)`: a whitespace run (not ended by a newline, which an earlier branch
                 // takes) followed by a non-space leaves its last character to what follows.
                 if end < text.len()
+                    && matched.as_bytes().last().is_some_and(|&c| !c.is_ascii() || matches!(c, b'\t'..=b'\r' | b' '))
                     && matched.chars().all(char::is_whitespace)
                     && !matched.ends_with(['\r', '\n'])
                     && let Some((last, _)) = matched.char_indices().next_back().filter(|(i, _)| *i > 0)
@@ -332,6 +333,7 @@ fn hash(bytes: &[u8]) -> u32 {
 
 /// `bytes` (at most 8) as one little-endian word, the rest zero: two reads that may overlap (the
 /// first and last 4 or 2 bytes), whose shared bytes are the same.
+#[inline]
 fn short_word(bytes: &[u8]) -> u64 {
     let n = bytes.len();
     let two = |at: usize| bytes.get(at..).and_then(<[u8]>::first_chunk::<2>).map_or(0, |b| u64::from(u16::from_le_bytes(*b)));
@@ -392,6 +394,20 @@ impl Vocab {
         &self.blob[start..end]
     }
 
+    /// Token `rank` as one little-endian word (see [`short_word`]), if it is `len` bytes long and
+    /// `len` is at most 8: one unaligned read from the blob, masked to its length.
+    fn short_token(&self, rank: u32, len: usize) -> Option<u64> {
+        let (start, end) = (self.starts[rank as usize] as usize, self.starts[rank as usize + 1] as usize);
+        if end - start != len || len > 8 {
+            return None;
+        }
+        let mask = u64::MAX.checked_shr(64 - 8 * len as u32).unwrap_or(0);
+        Some(match self.blob.get(start..start + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(word) => u64::from_le_bytes(word) & mask,
+            None => short_word(&self.blob[start..end]),
+        })
+    }
+
     /// The rank of `bytes`, if they are a token. Most pieces and parts are at most eight bytes:
     /// those are hashed and compared as one word.
     fn rank(&self, bytes: &[u8]) -> Option<u32> {
@@ -400,10 +416,9 @@ impl Vocab {
         let mut slot = short.map_or_else(|| hash(bytes), |word| short_hash(bytes.len(), word)) as usize & mask;
         loop {
             let r = self.slots[slot].checked_sub(1)?;
-            let token = self.token(r);
             let same = match short {
-                Some(word) => token.len() == bytes.len() && short_word(token) == word,
-                None => token == bytes,
+                Some(word) => self.short_token(r, bytes.len()) == Some(word),
+                None => self.token(r) == bytes,
             };
             if same {
                 return Some(r);
@@ -412,14 +427,21 @@ impl Vocab {
         }
     }
 
-    /// Where `piece` splits into tokens: the start of each, then its end. Short pieces (almost
-    /// all) by scanning the pairs; long ones through a heap, in O(n log n), so a prompt made of
-    /// one enormous word costs no more than its length warrants. Both merge the same pair at
-    /// every step: the lowest rank, the leftmost of equals.
-    fn merge(&self, piece: &[u8]) -> Vec<usize> {
-        if piece.len() > LONG_PIECE { self.merge_long(piece) } else { self.merge_short(piece) }
+    /// Hands each token of `piece` (not itself a token) to `part`, in order. Short pieces (almost
+    /// all) are merged by scanning the pairs, in place on the stack; long ones through a heap, in
+    /// O(n log n), so a prompt made of one enormous word costs no more than its length warrants.
+    /// Both merge the same pair at every step: the lowest rank, the leftmost of equals.
+    fn split(&self, piece: &[u8], mut part: impl FnMut(&[u8])) {
+        if piece.len() > LONG_PIECE {
+            self.merge_long(piece).windows(2).for_each(|w| part(&piece[w[0]..w[1]]));
+        } else {
+            let mut bounds = [0u8; LONG_PIECE + 1];
+            let n = self.merge_short(piece, &mut bounds);
+            bounds[..n].windows(2).for_each(|w| part(&piece[usize::from(w[0])..usize::from(w[1])]));
+        }
     }
 
+    /// Where `piece` splits into tokens: the start of each, then its end.
     fn merge_long(&self, piece: &[u8]) -> Vec<usize> {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
@@ -471,23 +493,42 @@ impl Vocab {
         bounds
     }
 
-    fn merge_short(&self, piece: &[u8]) -> Vec<usize> {
-        // Boundaries between the parts so far, and the rank of each part joined with the next.
-        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
-        let pair = |bounds: &[usize], i: usize| -> u32 {
-            if i + 2 < bounds.len() { self.rank(&piece[bounds[i]..bounds[i + 2]]).unwrap_or(u32::MAX) } else { u32::MAX }
+    /// [`Vocab::merge_long`] for a piece of at most [`LONG_PIECE`] bytes, without allocating: the
+    /// boundaries go into `bounds`, and how many there are is returned.
+    fn merge_short(&self, piece: &[u8], bounds: &mut [u8; LONG_PIECE + 1]) -> usize {
+        const { assert!(LONG_PIECE <= u8::MAX as usize) };
+        let mut n = piece.len().min(LONG_PIECE) + 1;
+        for (i, b) in bounds[..n].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        // The rank of each part joined with the next; the last part has none.
+        let pair = |bounds: &[u8], i: usize| match bounds.get(i..i + 3) {
+            Some(&[start, _, end]) => self.rank(&piece[usize::from(start)..usize::from(end)]).unwrap_or(u32::MAX),
+            _ => u32::MAX,
         };
-        let mut ranks: Vec<u32> = (0..bounds.len() - 1).map(|i| pair(&bounds, i)).collect();
-        // The lowest rank, the leftmost of equals, while it is a token.
-        while let Some((i, _)) = ranks.iter().enumerate().filter(|(_, r)| **r != u32::MAX).min_by_key(|(i, r)| (**r, *i)) {
-            bounds.remove(i + 1);
-            ranks.remove(i + 1);
-            ranks[i] = pair(&bounds, i);
+        let mut ranks = [u32::MAX; LONG_PIECE];
+        for (i, r) in ranks[..n.saturating_sub(2)].iter_mut().enumerate() {
+            *r = pair(&bounds[..n], i);
+        }
+        loop {
+            // The lowest rank, the leftmost of equals, while it is a token.
+            let (mut i, mut lowest) = (0, u32::MAX);
+            for (j, &r) in ranks[..n - 1].iter().enumerate() {
+                if r < lowest {
+                    (i, lowest) = (j, r);
+                }
+            }
+            if lowest == u32::MAX {
+                return n;
+            }
+            bounds.copy_within(i + 2..n, i + 1);
+            ranks.copy_within(i + 2..n - 1, i + 1);
+            n -= 1;
+            ranks[i] = pair(&bounds[..n], i);
             if i > 0 {
-                ranks[i - 1] = pair(&bounds, i - 1);
+                ranks[i - 1] = pair(&bounds[..n], i - 1);
             }
         }
-        bounds
     }
 
     fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
@@ -495,13 +536,17 @@ impl Vocab {
             out.push(r);
             return;
         }
-        let bounds = self.merge(piece);
         // Every single byte is a token, so every part is.
-        out.extend(bounds.windows(2).filter_map(|w| self.rank(&piece[w[0]..w[1]])));
+        self.split(piece, |part| out.extend(self.rank(part)));
     }
 
     fn count_piece(&self, piece: &[u8]) -> usize {
-        if self.rank(piece).is_some() { 1 } else { self.merge(piece).len() - 1 }
+        if self.rank(piece).is_some() {
+            return 1;
+        }
+        let mut n = 0;
+        self.split(piece, |_| n += 1);
+        n
     }
 }
 
@@ -602,7 +647,13 @@ mod tests {
             ["internationalization", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "xyzzyplughfoo", "Größenverhältnisse", "ééééééé"];
         for w in words {
             let long = w.repeat(40);
-            assert_eq!(v.merge_long(long.as_bytes()), v.merge_short(long.as_bytes()), "{w}");
+            for len in 1..=LONG_PIECE {
+                let piece = &long.as_bytes()[..len];
+                let mut bounds = [0u8; LONG_PIECE + 1];
+                let n = v.merge_short(piece, &mut bounds);
+                let short: Vec<usize> = bounds[..n].iter().map(|&b| usize::from(b)).collect();
+                assert_eq!(v.merge_long(piece), short, "{w} {len}");
+            }
         }
         // One enormous word: linearithmic, not quadratic (the short merge would take minutes).
         let huge = "ab".repeat(200_000);
