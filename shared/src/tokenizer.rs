@@ -427,7 +427,7 @@ impl Vocab {
         }
     }
 
-    /// Hands each token of `piece` (not itself a token) to `part`, in order. Short pieces (almost
+    /// Hands each token of `piece` to `part`, in order. Short pieces (almost
     /// all) are merged by scanning the pairs, in place on the stack; long ones through a heap, in
     /// O(n log n), so a prompt made of one enormous word costs no more than its length warrants.
     /// Both merge the same pair at every step: the lowest rank, the leftmost of equals.
@@ -497,6 +497,7 @@ impl Vocab {
     /// boundaries go into `bounds`, and how many there are is returned.
     fn merge_short(&self, piece: &[u8], bounds: &mut [u8; LONG_PIECE + 1]) -> usize {
         const { assert!(LONG_PIECE <= u8::MAX as usize) };
+        debug_assert!(piece.len() <= LONG_PIECE, "a long piece goes to merge_long");
         let mut n = piece.len().min(LONG_PIECE) + 1;
         for (i, b) in bounds[..n].iter_mut().enumerate() {
             *b = i as u8;
