@@ -234,18 +234,30 @@ const PAYLOAD_BYTE: [bool; 256] = {
 
 /// The runs of payload bytes in `text` at least [`MIN_PAYLOAD`] long. Payload bytes are ASCII,
 /// so the text is split byte by byte: every byte of any other character separates, and every run
-/// is ASCII.
+/// is ASCII. A run long enough holds the byte [`MIN_PAYLOAD`] − 1 after the place the search
+/// has reached, so that byte is looked at first: prose, whose words are short, is passed over
+/// mostly in steps of that length.
 fn payload_runs(text: &str) -> impl Iterator<Item = &str> {
     let bytes = text.as_bytes();
+    let payload = |i: usize| PAYLOAD_BYTE[usize::from(bytes[i])];
+    // `at` is 0, or just after a byte that is not a payload byte.
     let mut at = 0;
     std::iter::from_fn(move || {
-        while at < bytes.len() {
-            let start = at;
-            while at < bytes.len() && PAYLOAD_BYTE[usize::from(bytes[at])] {
-                at += 1;
+        while at + MIN_PAYLOAD <= bytes.len() {
+            let probe = at + MIN_PAYLOAD - 1;
+            if !payload(probe) {
+                at = probe + 1;
+                continue;
             }
-            let end = at;
-            at += 1;
+            let mut start = probe;
+            while start > at && payload(start - 1) {
+                start -= 1;
+            }
+            let mut end = probe + 1;
+            while end < bytes.len() && payload(end) {
+                end += 1;
+            }
+            at = end + 1;
             if end - start >= MIN_PAYLOAD {
                 return text.get(start..end);
             }
@@ -428,6 +440,21 @@ mod tests {
         ];
         for t in texts {
             assert_eq!(payload_runs(t).map(str::to_owned).collect::<Vec<_>>(), reference(t), "{t:?}");
+        }
+        // Runs just shorter than, as long as and longer than the shortest payload, between
+        // separators of one to four bytes, at every offset: 20,000 texts from a fixed seed.
+        let parts = ["a", "Z9", "+/=", "-_", "0123456789abcde", "QUJDREVGR0hJSktMTU5PUA", " ", ".", "é", "日", "\u{1F600}", "\n"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                t.push_str(parts[(seed % parts.len() as u64) as usize]);
+            }
+            seed = seed.wrapping_add(0x9e37_79b9);
+            assert_eq!(payload_runs(&t).map(str::to_owned).collect::<Vec<_>>(), reference(&t), "{t:?}");
         }
     }
 
