@@ -347,6 +347,17 @@ fn short_word(bytes: &[u8]) -> u64 {
     }
 }
 
+/// The `len` (at most 8) bytes of `blob` from `start` as one word, as [`short_word`] gives them:
+/// one unaligned read masked to the length, except near the blob's end.
+#[inline]
+fn word_at(blob: &[u8], start: usize, len: usize) -> u64 {
+    match blob.get(start..start + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+        Some(word) if len < 8 => u64::from_le_bytes(word) & ((1 << (8 * len)) - 1),
+        Some(word) => u64::from_le_bytes(word),
+        None => short_word(blob.get(start..start + len).unwrap_or_default()),
+    }
+}
+
 /// [`hash`] of `len` (1-8) bytes held in the low bytes of `word`, the rest zero.
 fn short_hash(len: usize, word: u64) -> u32 {
     finish((len as u64).wrapping_mul(K), word)
@@ -371,12 +382,10 @@ impl Vocab {
         for (rank, &len) in lengths.iter().enumerate() {
             starts.push(at as u32);
             let len = usize::from(len);
-            let h = match blob.get(at..at + 8) {
-                Some(word) if (1..=8).contains(&len) => {
-                    let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
-                    short_hash(len, if len == 8 { word } else { word & ((1u64 << (8 * len)) - 1) })
-                }
-                _ => hash(blob.get(at..at + len).unwrap_or_default()),
+            let h = if (1..=8).contains(&len) {
+                short_hash(len, word_at(blob, at, len))
+            } else {
+                hash(blob.get(at..at + len).unwrap_or_default())
             };
             let mut slot = h as usize & mask;
             while slots[slot] != 0 {
@@ -394,18 +403,11 @@ impl Vocab {
         &self.blob[start..end]
     }
 
-    /// Token `rank` as one little-endian word (see [`short_word`]), if it is `len` bytes long and
-    /// `len` is at most 8: one unaligned read from the blob, masked to its length.
+    /// Token `rank` as one little-endian word (see [`word_at`]), if it is `len` bytes long and
+    /// `len` is at most 8.
     fn short_token(&self, rank: u32, len: usize) -> Option<u64> {
         let (start, end) = (self.starts[rank as usize] as usize, self.starts[rank as usize + 1] as usize);
-        if end - start != len || len > 8 {
-            return None;
-        }
-        let mask = u64::MAX.checked_shr(64 - 8 * len as u32).unwrap_or(0);
-        Some(match self.blob.get(start..start + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(word) => u64::from_le_bytes(word) & mask,
-            None => short_word(&self.blob[start..end]),
-        })
+        (end - start == len && len <= 8).then(|| word_at(self.blob, start, len))
     }
 
     /// The rank of `bytes`, if they are a token. Most pieces and parts are at most eight bytes:
