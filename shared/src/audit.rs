@@ -292,8 +292,11 @@ pub struct Report {
 }
 
 /// What a host is asked to do with a tenant's log.
+// Externally tagged (serde's default), as its answer is: an internally tagged enum is buffered
+// whole before its variant is read, which doubles the code derived for every type inside it, code
+// that a Worker and its Durable Object compile on their first call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AuditOp {
     /// Append `drafts` in order, then remove what is older than `retention_days`.
     Append {
@@ -320,7 +323,7 @@ pub enum AuditOp {
 
 /// The answer to an [`AuditOp`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "answer", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum AuditAnswer {
     /// The chain's new head.
     Appended {

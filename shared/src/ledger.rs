@@ -145,8 +145,11 @@ impl Amounts {
 }
 
 /// What the ledger is asked to do.
+// Externally tagged (serde's default), as its answer is: an internally tagged enum is buffered
+// whole before its variant is read, which doubles the code derived for every type inside it, code
+// that a Worker and its Durable Object compile on their first call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LedgerOp {
     /// Hold `ask` against every limit, all or nothing.
     Reserve {
@@ -227,7 +230,7 @@ pub struct LimitState {
 
 /// The ledger's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LedgerAnswer {
     /// Held; where every limit stands.
     Admitted {
