@@ -522,6 +522,17 @@ impl Containment {
 }
 
 impl Book {
+    /// Applies `op` at `now_ms` to the book a host stored as `stored` (JSON; none, or a document
+    /// that does not parse, is an empty book): the answer, and the book to store in its place if
+    /// the operation changed it. A read (a health board's, every isolate's every second) then
+    /// writes nothing.
+    pub fn apply_stored(stored: Option<&str>, now_ms: u64, op: LedgerOp) -> Result<(LedgerAnswer, Option<String>), serde_json::Error> {
+        let mut book: Book = stored.and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        let answer = book.apply(now_ms, op);
+        let json = serde_json::to_string(&book)?;
+        Ok((answer, (stored != Some(json.as_str())).then_some(json)))
+    }
+
     /// Applies `op` at `now_ms`. Expired holds are released first.
     pub fn apply(&mut self, now_ms: u64, op: LedgerOp) -> LedgerAnswer {
         self.expire(now_ms);
@@ -865,6 +876,28 @@ mod tests {
             LedgerAnswer::Refused { state, .. } => Err((state.limit.id, state.reset_ms)),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_stored_book_is_written_back_only_when_an_operation_changed_it() {
+        let apply = |stored: Option<&str>, now: u64, op: LedgerOp| {
+            let Ok(applied) = Book::apply_stored(stored, now, op) else { unreachable!("a book always serialises") };
+            applied
+        };
+        let limits = [limit("tenant/x", Meter::Requests, Window::Minute, 5)];
+        let hold =
+            LedgerOp::Reserve { id: "r1".into(), limits: limits.to_vec(), ask: Amounts::default(), screen: None, queue_until_ms: None };
+        let (answer, written) = apply(None, T0, hold);
+        assert!(matches!(answer, LedgerAnswer::Admitted { .. }));
+        let Some(stored) = written else { unreachable!("a hold changes an empty book") };
+        let read = || LedgerOp::Health { observations: Vec::new(), breaker: BreakerSettings::default() };
+        let (answer, written) = apply(Some(&stored), T0 + 1, read());
+        assert!(matches!(answer, LedgerAnswer::Health { .. }));
+        assert_eq!(written, None, "a read writes nothing");
+        assert_eq!(apply(Some(&stored), T0 + 2, LedgerOp::Inspect).1, None);
+        // Settling the hold changes the book; a stored document that does not parse is an empty book.
+        assert!(apply(Some(&stored), T0 + 3, LedgerOp::Release { id: "r1".into() }).1.is_some());
+        assert_eq!(apply(Some("not json"), T0, read()).1, serde_json::to_string(&Book::default()).ok());
     }
 
     #[test]

@@ -362,10 +362,11 @@ impl worker::DurableObject for Ledger {
         let op: LedgerOp = req.json().await?;
         let now = worker::Date::now().as_millis();
         let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
-        let mut book: Book = rows.first().and_then(|r| serde_json::from_str(&r.json).ok()).unwrap_or_default();
-        let answer = book.apply(now, op);
-        let json = serde_json::to_string(&book)?;
-        self.sql.exec("INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json", vec![json.into()])?;
+        let (answer, changed) = Book::apply_stored(rows.first().map(|r| r.json.as_str()), now, op)?;
+        if let Some(json) = changed {
+            self.sql
+                .exec("INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json", vec![json.into()])?;
+        }
         Response::from_json(&answer)
     }
 }

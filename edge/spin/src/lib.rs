@@ -252,7 +252,8 @@ const REDIS_ATTEMPTS: u32 = 256;
 /// The Redis ledger: each book a hash (`edgegate:book:{name}`: version and JSON), updated by
 /// optimistic compare-and-swap. Read the book, apply the operation, and write it back only if
 /// no other instance wrote since; otherwise read again. Every operation thus applies to the
-/// latest book exactly once, and concurrent replicas stay exact.
+/// latest book exactly once, and concurrent replicas stay exact. An operation that leaves the
+/// book as it was (a read) writes nothing.
 fn redis_apply(address: &str, name: &str, op: LedgerOp, now: u64) -> Result<LedgerAnswer, Error> {
     use spin_sdk::redis::{Connection as Redis, RedisParameter as P, RedisResult as R};
     let conn = Redis::open(address).map_err(|e| store_error("Redis ledger", e))?;
@@ -265,11 +266,12 @@ fn redis_apply(address: &str, name: &str, op: LedgerOp, now: u64) -> Result<Ledg
             Some(R::Binary(v)) => String::from_utf8_lossy(v).into_owned(),
             _ => "0".to_owned(),
         };
-        let mut book: Book = match read.get(1) {
-            Some(R::Binary(json)) => serde_json::from_slice(json).unwrap_or_default(),
-            _ => Book::default(),
+        let stored = match read.get(1) {
+            Some(R::Binary(json)) => std::str::from_utf8(json).ok(),
+            _ => None,
         };
-        let answer = book.apply(now, op.clone());
+        let (answer, changed) = Book::apply_stored(stored, now, op.clone()).map_err(|e| store_error("Redis ledger", e))?;
+        let Some(json) = changed else { return Ok(answer) };
         let next = version.parse::<u64>().unwrap_or(0) + 1;
         let swapped = conn
             .execute(
@@ -280,7 +282,7 @@ fn redis_apply(address: &str, name: &str, op: LedgerOp, now: u64) -> Result<Ledg
                     P::Binary(key.clone()),
                     P::Binary(version.into_bytes()),
                     P::Binary(next.to_string().into_bytes()),
-                    P::Binary(serde_json::to_vec(&book).unwrap_or_default()),
+                    P::Binary(json.into_bytes()),
                 ],
             )
             .map_err(|e| store_error("Redis ledger write", e))?;
@@ -304,23 +306,25 @@ impl Ledger for SpinHost {
             return redis_apply(address, tenant, op, now);
         }
         let db = Connection::open_default().map_err(|e| store_error("sqlite database `default`", e))?;
-        let run = || -> Result<LedgerAnswer, spin_sdk::sqlite::Error> {
-            db.execute("CREATE TABLE IF NOT EXISTS edgegate_books (tenant TEXT PRIMARY KEY, json TEXT NOT NULL)", &[])?;
-            db.execute("BEGIN IMMEDIATE", &[])?;
-            let rows = db.execute("SELECT json FROM edgegate_books WHERE tenant = ?", &[Value::Text(tenant.to_owned())])?;
-            let stored = rows.rows.first().and_then(|r| r.get::<&str>(0).map(str::to_owned));
-            let mut book: Book = stored.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
-            let answer = book.apply(now, op);
-            db.execute(
-                "INSERT INTO edgegate_books (tenant, json) VALUES (?, ?) ON CONFLICT(tenant) DO UPDATE SET json = excluded.json",
-                &[Value::Text(tenant.to_owned()), Value::Text(serde_json::to_string(&book).unwrap_or_default())],
-            )?;
-            db.execute("COMMIT", &[])?;
+        let sql = |e: spin_sdk::sqlite::Error| store_error("tenant ledger", e);
+        let run = || -> Result<LedgerAnswer, Error> {
+            db.execute("CREATE TABLE IF NOT EXISTS edgegate_books (tenant TEXT PRIMARY KEY, json TEXT NOT NULL)", &[]).map_err(sql)?;
+            db.execute("BEGIN IMMEDIATE", &[]).map_err(sql)?;
+            let rows = db.execute("SELECT json FROM edgegate_books WHERE tenant = ?", &[Value::Text(tenant.to_owned())]).map_err(sql)?;
+            let stored = rows.rows.first().and_then(|r| r.get::<&str>(0));
+            let (answer, changed) = Book::apply_stored(stored, now, op).map_err(|e| store_error("tenant ledger", e))?;
+            if let Some(json) = changed {
+                db.execute(
+                    "INSERT INTO edgegate_books (tenant, json) VALUES (?, ?) ON CONFLICT(tenant) DO UPDATE SET json = excluded.json",
+                    &[Value::Text(tenant.to_owned()), Value::Text(json)],
+                )
+                .map_err(sql)?;
+            }
+            db.execute("COMMIT", &[]).map_err(sql)?;
             Ok(answer)
         };
-        run().map_err(|e| {
+        run().inspect_err(|_| {
             let _ = db.execute("ROLLBACK", &[]);
-            store_error("tenant ledger", e)
         })
     }
 }
