@@ -44,7 +44,7 @@ export EDGEGATE_REDIS_SERVER="$redis_dir/redis-server"
 
 say "core: formatting and lints (the core may not read clocks or draw randomness)"
 cargo fmt --all --check
-cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit,schema -- -D warnings
+cargo clippy --locked --quiet -p edgegate-core --all-targets --features testkit,schema,tokenizer-build -- -D warnings
 cargo clippy --locked --quiet -p edgegate-admin -p edgegate-jwt --all-targets -- -D warnings
 
 say "core: the dependency tree holds no host SDK, runtime or HTTP client"
@@ -66,7 +66,8 @@ say "deploy check: the Spin manifest, runtime configurations and SpinKube SpinAp
 "$EDGEGATE_ADMIN_CLI" check-spin spin.toml --runtime-config deploy/spin/runtime-config.single.toml --policy deploy/local/demo-policy.json
 "$EDGEGATE_ADMIN_CLI" check-spin spin.toml --runtime-config deploy/spin/runtime-config.shared.toml --spinapp deploy/spin/spinapp.yaml --policy deploy/local/demo-policy.json
 
-say "tokenizer: token for token identical to Python tiktoken on a 1.5 MB mixed-language corpus (tests/tokenizer/compare.py)"
+say "tokenizer: its patterns' DFAs are what the patterns give (tokenizer_dfa --check), and token for token identical to Python tiktoken on a 1.5 MB mixed-language corpus (tests/tokenizer/compare.py)"
+cargo run --locked --quiet --release -p edgegate-core --features tokenizer-build --example tokenizer_dfa -- --check
 cargo build --locked --quiet --release -p edgegate-core --example tokenize
 "$EDGEGATE_PYTHON" tests/tokenizer/compare.py target/release/examples/tokenize
 

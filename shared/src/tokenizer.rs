@@ -13,16 +13,17 @@
 //! non-space) is matched as `\s+` and a run followed by a non-space gives back its last character,
 //! as the look-ahead would.
 //!
-//! The pattern runs as a lazy DFA, except where a piece's end depends on ASCII characters alone
-//! (most pieces of most prompts): there a few comparisons per byte decide it as the pattern's
+//! The pattern runs as a DFA, except where a piece's end depends on ASCII characters alone (most
+//! pieces of most prompts): there a few comparisons per byte decide it as the pattern's
 //! alternatives would (`ascii_piece`; a test checks both agree on generated mixed text, and the
-//! corpus comparison with tiktoken runs through both).
+//! corpus comparison with tiktoken runs through both). Each pattern's DFA is determinised ahead
+//! of time (`shared/data/tokenizer/*.dfa`, made and checked by the `tokenizer_dfa` example, see
+//! [`Encoding::pattern_dfa`]) and read in place: compiling the pattern's Unicode classes at first
+//! use cost more than building the rank table.
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use regex_automata::hybrid::dfa::{Cache, DFA};
-use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::dfa::{Automaton, dense};
 use regex_automata::{Anchored, Input};
 
 /// An OpenAI encoding.
@@ -37,6 +38,7 @@ pub enum Encoding {
 const O200K: &[u8] = include_bytes!("../data/tokenizer/o200k_base.bin");
 const CL100K: &[u8] = include_bytes!("../data/tokenizer/cl100k_base.bin");
 
+#[cfg(feature = "tokenizer-build")]
 const O200K_PATTERN: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -46,6 +48,7 @@ const O200K_PATTERN: &str = concat!(
     r"|\s+",
 );
 // tiktoken's possessive quantifiers change nothing here (no alternative can backtrack into them).
+#[cfg(feature = "tokenizer-build")]
 const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
 
 /// Pieces longer than this (bytes) are merged through a heap.
@@ -59,8 +62,18 @@ struct Vocab {
     starts: Vec<u32>,
     /// Open addressing over the tokens' bytes: `rank + 1` per slot, 0 when empty.
     slots: Vec<u32>,
-    pattern: DFA,
+    pattern: dense::DFA<&'static [u32]>,
 }
+
+/// Bytes kept at an address a `u32` may be read from, as [`dense::DFA::from_bytes`] requires.
+#[repr(C)]
+struct Aligned<B: ?Sized> {
+    _align: [u32; 0],
+    bytes: B,
+}
+
+static O200K_DFA: &Aligned<[u8]> = &Aligned { _align: [], bytes: *include_bytes!("../data/tokenizer/o200k_base.dfa") };
+static CL100K_DFA: &Aligned<[u8]> = &Aligned { _align: [], bytes: *include_bytes!("../data/tokenizer/cl100k_base.dfa") };
 
 impl Encoding {
     /// The encoding of an OpenAI model name, if it is one tiktoken knows (by family, so dated
@@ -87,19 +100,12 @@ impl Encoding {
         }
     }
 
-    fn index(self) -> usize {
-        match self {
-            Encoding::O200kBase => 0,
-            Encoding::Cl100kBase => 1,
-        }
-    }
-
     fn vocab(self) -> &'static Vocab {
         static O: OnceLock<Vocab> = OnceLock::new();
         static C: OnceLock<Vocab> = OnceLock::new();
         match self {
-            Encoding::O200kBase => O.get_or_init(|| Vocab::load(O200K, O200K_PATTERN)),
-            Encoding::Cl100kBase => C.get_or_init(|| Vocab::load(CL100K, CL100K_PATTERN)),
+            Encoding::O200kBase => O.get_or_init(|| Vocab::load(O200K, &O200K_DFA.bytes)),
+            Encoding::Cl100kBase => C.get_or_init(|| Vocab::load(CL100K, &CL100K_DFA.bytes)),
         }
     }
 
@@ -134,20 +140,15 @@ impl Encoding {
     }
 
     fn pieces_with(self, text: &str, fast: bool, mut each: impl FnMut(&[u8], &Vocab)) {
-        thread_local! {
-            static CACHES: RefCell<[Option<Cache>; 2]> = const { RefCell::new([None, None]) };
-        }
         let vocab = self.vocab();
-        CACHES.with(|caches| {
-            let mut caches = caches.borrow_mut();
-            let cache = caches[self.index()].get_or_insert_with(|| vocab.pattern.create_cache());
+        {
             let mut at = 0;
             while at < text.len() {
                 let fast_end = if fast { ascii_piece(self, text.as_bytes(), at) } else { None };
                 let mut end = match fast_end {
                     Some(end) => end,
-                    // A lazy DFA without quit bytes or a give-up count never fails a search.
-                    None => match vocab.pattern.try_search_fwd(cache, &Input::new(text).range(at..).anchored(Anchored::Yes)) {
+                    // A DFA without quit bytes never fails a search.
+                    None => match vocab.pattern.try_search_fwd(&Input::new(text).range(at..).anchored(Anchored::Yes)) {
                         Ok(Some(m)) => m.offset(),
                         // No piece starts here (cannot happen with these patterns): skip a character.
                         _ => {
@@ -170,7 +171,7 @@ impl Encoding {
                 each(&text.as_bytes()[at..end], vocab);
                 at = end;
             }
-        });
+        }
     }
 }
 
@@ -304,17 +305,31 @@ fn ascii_piece(enc: Encoding, b: &[u8], at: usize) -> Option<usize> {
     Some(b[at..end].iter().rposition(|&c| newline(c)).map_or(end, |i| at + i + 1))
 }
 
-/// An encoding's pattern, for anchored searches that only need where a match ends: a forward
-/// lazy DFA alone (no reverse automaton, no capture engines), so first use builds one NFA.
-fn compile(pattern: &str) -> DFA {
-    let nfa = thompson::Config::new().which_captures(WhichCaptures::None);
-    let config = DFA::config().cache_capacity(4 << 20).skip_cache_capacity_check(true);
-    // The patterns are constants, tested; the fallback (matching nothing) is never built.
-    DFA::builder()
-        .configure(config)
-        .thompson(nfa)
-        .build(pattern)
-        .unwrap_or_else(|_| DFA::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!()))
+impl Encoding {
+    /// The encoding's pattern as a DFA for anchored searches that only need where a match ends
+    /// (forward only, no capture states, minimised), serialised little-endian: what
+    /// `shared/data/tokenizer/{name}.dfa` holds. Determinising it takes about a second; the
+    /// `tokenizer_dfa` example writes the files and the test command checks them against this.
+    #[cfg(feature = "tokenizer-build")]
+    pub fn pattern_dfa(self) -> Result<Vec<u8>, String> {
+        let pattern = match self {
+            Encoding::O200kBase => O200K_PATTERN,
+            Encoding::Cl100kBase => CL100K_PATTERN,
+        };
+        use regex_automata::nfa::thompson::{self, WhichCaptures};
+        let dfa = dense::Builder::new()
+            .configure(dense::Config::new().minimize(true).start_kind(regex_automata::dfa::StartKind::Anchored))
+            .thompson(thompson::Config::new().which_captures(WhichCaptures::None))
+            .build(pattern)
+            .map_err(|e| e.to_string())?;
+        Ok(dfa.to_bytes_little_endian().0)
+    }
+}
+
+/// A pattern's DFA, read in place from its serialised form.
+fn pattern(serialised: &'static [u8]) -> dense::DFA<&'static [u32]> {
+    // The files are checked against the patterns by the test command; they cannot fail to load.
+    dense::DFA::from_bytes(serialised).map(|(dfa, _)| dfa).unwrap_or_else(|e| unreachable!("a tokenizer DFA does not load: {e}"))
 }
 
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -368,7 +383,7 @@ fn finish(h: u64, word: u64) -> u32 {
 }
 
 impl Vocab {
-    fn load(table: &'static [u8], pattern: &str) -> Vocab {
+    fn load(table: &'static [u8], dfa: &'static [u8]) -> Vocab {
         let count = table.get(5..9).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_le_bytes) as usize;
         let lengths = table.get(9..9 + count).unwrap_or_default();
         let blob = table.get(9 + count..).unwrap_or_default();
@@ -395,7 +410,7 @@ impl Vocab {
             at += len;
         }
         starts.push(at as u32);
-        Vocab { blob, starts, slots, pattern: compile(pattern) }
+        Vocab { blob, starts, slots, pattern: pattern(dfa) }
     }
 
     fn token(&self, rank: u32) -> &'static [u8] {
