@@ -109,9 +109,9 @@ impl Encoding {
         }
     }
 
-    /// Builds both encodings' tables and pattern automata, and counts a short text of several
-    /// scripts with each. A host whose instances start from a snapshot taken after this (the
-    /// pre-initialised Spin component, `edgegate-preinit`) no longer builds them per instance.
+    /// Builds both encodings' tables, loads their pattern DFAs, and counts a short text of
+    /// several scripts with each. A host whose instances start from a snapshot taken after this
+    /// (the pre-initialised Spin component, `edgegate-preinit`) no longer builds them per instance.
     pub fn prepare() {
         for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
             encoding.count("Summarise this paragraph in one line, s'il vous plaît: 東京, Zürich, 2026!");
