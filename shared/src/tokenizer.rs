@@ -18,7 +18,7 @@
 //! alternatives would (`ascii_piece`; a test checks both agree on generated mixed text, and the
 //! corpus comparison with tiktoken runs through both). Each pattern's DFA is determinised ahead
 //! of time (`shared/data/tokenizer/*.dfa`, made and checked by the `tokenizer_dfa` example, see
-//! [`Encoding::pattern_dfa`]) and read in place: compiling the pattern's Unicode classes at first
+//! `Encoding::pattern_dfa`) and read in place: compiling the pattern's Unicode classes at first
 //! use cost more than building the rank table.
 
 use std::sync::OnceLock;
@@ -141,36 +141,34 @@ impl Encoding {
 
     fn pieces_with(self, text: &str, fast: bool, mut each: impl FnMut(&[u8], &Vocab)) {
         let vocab = self.vocab();
-        {
-            let mut at = 0;
-            while at < text.len() {
-                let fast_end = if fast { ascii_piece(self, text.as_bytes(), at) } else { None };
-                let mut end = match fast_end {
-                    Some(end) => end,
-                    // A DFA without quit bytes never fails a search.
-                    None => match vocab.pattern.try_search_fwd(&Input::new(text).range(at..).anchored(Anchored::Yes)) {
-                        Ok(Some(m)) => m.offset(),
-                        // No piece starts here (cannot happen with these patterns): skip a character.
-                        _ => {
-                            at += text[at..].chars().next().map_or(1, char::len_utf8);
-                            continue;
-                        }
-                    },
-                };
-                let matched = &text[at..end];
-                // `\s+(?!\S)`: a whitespace run (not ended by a newline, which an earlier branch
-                // takes) followed by a non-space leaves its last character to what follows.
-                if end < text.len()
-                    && matched.as_bytes().last().is_some_and(|&c| !c.is_ascii() || matches!(c, b'\t'..=b'\r' | b' '))
-                    && matched.chars().all(char::is_whitespace)
-                    && !matched.ends_with(['\r', '\n'])
-                    && let Some((last, _)) = matched.char_indices().next_back().filter(|(i, _)| *i > 0)
-                {
-                    end = at + last;
-                }
-                each(&text.as_bytes()[at..end], vocab);
-                at = end;
+        let mut at = 0;
+        while at < text.len() {
+            let fast_end = if fast { ascii_piece(self, text.as_bytes(), at) } else { None };
+            let mut end = match fast_end {
+                Some(end) => end,
+                // A DFA without quit bytes never fails a search.
+                None => match vocab.pattern.try_search_fwd(&Input::new(text).range(at..).anchored(Anchored::Yes)) {
+                    Ok(Some(m)) => m.offset(),
+                    // No piece starts here (cannot happen with these patterns): skip a character.
+                    _ => {
+                        at += text[at..].chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
+                },
+            };
+            let matched = &text[at..end];
+            // `\s+(?!\S)`: a whitespace run (not ended by a newline, which an earlier branch
+            // takes) followed by a non-space leaves its last character to what follows.
+            if end < text.len()
+                && matched.as_bytes().last().is_some_and(|&c| !c.is_ascii() || matches!(c, b'\t'..=b'\r' | b' '))
+                && matched.chars().all(char::is_whitespace)
+                && !matched.ends_with(['\r', '\n'])
+                && let Some((last, _)) = matched.char_indices().next_back().filter(|(i, _)| *i > 0)
+            {
+                end = at + last;
             }
+            each(&text.as_bytes()[at..end], vocab);
+            at = end;
         }
     }
 }
@@ -322,7 +320,9 @@ impl Encoding {
             .thompson(thompson::Config::new().which_captures(WhichCaptures::None))
             .build(pattern)
             .map_err(|e| e.to_string())?;
-        Ok(dfa.to_bytes_little_endian().0)
+        // The serialisation starts after whatever padding aligned it in the buffer.
+        let (bytes, padding) = dfa.to_bytes_little_endian();
+        Ok(bytes[padding..].to_vec())
     }
 }
 
