@@ -1,7 +1,8 @@
 //! Tokenizes a corpus (one JSON string per line) with both encodings and prints, per document and
 //! encoding, `name<TAB>count<TAB>digest` (the first 16 hex digits of the SHA-256 of the token ids
 //! joined by spaces) — what `tests/tokenizer/compare.py` compares with tiktoken. With `--bench`
-//! it prints timings instead: the first use of each encoding (its table built) and tokens/s.
+//! it prints timings instead: the first use of each encoding on ASCII text (its table built), then
+//! on text that is not (its pattern's automaton read), and tokens/s.
 //!
 //! Usage: cargo run --release -p edgegate-core --example tokenize -- CORPUS|- [--bench]
 //! (`-` reads the corpus from standard input, as under `spin-test-host --run`).
@@ -29,15 +30,19 @@ fn main() {
         let t = Instant::now();
         let first = enc.count("warm up");
         let load = t.elapsed();
+        let t = Instant::now();
+        enc.count("naïve café");
+        let wide = t.elapsed();
         if bench {
             let bytes: usize = docs.iter().map(String::len).sum();
             let t = Instant::now();
             let tokens: usize = docs.iter().map(|d| enc.count(d)).sum();
             let secs = t.elapsed().as_secs_f64();
             println!(
-                "{}: first use {:.2} ms ({first} tokens), {tokens} tokens in {:.1} ms: {:.2} M tokens/s, {:.1} MB/s",
+                "{}: first use {:.2} ms ({first} tokens), then not ASCII {:.2} ms, {tokens} tokens in {:.1} ms: {:.2} M tokens/s, {:.1} MB/s",
                 enc.name(),
                 load.as_secs_f64() * 1e3,
+                wide.as_secs_f64() * 1e3,
                 secs * 1e3,
                 tokens as f64 / secs / 1e6,
                 bytes as f64 / secs / 1e6

@@ -18,8 +18,8 @@
 //! alternatives would (`ascii_piece`; a test checks both agree on generated mixed text, and the
 //! corpus comparison with tiktoken runs through both). Each pattern's DFA is determinised ahead
 //! of time (`shared/data/tokenizer/*.dfa`, made and checked by the `tokenizer_dfa` example, see
-//! `Encoding::pattern_dfa`) and read in place: compiling the pattern's Unicode classes at first
-//! use cost more than building the rank table.
+//! `Encoding::pattern_dfa`) and read in place, on the first piece the ASCII path leaves to it:
+//! compiling the pattern's Unicode classes at first use cost more than building the rank table.
 
 use std::sync::OnceLock;
 
@@ -62,7 +62,11 @@ struct Vocab {
     starts: Vec<u32>,
     /// Open addressing over the tokens' bytes: `rank + 1` per slot, 0 when empty.
     slots: Vec<u32>,
-    pattern: dense::DFA<&'static [u32]>,
+    /// The pattern's serialised DFA, and the DFA read from it on the first piece the ASCII path
+    /// leaves to it: reading one validates every transition, which a prompt of ASCII pieces (most
+    /// prompts) never needs.
+    serialised: &'static [u8],
+    pattern: OnceLock<dense::DFA<&'static [u32]>>,
 }
 
 /// Bytes kept at an address a `u32` may be read from, as [`dense::DFA::from_bytes`] requires.
@@ -109,7 +113,7 @@ impl Encoding {
         }
     }
 
-    /// Builds both encodings' tables, loads their pattern DFAs, and counts a short text of
+    /// Builds both encodings' tables, reads their pattern DFAs, and counts a short text of
     /// several scripts with each. A host whose instances start from a snapshot taken after this
     /// (the pre-initialised Spin component, `edgegate-preinit`) no longer builds them per instance.
     pub fn prepare() {
@@ -147,7 +151,7 @@ impl Encoding {
             let mut end = match fast_end {
                 Some(end) => end,
                 // A DFA without quit bytes never fails a search.
-                None => match vocab.pattern.try_search_fwd(&Input::new(text).range(at..).anchored(Anchored::Yes)) {
+                None => match vocab.pattern().try_search_fwd(&Input::new(text).range(at..).anchored(Anchored::Yes)) {
                     Ok(Some(m)) => m.offset(),
                     // No piece starts here (cannot happen with these patterns): skip a character.
                     _ => {
@@ -410,7 +414,11 @@ impl Vocab {
             at += len;
         }
         starts.push(at as u32);
-        Vocab { blob, starts, slots, pattern: pattern(dfa) }
+        Vocab { blob, starts, slots, serialised: dfa, pattern: OnceLock::new() }
+    }
+
+    fn pattern(&self) -> &dense::DFA<&'static [u32]> {
+        self.pattern.get_or_init(|| pattern(self.serialised))
     }
 
     fn token(&self, rank: u32) -> &'static [u8] {

@@ -3,7 +3,9 @@
 // runtime takes to be ready (loading the script, compiling and instantiating the wasm, and the
 // module's start hook) and then the first request: the policy read from KV and compiled, the
 // firewall, the ledger, the upstream call through the simulator on 127.0.0.1. Alternately on an
-// alias whose prompt is estimated and one counted with o200k_base. The same for the workerd
+// alias whose prompt is estimated and one counted with o200k_base, the latter once with an ASCII
+// prompt (whose pieces need not the pattern's automaton) and once with a prompt that is not all
+// ASCII (whose first such piece loads it). The same for the workerd
 // floor, a JavaScript Worker that only forwards. "Excluding upstream" subtracts the first request's
 // upstream attempts as its own record timed them (the simulator's answer, the connection to it
 // included), which is how the target is stated. Prints medians; writes target/bench/coldstart.json.
@@ -25,22 +27,29 @@ const first = await startWorkerd({
 });
 await first.stop();
 
-const body = (model) => JSON.stringify({ model, messages: [{ role: "user", content: "Summarise the quarterly report for the board in three lines." }] });
-const ask = async (url, model, headers = { authorization: "Bearer sk-bench" }) => {
+const prompts = { ascii: "Summarise the quarterly report for the board in three lines.", wide: "Résumé the quarterly report for the board — in three lines." };
+const body = (model, prompt = prompts.ascii) => JSON.stringify({ model, messages: [{ role: "user", content: prompt }] });
+const ask = async (url, model, headers = { authorization: "Bearer sk-bench" }, prompt = undefined) => {
   const t = performance.now();
-  const r = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: body(model) });
+  const r = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...headers, "content-type": "application/json" }, body: body(model, prompt) });
   await r.arrayBuffer();
   if (r.status !== 200) throw new Error(`status ${r.status}`);
   return { ms: performance.now() - t, id: r.headers.get("x-request-id") };
 };
-const runs = { floor: [], estimated: [], counted: [] };
+const targets = {
+  floor: ["sim-model", {}],
+  estimated: ["estimated"],
+  counted: ["counted"],
+  "counted, not ASCII": ["counted", undefined, prompts.wide],
+};
+const runs = Object.fromEntries(Object.keys(targets).map((t) => [t, []]));
 for (let i = 0; i < rounds; i++) {
-  for (const target of ["floor", "estimated", "counted"]) {
+  for (const [target, how] of Object.entries(targets)) {
     const t0 = performance.now();
     const gw = target === "floor" ? await startFloor(sim.url) : await startWorkerd({ stateDir, workersAi: false });
     const ready = performance.now() - t0;
-    const firstAnswer = await ask(gw.url, target === "floor" ? "sim-model" : target, target === "floor" ? {} : undefined);
-    const second = await ask(gw.url, target === "floor" ? "sim-model" : target, target === "floor" ? {} : undefined);
+    const firstAnswer = await ask(gw.url, ...how);
+    const second = await ask(gw.url, ...how);
     // Read after the second request, so that waiting for the log line changes neither timing.
     const record = target === "floor" ? null : await recordOf(gw, firstAnswer.id);
     if (target !== "floor" && !record) throw new Error(`no record of ${firstAnswer.id}`);
@@ -63,7 +72,7 @@ for (const [name, rs] of Object.entries(runs)) {
   const excl = own === null ? "-" : own.toFixed(1);
   console.log(`${name.padEnd(22)} ${s.ready.toFixed(1).padStart(8)} ${s.first.toFixed(1).padStart(12)} ${excl.padStart(15)} ${s.total.toFixed(1).padStart(10)} ${s.second.toFixed(1).padStart(12)}   [first: ${rs.map((r) => r.first.toFixed(1)).join(" ")}]`);
 }
-for (const alias of ["estimated", "counted"]) {
+for (const alias of ["estimated", "counted", "counted, not ASCII"]) {
   console.log(`edgegate ${alias} over the floor: first request +${(summary[alias].first - summary.floor.first).toFixed(1)} ms, ready+first +${(summary[alias].total - summary.floor.total).toFixed(1)} ms`);
 }
 mkdirSync(join(ROOT, "target/bench"), { recursive: true });
