@@ -6,7 +6,11 @@
 // `first` profiles instead the first request of a fresh isolate (the policy already in KV), on an
 // alias whose prompt is counted with o200k_base (what a cold start costs inside the Worker).
 // A last argument `notable` sets `settings.request_logs: "notable"` (no log line for plain successes).
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first] [notable]'
+// `heap` samples the isolate's JavaScript allocations instead (objects the collector has since
+// freed included): bytes allocated per request, by the function that allocated them. What a
+// request allocates sets how often workerd's young-generation collections pause the isolate.
+// Writes target/bench/edgegate.heapprofile.
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first] [notable] [heap]'
 // (with EDGEGATE_UPSTREAM_SIM set). Not part of the test command: it asserts nothing.
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,11 +20,12 @@ import { ROOT, startSimulator, startWorkerd } from "../e2e/lib.mjs";
 import { benchPolicy } from "./common.mjs";
 
 const first = process.argv[2] === "first";
+const heap = process.argv.includes("heap");
 const total = first ? 1 : Number(process.argv[2] ?? 4000);
 const inFlight = Number(process.argv[3] ?? 8);
 const inspectorPort = 9300 + Math.floor(Math.random() * 500);
 const sim = await startSimulator();
-const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.at(-1) === "notable" ? { request_logs: "notable" } : {}) });
+const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.includes("notable") ? { request_logs: "notable" } : {}) });
 // `first`: the policy is published by an earlier workerd on the same state, so the profiled
 // request is the isolate's first, and reads the policy from KV as in production.
 const stateDir = first ? mkdtempSync(join(tmpdir(), "edgegate-profile-")) : null;
@@ -49,13 +54,39 @@ const call = (method, params = {}) =>
     pending.set(id, res);
     ws.send(JSON.stringify({ id, method, params }));
   });
+const load = async () => {
+  const t0 = performance.now();
+  let sent = 0;
+  await Promise.all(Array.from({ length: inFlight }, async () => { while (sent++ < total) await send(); }));
+  return (performance.now() - t0) / 1000;
+};
+if (heap) {
+  await call("HeapProfiler.enable");
+  await call("HeapProfiler.startSampling", { samplingInterval: 512, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+  const seconds = await load();
+  const { result } = await call("HeapProfiler.stopSampling");
+  ws.close();
+  await gw.stop();
+  await sim.stop();
+  mkdirSync(join(ROOT, "target", "bench"), { recursive: true });
+  writeFileSync(join(ROOT, "target", "bench", "edgegate.heapprofile"), JSON.stringify(result.profile));
+  const self = new Map();
+  const walk = (n) => {
+    const name = (n.callFrame.functionName || "(anonymous)").replace(/::h[0-9a-f]{16}$/, "");
+    self.set(name, (self.get(name) ?? 0) + n.selfSize);
+    (n.children ?? []).forEach(walk);
+  };
+  walk(result.profile.head);
+  const bytes = [...self.values()].reduce((a, b) => a + b, 0);
+  console.log(`${total} requests in ${seconds.toFixed(1)} s, ${inFlight} in flight; ${(bytes / total / 1024).toFixed(1)} KB of JavaScript objects allocated per request (sampled)`);
+  console.log("bytes allocated per request, by allocating function, top 30:");
+  for (const [name, b] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(`${(b / total).toFixed(0).padStart(8)}  ${name.slice(0, 150)}`);
+  process.exit(0);
+}
 await call("Profiler.enable");
 await call("Profiler.setSamplingInterval", { interval: 100 });
 await call("Profiler.start");
-const t0 = performance.now();
-let sent = 0;
-await Promise.all(Array.from({ length: inFlight }, async () => { while (sent++ < total) await send(); }));
-const seconds = (performance.now() - t0) / 1000;
+const seconds = await load();
 const { result } = await call("Profiler.stop");
 ws.close();
 await gw.stop();
