@@ -36,6 +36,29 @@ for (const [name, start] of Object.entries(runtimes)) {
       assert.match(r.headers.get("x-request-id"), /^req_[0-9a-f]{24}$/);
     });
 
+    it("reads a body of unknown length as one of declared length, and refuses either over 4 MiB with 413", async () => {
+      // Without a content-length (chunked), the body arrives in pieces the host must join.
+      const pieces = (parts) =>
+        new ReadableStream({
+          start(controller) {
+            for (const p of parts) controller.enqueue(new TextEncoder().encode(p));
+            controller.close();
+          },
+        });
+      const json = JSON.stringify(chat("mock", "chunked"));
+      const send = (body) =>
+        fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${KEY}` }, body, duplex: "half" });
+      const chunked = await send(pieces([json.slice(0, 10), json.slice(10, 30), json.slice(30)]));
+      assert.equal(chunked.status, 200);
+      assert.equal((await chunked.json()).object, "chat.completion");
+      const huge = JSON.stringify(chat("mock", "x".repeat((4 << 20) + 10)));
+      for (const body of [huge, pieces(Array.from({ length: 5 }, (_, i) => huge.slice(i * (huge.length / 5), (i + 1) * (huge.length / 5))))]) {
+        const r = await send(body);
+        assert.equal(r.status, 413);
+        assert.equal((await r.json()).error.code, "payload_too_large");
+      }
+    });
+
     it("refuses oversized headers with 431 and grants no cross-origin access", async () => {
       const big = await fetch(`${gw.url}/v1/chat/completions`, {
         method: "POST",

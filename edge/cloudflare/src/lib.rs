@@ -16,11 +16,11 @@ use edgegate_core::ports::{
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
-use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
+use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES, MAX_UPSTREAM_BYTES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use worker::SqlStorageValue;
-use worker::{Context, Env, Fetch, Headers, HttpRequest, Method, Request, RequestInit, Response, console_log, durable_object, event};
+use worker::{Context, Env, Headers, Method, Request, RequestInit, Response, console_log, durable_object, event};
 
 thread_local! {
     /// One gateway per isolate: the compiled policy outlives requests.
@@ -35,23 +35,10 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: HttpRequest, env: Env, ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let host = CfHost(Rc::new(Inner { env, ctx }));
     let gateway = GATEWAY.with(Rc::clone);
-    let (parts, mut body) = req.into_parts();
-    let mut buf = Vec::new();
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
-        if buf.len() > MAX_REQUEST_BYTES {
-            break; // the core answers 413; no need to read the rest
-        }
-    }
-    let mut request = http::Request::from_parts(parts, Bytes::from(buf));
-    // The location: the colo that suffixes `cf-ray` (`Cf::colo` panics when the runtime leaves it out).
-    let colo = request.headers().get("cf-ray").and_then(|v| v.to_str().ok()).and_then(|r| r.rsplit_once('-')).map(|(_, c)| c.to_owned());
-    let cf = request.extensions().get::<worker::Cf>();
-    let origin = Origin { country: cf.and_then(|c| c.country()), continent: cf.and_then(|c| c.continent()), colo, asserted: false };
-    request.extensions_mut().insert(origin);
+    let request = incoming(&req).await?;
     let resp = gateway.handle(&host, request).await;
     let (parts, body) = resp.into_parts();
     let headers = Headers::new();
@@ -65,6 +52,52 @@ async fn fetch(req: HttpRequest, env: Env, ctx: Context) -> worker::Result<Respo
         edgegate_core::Body::Stream(s) => Response::from_stream(s.map(Ok::<Bytes, worker::Error>))?,
     };
     Ok(resp.with_status(parts.status.as_u16()).with_headers(headers))
+}
+
+/// The client's request as the core takes it, read with few JavaScript objects: every request
+/// allocates some, and in workerd each adds to the young-generation collections that make up the
+/// tail latency (docs/benchmarks.md). A body of declared length is read in one `arrayBuffer()`;
+/// one of unknown length, chunk by chunk up to the core's limit.
+async fn incoming(req: &worker::web_sys::Request) -> worker::Result<http::Request<Bytes>> {
+    use worker::worker_sys::ext::RequestExt;
+    let mut builder = http::Request::builder().method(req.method().as_str()).uri(req.url());
+    let headers = Headers(req.headers());
+    let mut length = None;
+    for (name, value) in headers.entries() {
+        if name == "content-length" {
+            length = value.parse::<usize>().ok();
+        }
+        builder = builder.header(name, value);
+    }
+    let body = match req.body() {
+        None => Bytes::new(),
+        Some(_) if length.is_some_and(|n| n <= MAX_REQUEST_BYTES) => {
+            let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer()?).await?;
+            Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec())
+        }
+        Some(stream) => {
+            let mut chunks = worker::ByteStream::from(stream);
+            let mut buf = Vec::new();
+            while let Some(chunk) = chunks.next().await {
+                buf.extend_from_slice(&chunk?);
+                if buf.len() > MAX_REQUEST_BYTES {
+                    break; // the core answers 413; no need to read the rest
+                }
+            }
+            Bytes::from(buf)
+        }
+    };
+    let mut request = builder.body(body).map_err(|e| worker::Error::RustError(format!("unusable request: {e}")))?;
+    // The location: the colo that suffixes `cf-ray`, and the country and continent the runtime
+    // resolved (absent locally unless the runtime is told them).
+    let colo = request.headers().get("cf-ray").and_then(|v| v.to_str().ok()).and_then(|r| r.rsplit_once('-')).map(|(_, c)| c.to_owned());
+    let cf = req.cf();
+    let field = |read: fn(&worker::worker_sys::IncomingRequestCfProperties) -> Result<Option<String>, wasm_bindgen::JsValue>| {
+        cf.as_ref().and_then(|c| read(c).ok().flatten())
+    };
+    let origin = Origin { country: field(|c| c.country()), continent: field(|c| c.continent()), colo, asserted: false };
+    request.extensions_mut().insert(origin);
+    Ok(request)
 }
 
 struct Inner {
@@ -204,28 +237,52 @@ impl Upstream for CfHost {
         if request.uri().scheme_str() == Some(edgegate_core::providers::workers_ai::SCHEME) {
             return self.run_ai(&request).await;
         }
-        let unavailable = |e: worker::Error| Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {e}"));
+        use wasm_bindgen::JsCast;
+        use worker::wasm_bindgen_futures::JsFuture;
+        let unavailable = |e: wasm_bindgen::JsValue| {
+            Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {}", worker::Error::from(e)))
+        };
         let (parts, body) = request.into_parts();
-        let headers = Headers::new();
+        // The runtime's `fetch` with a plain init: no `Request` object, one `Headers`.
+        let headers = worker::web_sys::Headers::new().map_err(unavailable)?;
         for (name, value) in &parts.headers {
             if let Ok(v) = value.to_str() {
                 headers.append(name.as_str(), v).map_err(unavailable)?;
             }
         }
-        let mut init = RequestInit::new();
-        init.with_method(Method::from(parts.method.to_string())).with_headers(headers).with_body(Some(js_sys_bytes(&body)));
-        let req = Request::new_with_init(&parts.uri.to_string(), &init).map_err(unavailable)?;
-        let mut resp = Fetch::Request(req).send().await.map_err(unavailable)?;
-        let status = resp.status_code();
-        let mut out = http::Response::builder().status(status);
-        for (name, value) in resp.headers().entries() {
+        let init = worker::web_sys::RequestInit::new();
+        init.set_method(parts.method.as_str());
+        init.set_headers(&headers);
+        init.set_body(&js_sys_bytes(&body));
+        let global: worker::web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
+        let resp: worker::web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&parts.uri.to_string(), &init))
+            .await
+            .and_then(|r| r.dyn_into())
+            .map_err(unavailable)?;
+        let mut out = http::Response::builder().status(resp.status());
+        let (mut length, mut events) = (None, false);
+        for (name, value) in Headers(resp.headers()).entries() {
+            match name.as_str() {
+                "content-length" => length = value.parse::<usize>().ok(),
+                "content-type" => events = value.starts_with("text/event-stream"),
+                _ => {}
+            }
             out = out.header(name, value);
         }
-        let stream: ByteStream = match resp.stream() {
-            Ok(s) => Box::pin(s.map(|chunk| {
+        let broke = |e: wasm_bindgen::JsValue| {
+            Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {}", worker::Error::from(e)))
+        };
+        // A body of declared length that is not an event stream is read in one `arrayBuffer()`
+        // when the core first polls it (so its waits still apply); any other chunk by chunk.
+        let stream: ByteStream = match resp.body() {
+            Some(_) if !events && length.is_some_and(|n| n <= MAX_UPSTREAM_BYTES) => Box::pin(futures::stream::once(async move {
+                let buf = JsFuture::from(resp.array_buffer().map_err(broke)?).await.map_err(broke)?;
+                Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
+            })),
+            Some(s) => Box::pin(worker::ByteStream::from(s).map(|chunk| {
                 chunk.map(Bytes::from).map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {e}")))
             })),
-            Err(_) => Box::pin(futures::stream::empty()),
+            None => Box::pin(futures::stream::empty()),
         };
         out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
     }
