@@ -19,7 +19,7 @@ export WRANGLER_SEND_METRICS=false WRANGLER_SEND_ERROR_REPORTS=false WRANGLER_HI
 
 # Rust targets pinned in rust-toolchain.toml (RUSTUP_AUTO_INSTALL may be off).
 (cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install)
-(cd "$ROOT" && rustup target add wasm32-unknown-unknown wasm32-wasip2 >/dev/null 2>&1)
+(cd "$ROOT" && rustup target add wasm32-unknown-unknown wasm32-wasip1 wasm32-wasip2 >/dev/null 2>&1)
 
 # npm packages, exactly as locked; reinstalled only when the lockfile changes.
 stamp="$ROOT/node_modules/.edgegate-lock"
