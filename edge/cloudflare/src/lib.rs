@@ -260,11 +260,12 @@ impl Upstream for CfHost {
             .and_then(|r| r.dyn_into())
             .map_err(unavailable)?;
         let mut out = http::Response::builder().status(resp.status());
-        let (mut length, mut events) = (None, false);
+        let (mut length, mut json, mut encoded) = (None, false, false);
         for (name, value) in Headers(resp.headers()).entries() {
             match name.as_str() {
                 "content-length" => length = value.parse::<usize>().ok(),
-                "content-type" => events = value.starts_with("text/event-stream"),
+                "content-type" => json = value.starts_with("application/json"),
+                "content-encoding" => encoded = value != "identity",
                 _ => {}
             }
             out = out.header(name, value);
@@ -272,10 +273,13 @@ impl Upstream for CfHost {
         let broke = |e: wasm_bindgen::JsValue| {
             Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {}", worker::Error::from(e)))
         };
-        // A body of declared length that is not an event stream is read in one `arrayBuffer()`
-        // when the core first polls it (so its waits still apply); any other chunk by chunk.
+        // A JSON answer of declared length (a non-stream answer) is read in one `arrayBuffer()`
+        // when the core first polls it, so its waits still apply; anything else chunk by chunk, so
+        // its size limit does. Not an encoded one: the runtime decodes it, and the declared length
+        // would not bound what it decodes to.
+        let whole = json && !encoded && length.is_some_and(|n| n <= MAX_UPSTREAM_BYTES);
         let stream: ByteStream = match resp.body() {
-            Some(_) if !events && length.is_some_and(|n| n <= MAX_UPSTREAM_BYTES) => Box::pin(futures::stream::once(async move {
+            Some(_) if whole => Box::pin(futures::stream::once(async move {
                 let buf = JsFuture::from(resp.array_buffer().map_err(broke)?).await.map_err(broke)?;
                 Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
             })),
