@@ -38,8 +38,8 @@ pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// Most header fields a request may carry.
 pub const MAX_HEADERS: usize = 100;
-/// Largest non-stream upstream body read; a host may read a body declared no longer in one piece.
-pub const MAX_UPSTREAM_BYTES: usize = 32 << 20;
+/// Largest non-stream upstream body read.
+const MAX_UPSTREAM_BYTES: usize = 32 << 20;
 /// Largest upstream error body read (for its message).
 const MAX_UPSTREAM_ERROR_BYTES: usize = 64 << 10;
 

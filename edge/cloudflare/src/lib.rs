@@ -16,7 +16,7 @@ use edgegate_core::ports::{
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
-use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES, MAX_UPSTREAM_BYTES};
+use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use worker::SqlStorageValue;
@@ -53,6 +53,9 @@ async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker:
     };
     Ok(resp.with_status(parts.status.as_u16()).with_headers(headers))
 }
+
+/// Largest provider answer read in one piece (see `CfHost::send`); larger ones arrive in chunks.
+const WHOLE_ANSWER_BYTES: usize = 4 << 20;
 
 /// The client's request as the core takes it, read with few JavaScript objects: every request
 /// allocates some, and in workerd each adds to the young-generation collections that make up the
@@ -273,16 +276,31 @@ impl Upstream for CfHost {
         let broke = |e: wasm_bindgen::JsValue| {
             Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {}", worker::Error::from(e)))
         };
-        // A JSON answer of declared length (a non-stream answer) is read in one `arrayBuffer()`
-        // when the core first polls it, so its waits still apply; anything else chunk by chunk, so
-        // its size limit does. Not an encoded one: the runtime decodes it, and the declared length
-        // would not bound what it decodes to.
-        let whole = json && !encoded && length.is_some_and(|n| n <= MAX_UPSTREAM_BYTES);
+        // A successful JSON answer of declared length up to `WHOLE_ANSWER_BYTES` (a non-stream
+        // answer) is read in one `arrayBuffer()` when the core first polls it, so its waits still
+        // apply; anything else chunk by chunk, so its size limit does and a body it drops is
+        // cancelled. Not an encoded one: the runtime decodes it, and the declared length would not
+        // bound what it decodes to.
+        let whole = resp.ok() && json && !encoded && length.is_some_and(|n| n <= WHOLE_ANSWER_BYTES);
         let stream: ByteStream = match resp.body() {
-            Some(_) if whole => Box::pin(futures::stream::once(async move {
-                let buf = JsFuture::from(resp.array_buffer().map_err(broke)?).await.map_err(broke)?;
-                Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
-            })),
+            Some(body) if whole => {
+                // Cancels the body if the core drops it unread (its deadline passed first).
+                struct Unread(Option<worker::web_sys::ReadableStream>);
+                impl Drop for Unread {
+                    fn drop(&mut self) {
+                        if let Some(body) = self.0.take() {
+                            let _ = body.cancel();
+                        }
+                    }
+                }
+                let unread = Unread(Some(body));
+                Box::pin(futures::stream::once(async move {
+                    let mut unread = unread;
+                    drop(unread.0.take());
+                    let buf = JsFuture::from(resp.array_buffer().map_err(broke)?).await.map_err(broke)?;
+                    Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
+                }))
+            }
             Some(s) => Box::pin(worker::ByteStream::from(s).map(|chunk| {
                 chunk.map(Bytes::from).map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {e}")))
             })),
