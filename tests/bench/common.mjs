@@ -1,5 +1,41 @@
-// Shared by the benchmark scripts: the runtime's floor and a policy over the simulator.
+// Shared by the benchmark scripts: the runtime's floor, a policy over the simulator, and a
+// fixed-rate load run by oha.
+import { spawn } from "node:child_process";
+import { homedir } from "node:os";
+import { join } from "node:path";
 import { sha256 } from "../e2e/lib.mjs";
+
+const OHA = process.env.EDGEGATE_OHA ?? join(process.env.EDGEGATE_CACHE ?? join(homedir(), ".cache", "edgegate"), "tools", "oha", "bin", "oha");
+
+/** Runs a program to its end without blocking the event loop (workerd's log pipe must keep
+ * draining, or the Worker stalls once 64 KB of records are unread); its standard output. */
+export function run(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited with ${code}`))));
+  });
+}
+
+/** One oha run (`bash tests/bench/peers-setup.sh` installs it): POSTs of `body` at a fixed
+ * `rate` for `seconds`, latency-corrected; latencies in ms. */
+export async function oha(url, headers, body, { rate, seconds }) {
+  const args = ["-z", `${seconds}s`, "-q", String(rate), "-c", "64", "--latency-correction", "--no-tui", "--output-format", "json", "-m", "POST", "-d", body];
+  for (const [k, v] of Object.entries({ "content-type": "application/json", ...headers })) args.push("-H", `${k}: ${v}`);
+  const out = JSON.parse(await run(OHA, [...args, url]));
+  const p = out.latencyPercentiles;
+  const ms = (s) => s * 1000;
+  const codes = out.statusCodeDistribution ?? {};
+  return {
+    p50: ms(p.p50),
+    p90: ms(p.p90),
+    p99: ms(p.p99),
+    max: ms(out.summary.slowest),
+    rate: out.summary.requestsPerSec,
+    ok: (codes["200"] ?? 0) / Math.max(1, Object.values(codes).reduce((a, b) => a + b, 0)),
+  };
+}
 
 /** One tenant and key (`sk-bench`), and two aliases on the simulator at `simUrl`: `counted`
  * (gpt-4o-mini, so its prompts are counted with o200k_base) and `estimated` (a model with no

@@ -18,7 +18,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { homedir, cpus } from "node:os";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
-import { startFloor } from "./common.mjs";
+import { oha, startFloor } from "./common.mjs";
 
 const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const RATE = arg("--rate", 200);
@@ -28,7 +28,6 @@ const RUNS = arg("--runs", 3);
 const only = process.argv.includes("--targets") ? process.argv[process.argv.indexOf("--targets") + 1].split(",") : null;
 const want = (name) => !only || only.includes(name);
 const CACHE = process.env.EDGEGATE_CACHE ?? join(homedir(), ".cache", "edgegate");
-const OHA = process.env.EDGEGATE_OHA ?? join(CACHE, "tools", "oha", "bin", "oha");
 const PORTKEY = join(CACHE, "bench", "portkey", "node_modules", "@portkey-ai", "gateway", "build", "start-server.js");
 const LITELLM = join(CACHE, "bench", "litellm-venv", "bin", "litellm");
 const LITELLM_KEY = "sk-litellm-bench-4f1c9a7e2b8d6035";
@@ -54,34 +53,7 @@ async function serve(cmd, args, env, url) {
   throw new Error(`${cmd} did not answer at ${url}: ${err}`);
 }
 
-/** Runs a program to its end without blocking the event loop (workerd's log pipe must keep
- * draining, or the Worker stalls once 64 KB of records are unread); its standard output. */
-function run(cmd, args) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => (out += d));
-    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited with ${code}`))));
-  });
-}
-
-/** One oha run: fixed rate, latency-corrected; latencies in ms. */
-async function oha(url, headers, body = BODY) {
-  const args = ["-z", `${SECONDS}s`, "-q", String(RATE), "-c", "64", "--latency-correction", "--no-tui", "--output-format", "json", "-m", "POST", "-d", body];
-  for (const [k, v] of Object.entries({ "content-type": "application/json", ...headers })) args.push("-H", `${k}: ${v}`);
-  const out = JSON.parse(await run(OHA, [...args, url]));
-  const p = out.latencyPercentiles;
-  const ms = (s) => s * 1000;
-  const codes = out.statusCodeDistribution ?? {};
-  return {
-    p50: ms(p.p50),
-    p90: ms(p.p90),
-    p99: ms(p.p99),
-    max: ms(out.summary.slowest),
-    rate: out.summary.requestsPerSec,
-    ok: (codes["200"] ?? 0) / Math.max(1, Object.values(codes).reduce((a, b) => a + b, 0)),
-  };
-}
+const load = (url, headers, body = BODY) => oha(url, headers, body, { rate: RATE, seconds: SECONDS });
 
 /** Time to first chunk of streamed answers, sequential, ms. */
 async function firstChunk(url, headers, base = BODY, n = 100) {
@@ -154,9 +126,9 @@ if (only) for (const name of Object.keys(targets)) if (name !== "direct" && !onl
 const runs = Object.fromEntries(Object.keys(targets).map((k) => [k, []]));
 const streams = {};
 try {
-  for (const t of Object.values(targets)) await oha(t.url, t.headers, t.body); // warm up every target
+  for (const t of Object.values(targets)) await load(t.url, t.headers, t.body); // warm up every target
   for (let i = 0; i < RUNS; i++) {
-    for (const [name, t] of Object.entries(targets)) runs[name].push(await oha(t.url, t.headers, t.body));
+    for (const [name, t] of Object.entries(targets)) runs[name].push(await load(t.url, t.headers, t.body));
   }
   for (const [name, t] of Object.entries(targets)) streams[name] = await firstChunk(t.url, t.headers, t.body ?? BODY);
 } finally {

@@ -7,41 +7,26 @@
 // (with EDGEGATE_UPSTREAM_SIM set, after `bash tests/bench/peers-setup.sh`). Asserts nothing.
 // With Miniflare's generated config given `v8Flags` (a local edit, see docs/benchmarks.md),
 // MF_V8_FLAGS=--trace-gc-nvp adds the runtime's collections to the log lines this prints.
-import { spawn } from "node:child_process";
-import { join } from "node:path";
-import { homedir } from "node:os";
 import { records, startSimulator, startWorkerd } from "../e2e/lib.mjs";
-import { benchPolicy } from "./common.mjs";
+import { benchPolicy, oha } from "./common.mjs";
 
 const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
-const RATE = arg("--rate", 200);
-const SECONDS = arg("--seconds", 10);
-const CACHE = process.env.EDGEGATE_CACHE ?? join(homedir(), ".cache", "edgegate");
-const OHA = process.env.EDGEGATE_OHA ?? join(CACHE, "tools", "oha", "bin", "oha");
+const load = { rate: arg("--rate", 200), seconds: arg("--seconds", 10) };
 const sim = await startSimulator();
 const gw = await startWorkerd({ policy: benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false } }) });
 const body = JSON.stringify({ model: "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
-const oha = () =>
-  new Promise((resolve, reject) => {
-    const args = ["-z", `${SECONDS}s`, "-q", String(RATE), "-c", "64", "--latency-correction", "--no-tui", "--output-format", "json", "-m", "POST", "-d", body];
-    args.push("-H", "content-type: application/json", "-H", "authorization: Bearer sk-bench", `${gw.url}/v1/chat/completions`);
-    const child = spawn(OHA, args, { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => (out += d));
-    child.once("exit", (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`oha exited with ${code}`))));
-  });
+const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench" }, body, load);
 try {
-  await oha(); // warm up
+  await run(); // warm up
   gw.lines.length = 0;
-  const client = await oha();
+  const client = await run();
   await new Promise((r) => setTimeout(r, 500));
   const recs = records(gw.lines);
   const q = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
   const own = recs.map((r) => r.duration_ms);
   const upstream = recs.map((r) => r.attempts.reduce((s, a) => s + a.duration_ms, 0));
-  const ms = (s) => (s * 1000).toFixed(2);
-  console.log(`${RATE}/s for ${SECONDS} s; ms`);
-  console.log(`client (oha):      p50 ${ms(client.latencyPercentiles.p50)}  p99 ${ms(client.latencyPercentiles.p99)}  max ${ms(client.summary.slowest)}`);
+  console.log(`${load.rate}/s for ${load.seconds} s; ms`);
+  console.log(`client (oha):      p50 ${client.p50.toFixed(2)}  p99 ${client.p99.toFixed(2)}  max ${client.max.toFixed(2)}`);
   console.log(`records (${recs.length}):   p50 ${q(own, 0.5)}  p99 ${q(own, 0.99)}  max ${Math.max(...own)}   upstream attempts: p50 ${q(upstream, 0.5)}  p99 ${q(upstream, 0.99)}  max ${Math.max(...upstream)}`);
   const t0 = Math.min(...recs.map((r) => r.start_ms));
   console.log(`records of 5 ms or more, as start (ms into the run):duration: ${recs.filter((r) => r.duration_ms >= 5).map((r) => `${r.start_ms - t0}:${r.duration_ms}`).join(" ")}`);

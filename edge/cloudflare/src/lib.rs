@@ -273,9 +273,7 @@ impl Upstream for CfHost {
             }
             out = out.header(name, value);
         }
-        let broke = |e: wasm_bindgen::JsValue| {
-            Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {}", worker::Error::from(e)))
-        };
+        let broke = |e: worker::Error| Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {e}"));
         // A successful JSON answer of declared length up to `WHOLE_ANSWER_BYTES` (a non-stream
         // answer) is read in one `arrayBuffer()` when the core first polls it, so its waits still
         // apply; anything else chunk by chunk, so its size limit does and a body it drops is
@@ -297,13 +295,11 @@ impl Upstream for CfHost {
                 Box::pin(futures::stream::once(async move {
                     let mut unread = unread;
                     drop(unread.0.take());
-                    let buf = JsFuture::from(resp.array_buffer().map_err(broke)?).await.map_err(broke)?;
+                    let buf = JsFuture::from(resp.array_buffer().map_err(|e| broke(e.into()))?).await.map_err(|e| broke(e.into()))?;
                     Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
                 }))
             }
-            Some(s) => Box::pin(worker::ByteStream::from(s).map(|chunk| {
-                chunk.map(Bytes::from).map_err(|e| Error::new(ErrorKind::UpstreamUnavailable, format!("provider stream broke: {e}")))
-            })),
+            Some(s) => Box::pin(worker::ByteStream::from(s).map(move |chunk| chunk.map(Bytes::from).map_err(broke))),
             None => Box::pin(futures::stream::empty()),
         };
         out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
