@@ -38,6 +38,25 @@ pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// Most header fields a request may carry.
 pub const MAX_HEADERS: usize = 100;
+
+/// Marks a request its host could not read whole: a header value the `http` crate refuses (a
+/// control byte, which some runtimes pass through), or a body the client broke off. The host
+/// hands the core what it could read, through [`Unreadable::request`], and the core answers 400
+/// in the caller's dialect, with an `x-request-id` and a record, like any other refusal.
+#[derive(Clone, Debug)]
+pub struct Unreadable(pub String);
+
+impl Unreadable {
+    /// A request of `method` to `uri` (each replaced by `POST` and `/` if unusable), without its
+    /// headers or body, marked unreadable because of `why`.
+    pub fn request(method: &str, uri: &str, why: impl Into<String>) -> http::Request<Bytes> {
+        let mut req = http::Request::new(Bytes::new());
+        *req.method_mut() = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
+        *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        req.extensions_mut().insert(Unreadable(why.into()));
+        req
+    }
+}
 /// Largest non-stream upstream body read.
 const MAX_UPSTREAM_BYTES: usize = 32 << 20;
 /// Largest upstream error body read (for its message).
@@ -477,7 +496,10 @@ impl Gateway {
         };
         let dialect = route.as_ref().map_or(&dialect::openai::OpenAi as &dyn Dialect, |r| r.dialect());
         let route_name = route.as_ref().map_or("unmatched", |r| r.name());
-        let route = route.and_then(|r| headers_within_limits(req.headers()).map(|()| r));
+        let route = route.and_then(|r| match req.extensions().get::<Unreadable>() {
+            Some(Unreadable(why)) => Err(Error::new(ErrorKind::InvalidRequest, format!("the request could not be read: {why}"))),
+            None => headers_within_limits(req.headers()).map(|()| r),
+        });
         let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::traces::parse_traceparent);
         let mut ids = [0u8; 24];
         host.fill(&mut ids);

@@ -39,6 +39,6 @@ pub mod tokenizer;
 pub mod traces;
 
 pub use error::{Error, ErrorKind, Retry, Side};
-pub use gateway::{Body, Gateway, MAX_HEADER_BYTES, MAX_HEADERS, MAX_REQUEST_BYTES};
+pub use gateway::{Body, Gateway, MAX_HEADER_BYTES, MAX_HEADERS, MAX_REQUEST_BYTES, Unreadable};
 pub use policy::Policy;
 pub use ports::{ByteStream, Host};

@@ -191,6 +191,29 @@ fn oversized_headers_get_431_and_a_request_at_the_limit_is_served() {
 }
 
 #[test]
+fn a_request_its_host_could_not_read_gets_400_in_the_callers_dialect_and_is_recorded() {
+    use edgegate_core::Unreadable;
+    let (h, gw) = (host(), Gateway::new());
+    let why = "header `x-note` has a control byte";
+    let a = call(&h, &gw, Unreadable::request("POST", "https://gw.example/v1/chat/completions", why));
+    assert_eq!((a.status, a.code().as_str()), (400, "invalid_request"), "{}", a.body);
+    assert!(a.json()["error"]["message"].as_str().is_some_and(|m| m.contains(why)), "{}", a.body);
+    assert!(a.headers.contains_key("x-request-id"));
+    let a = call(&h, &gw, Unreadable::request("POST", "https://gw.example/v1/messages", why));
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["type"].as_str(), Some("error"), "in the Anthropic dialect: {}", a.body);
+    // What the host could not read is refused even where the route alone would have answered.
+    assert_eq!(call(&h, &gw, Unreadable::request("GET", "/healthz", why)).status, 400);
+    // An unknown path stays unknown; an unusable method or URI does not break the answer.
+    assert_eq!(call(&h, &gw, Unreadable::request("POST", "/nowhere", why)).status, 404);
+    assert_eq!(call(&h, &gw, Unreadable::request("BAD METHOD", "not a uri", why)).status, 404);
+    let recs = h.records();
+    assert_eq!(recs.len(), 5, "every refusal is recorded");
+    assert_eq!(recs[0].error, Some("invalid_request"));
+    assert_eq!((recs[0].route, recs[0].status), ("POST /v1/chat/completions", 400));
+}
+
+#[test]
 fn the_admin_api_is_off_unless_turned_on_and_cors_is_never_granted() {
     let (h, gw) = (host(), Gateway::new());
     h.set_secret("EDGEGATE_ADMIN_KEY", "sk-boot");

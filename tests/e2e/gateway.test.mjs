@@ -3,6 +3,7 @@
 
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { startSimulator, startSpin, startWorkerd, sseData, awayFromMinuteEdge, recordOf, ADMIN_KEY } from "./lib.mjs";
@@ -56,6 +57,51 @@ for (const [name, start] of Object.entries(runtimes)) {
         const r = await send(body);
         assert.equal(r.status, 413);
         assert.equal((await r.json()).error.code, "payload_too_large");
+      }
+    });
+
+    it("refuses a header value with a control byte with 400 in the caller's dialect", async () => {
+      // Node's clients refuse to send one; a raw connection does. workerd hands it to the Worker,
+      // which cannot carry it into the core's request; Spin's HTTP server refuses it itself.
+      const body = JSON.stringify(chat("mock"));
+      const head = (path, value) =>
+        `POST ${path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\n` +
+        `x-note: ${value}\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`;
+      const raw = (text) =>
+        new Promise((resolve, reject) => {
+          const url = new URL(gw.url);
+          const socket = net.connect(Number(url.port), url.hostname, () => socket.write(text, "latin1"));
+          let got = "";
+          socket.on("data", (d) => (got += d.toString("latin1")));
+          socket.on("end", () => resolve(got));
+          socket.on("error", reject);
+        });
+      const parse = (text) => {
+        const [top, ...rest] = text.split("\r\n\r\n");
+        const [status, ...fields] = top.split("\r\n");
+        const headers = Object.fromEntries(fields.map((f) => [f.slice(0, f.indexOf(":")).toLowerCase(), f.slice(f.indexOf(":") + 1).trim()]));
+        return { status: Number(status.split(" ")[1]), headers, body: rest.join("\r\n\r\n") };
+      };
+      for (const value of ["a\x01b", "a\x7fb"]) {
+        const r = parse(await raw(head("/v1/chat/completions", value)));
+        assert.equal(r.status, 400, JSON.stringify(value));
+        if (name === "workerd") {
+          assert.equal(JSON.parse(r.body).error.code, "invalid_request");
+          assert.match(JSON.parse(r.body).error.message, /header `x-note`/);
+          assert.match(r.headers["x-request-id"], /^req_[0-9a-f]{24}$/);
+          const record = await recordOf(gw, r.headers["x-request-id"]);
+          assert.equal(record.error, "invalid_request");
+        }
+      }
+      if (name === "workerd") {
+        const r = parse(await raw(head("/v1/messages", "a\x01b")));
+        assert.equal(r.status, 400);
+        assert.equal(JSON.parse(r.body).type, "error", "in the Anthropic dialect");
+      }
+      // Bytes above 0x7f are obs-text, which HTTP allows: served, as Latin-1 or as UTF-8.
+      for (const value of ["caf\xe9", "caf\xc3\xa9"]) {
+        const served = parse(await raw(head("/v1/chat/completions", value)));
+        assert.equal(served.status, 200, JSON.stringify(value));
       }
     });
 

@@ -16,7 +16,7 @@ use edgegate_core::ports::{
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
-use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
+use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES, Unreadable};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use worker::SqlStorageValue;
@@ -38,7 +38,7 @@ fn start() {
 async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let host = CfHost(Rc::new(Inner { env, ctx }));
     let gateway = GATEWAY.with(Rc::clone);
-    let request = incoming(&req).await?;
+    let request = incoming(&req).await.unwrap_or_else(|why| Unreadable::request(&req.method(), &req.url(), why));
     let resp = gateway.handle(&host, request).await;
     let (parts, body) = resp.into_parts();
     let headers = Headers::new();
@@ -60,29 +60,34 @@ const WHOLE_ANSWER_BYTES: usize = 4 << 20;
 /// The client's request as the core takes it, read with few JavaScript objects: every request
 /// allocates some, and in workerd each adds to the young-generation collections that make up the
 /// tail latency (docs/benchmarks.md). A body of declared length is read in one `arrayBuffer()`;
-/// one of unknown length, chunk by chunk up to the core's limit.
-async fn incoming(req: &worker::web_sys::Request) -> worker::Result<http::Request<Bytes>> {
+/// one of unknown length, chunk by chunk up to the core's limit. What cannot be read (workerd
+/// passes header values with control bytes, which the `http` crate refuses; a client may break
+/// off its body) is said in the error, which the core answers with a 400.
+async fn incoming(req: &worker::web_sys::Request) -> Result<http::Request<Bytes>, String> {
     use worker::worker_sys::ext::RequestExt;
-    let mut builder = http::Request::builder().method(req.method().as_str()).uri(req.url());
-    let headers = Headers(req.headers());
+    let mut head = http::HeaderMap::new();
     let mut length = None;
-    for (name, value) in headers.entries() {
-        if name == "content-length" {
-            length = value.parse::<usize>().ok();
+    for (name, value) in Headers(req.headers()).entries() {
+        let name = http::HeaderName::try_from(name).map_err(|_| "a header name has a character HTTP does not allow".to_owned())?;
+        let value =
+            http::HeaderValue::try_from(value).map_err(|_| format!("the value of header `{name}` has a character HTTP does not allow"))?;
+        if name == http::header::CONTENT_LENGTH {
+            length = value.to_str().ok().and_then(|v| v.parse::<usize>().ok());
         }
-        builder = builder.header(name, value);
+        head.append(name, value);
     }
+    let unread = |e: wasm_bindgen::JsValue| format!("its body could not be read: {}", worker::Error::from(e));
     let body = match req.body() {
         None => Bytes::new(),
         Some(_) if length.is_some_and(|n| n <= MAX_REQUEST_BYTES) => {
-            let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer()?).await?;
+            let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer().map_err(unread)?).await.map_err(unread)?;
             Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec())
         }
         Some(stream) => {
             let mut chunks = worker::ByteStream::from(stream);
             let mut buf = Vec::new();
             while let Some(chunk) = chunks.next().await {
-                buf.extend_from_slice(&chunk?);
+                buf.extend_from_slice(&chunk.map_err(|e| format!("its body could not be read: {e}"))?);
                 if buf.len() > MAX_REQUEST_BYTES {
                     break; // the core answers 413; no need to read the rest
                 }
@@ -90,7 +95,10 @@ async fn incoming(req: &worker::web_sys::Request) -> worker::Result<http::Reques
             Bytes::from(buf)
         }
     };
-    let mut request = builder.body(body).map_err(|e| worker::Error::RustError(format!("unusable request: {e}")))?;
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::from_bytes(req.method().as_bytes()).map_err(|_| "its method is not a valid token".to_owned())?;
+    *request.uri_mut() = req.url().parse().map_err(|_| "its URL has a character HTTP does not allow".to_owned())?;
+    *request.headers_mut() = head;
     // The location: the colo that suffixes `cf-ray`, and the country and continent the runtime
     // resolved (absent locally unless the runtime is told them).
     let colo = request.headers().get("cf-ray").and_then(|v| v.to_str().ok()).and_then(|r| r.rsplit_once('-')).map(|(_, c)| c.to_owned());

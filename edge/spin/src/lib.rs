@@ -20,7 +20,7 @@ use edgegate_core::ports::{
 };
 use edgegate_core::routing::Origin;
 use edgegate_core::telemetry::RequestRecord;
-use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES};
+use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES, Unreadable};
 use futures::{SinkExt, StreamExt};
 use spin_sdk::http::conversions::TryIntoOutgoingRequest;
 use spin_sdk::http::{ErrorCode, Fields, IncomingRequest, IncomingResponse, OutgoingRequest, OutgoingResponse, ResponseOutparam};
@@ -62,10 +62,7 @@ mod preinit {
 
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let host = SpinHost::default();
-    let mut request = match read_request(req).await {
-        Ok(r) => r,
-        Err(e) => http::Request::new(Bytes::from(e)), // unreadable body: the core answers 404/405/400
-    };
+    let mut request = read_request(req).await;
     request.extensions_mut().insert(deployment_origin());
     // A Spin instance serves one request, so health is read from and written to the counter
     // store on each (see `Gateway::per_request`).
@@ -104,32 +101,42 @@ fn deployment_origin() -> Origin {
     }
 }
 
-async fn read_request(req: IncomingRequest) -> Result<http::Request<Bytes>, String> {
-    let method = match req.method() {
-        spin_sdk::http::Method::Get => http::Method::GET,
-        spin_sdk::http::Method::Post => http::Method::POST,
-        spin_sdk::http::Method::Put => http::Method::PUT,
-        spin_sdk::http::Method::Delete => http::Method::DELETE,
-        spin_sdk::http::Method::Patch => http::Method::PATCH,
-        spin_sdk::http::Method::Head => http::Method::HEAD,
-        spin_sdk::http::Method::Options => http::Method::OPTIONS,
-        spin_sdk::http::Method::Connect => http::Method::CONNECT,
-        spin_sdk::http::Method::Trace => http::Method::TRACE,
-        spin_sdk::http::Method::Other(m) => http::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?,
-    };
-    let mut builder = http::Request::builder().method(method).uri(req.path_with_query().unwrap_or_else(|| "/".into()));
+/// The client's request as the core takes it. What cannot be read (a method or header the `http`
+/// crate refuses, a body the client broke off) is said in an [`Unreadable`] request, which the
+/// core answers with a 400.
+async fn read_request(req: IncomingRequest) -> http::Request<Bytes> {
+    let method = req.method().to_string();
+    let uri = req.path_with_query().unwrap_or_else(|| "/".into());
+    let refuse = |why: String| Unreadable::request(&method, &uri, why);
+    let mut head = http::HeaderMap::new();
     for (name, value) in req.headers().entries() {
-        builder = builder.header(name, value);
+        let Ok(name) = http::HeaderName::try_from(name) else {
+            return refuse("a header name has a character HTTP does not allow".into());
+        };
+        let Ok(value) = http::HeaderValue::try_from(value) else {
+            return refuse(format!("the value of header `{name}` has a character HTTP does not allow"));
+        };
+        head.append(name, value);
     }
+    let (Ok(m), Ok(u)) = (http::Method::from_bytes(method.as_bytes()), uri.parse::<http::Uri>()) else {
+        return refuse("its method or URL has a character HTTP does not allow".into());
+    };
     let mut body = Vec::new();
     let mut chunks = req.into_body_stream();
     while let Some(chunk) = chunks.next().await {
-        body.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        match chunk {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(e) => return refuse(format!("its body could not be read: {e}")),
+        }
         if body.len() > MAX_REQUEST_BYTES {
             break; // the core answers 413
         }
     }
-    builder.body(Bytes::from(body)).map_err(|e| e.to_string())
+    let mut request = http::Request::new(Bytes::from(body));
+    *request.method_mut() = m;
+    *request.uri_mut() = u;
+    *request.headers_mut() = head;
+    request
 }
 
 /// The core's ports over Spin's interfaces. One per request (Spin instantiates per request).
