@@ -1788,15 +1788,17 @@ impl Stream for Deadline {
 
 /// Reads a whole body, up to `limit` bytes.
 async fn collect(mut body: ByteStream, limit: usize) -> Result<Bytes, Error> {
-    let mut buf = Vec::new();
+    let (mut chunks, mut size) = (Vec::<Bytes>::new(), 0);
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
-        if buf.len() + chunk.len() > limit {
+        size += chunk.len();
+        if size > limit {
             return Err(Error::new(ErrorKind::UpstreamProtocol, format!("provider response exceeds {limit} bytes")));
         }
-        buf.extend_from_slice(&chunk);
+        chunks.push(chunk);
     }
-    Ok(Bytes::from(buf))
+    // An answer in one piece (as the Worker reads a JSON answer of declared length) is not copied.
+    Ok(if chunks.len() == 1 { chunks.swap_remove(0) } else { Bytes::from(chunks.concat()) })
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {

@@ -316,6 +316,27 @@ fn a_provider_rejection_is_the_callers_400_and_stops_the_walk() {
 }
 
 #[test]
+fn an_answer_in_pieces_is_joined_and_one_over_the_limit_is_refused() {
+    let (h, gw) = (host(), Gateway::new());
+    let upstream = r#"{"id":"x","object":"chat.completion","created":1,"model":"gpt-x","choices":[{"index":0,"message":{"role":"assistant","content":"hey"},"finish_reason":"stop"}]}"#;
+    let pieces = |text: &str, n: usize| -> Vec<Result<Bytes, Error>> {
+        let size = text.len().div_ceil(n);
+        text.as_bytes().chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect()
+    };
+    h.script(Scripted::Respond { status: 200, headers: vec![], chunks: pieces(upstream, 3) });
+    let a = call(&h, &gw, post(Some("sk-acme"), &chat("real", false)));
+    assert_eq!((a.status, a.body.as_str()), (200, upstream));
+    // An answer is read up to 32 MiB: a larger one, in pieces, fails this provider, and the next
+    // one answers.
+    let big = format!(r#"{{"choices":[{{"message":{{"content":"{}"}}}}]}}"#, "x".repeat(33 << 20));
+    h.script(Scripted::Respond { status: 200, headers: vec![], chunks: pieces(&big, 40) });
+    h.script(Scripted::json(200, upstream));
+    let a = call(&h, &gw, post(Some("sk-acme"), &chat("real", false)));
+    assert_eq!((a.status, a.body.as_str()), (200, upstream));
+    assert_eq!(h.records()[1].attempts[0].error, Some("upstream_protocol_error"));
+}
+
+#[test]
 fn a_missing_credential_moves_on_to_the_next_candidate() {
     let h = TestHost::new(T0, &policy());
     let gw = Gateway::new();

@@ -32,26 +32,65 @@ thread_local! {
 #[event(start)]
 fn start() {
     edgegate_core::firewall::prepare();
+    for s in INTERNED {
+        wasm_bindgen::intern(s);
+    }
 }
 
+/// Strings the Worker sends to JavaScript on most requests (header names, and values that do not
+/// vary), kept on the JavaScript side once: each crossing of one then creates no string and no
+/// view of wasm memory (wasm-bindgen's `enable-interning`).
+const INTERNED: &[&str] = &[
+    "POST",
+    "accept",
+    "application/json",
+    "authorization",
+    "cache-control",
+    "content-type",
+    "no-cache",
+    "retry-after",
+    "text/event-stream",
+    "traceparent",
+    "x-edgegate-cache",
+    "x-edgegate-policy-version",
+    "x-request-id",
+    "x-should-retry",
+];
+
 #[event(fetch)]
-async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker::Result<worker::web_sys::Response> {
+    use wasm_bindgen::JsCast;
     let host = CfHost(Rc::new(Inner { env, ctx }));
     let gateway = GATEWAY.with(Rc::clone);
     let request = incoming(&req).await.unwrap_or_else(|why| Unreadable::request(&req.method(), &req.url(), why));
     let resp = gateway.handle(&host, request).await;
     let (parts, body) = resp.into_parts();
-    let headers = Headers::new();
-    for (name, value) in &parts.headers {
+    let init = worker::web_sys::ResponseInit::new();
+    init.set_status(parts.status.as_u16());
+    init.set_headers_headers(&headers_of(&parts.headers)?);
+    let resp = match body {
+        edgegate_core::Body::Full(bytes) => {
+            worker::web_sys::Response::new_with_opt_buffer_source_and_init(Some(&worker::js_sys::Uint8Array::from(&bytes[..])), &init)
+        }
+        edgegate_core::Body::Stream(s) => {
+            let chunks = s.map(|chunk| Ok(worker::js_sys::Uint8Array::from(&chunk[..]).into()));
+            let stream: worker::web_sys::ReadableStream = wasm_streams::ReadableStream::from_stream(chunks).into_raw().unchecked_into();
+            worker::web_sys::Response::new_with_opt_readable_stream_and_init(Some(&stream), &init)
+        }
+    };
+    resp.map_err(worker::Error::from)
+}
+
+/// `headers` as the runtime's. A value that is not visible ASCII (which JavaScript would read as
+/// Latin-1, not UTF-8) is left out.
+fn headers_of(headers: &http::HeaderMap) -> Result<worker::web_sys::Headers, wasm_bindgen::JsValue> {
+    let out = worker::web_sys::Headers::new()?;
+    for (name, value) in headers {
         if let Ok(v) = value.to_str() {
-            headers.append(name.as_str(), v)?;
+            out.append(name.as_str(), v)?;
         }
     }
-    let resp = match body {
-        edgegate_core::Body::Full(bytes) => Response::from_bytes(bytes.to_vec())?,
-        edgegate_core::Body::Stream(s) => Response::from_stream(s.map(Ok::<Bytes, worker::Error>))?,
-    };
-    Ok(resp.with_status(parts.status.as_u16()).with_headers(headers))
+    Ok(out)
 }
 
 /// Largest provider answer read in one piece (see `CfHost::send`); larger ones arrive in chunks.
@@ -77,23 +116,22 @@ async fn incoming(req: &worker::web_sys::Request) -> Result<http::Request<Bytes>
         head.append(name, value);
     }
     let unread = |e: wasm_bindgen::JsValue| format!("its body could not be read: {}", worker::Error::from(e));
-    let body = match req.body() {
-        None => Bytes::new(),
-        Some(_) if length.is_some_and(|n| n <= MAX_REQUEST_BYTES) => {
-            let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer().map_err(unread)?).await.map_err(unread)?;
-            Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec())
-        }
-        Some(stream) => {
-            let mut chunks = worker::ByteStream::from(stream);
-            let mut buf = Vec::new();
-            while let Some(chunk) = chunks.next().await {
-                buf.extend_from_slice(&chunk.map_err(|e| format!("its body could not be read: {e}"))?);
-                if buf.len() > MAX_REQUEST_BYTES {
-                    break; // the core answers 413; no need to read the rest
-                }
+    // Declared length: one `arrayBuffer()`, without the stream object `body` would make.
+    let body = if length.is_some_and(|n| n <= MAX_REQUEST_BYTES) {
+        let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer().map_err(unread)?).await.map_err(unread)?;
+        Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec())
+    } else if let Some(stream) = req.body() {
+        let mut chunks = worker::ByteStream::from(stream);
+        let mut buf = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| format!("its body could not be read: {e}"))?);
+            if buf.len() > MAX_REQUEST_BYTES {
+                break; // the core answers 413; no need to read the rest
             }
-            Bytes::from(buf)
         }
+        Bytes::from(buf)
+    } else {
+        Bytes::new()
     };
     let mut request = http::Request::new(body);
     *request.method_mut() = http::Method::from_bytes(req.method().as_bytes()).map_err(|_| "its method is not a valid token".to_owned())?;
@@ -126,8 +164,13 @@ fn store_error(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl Clock for CfHost {
     fn now_ms(&self) -> u64 {
-        worker::Date::now().as_millis()
+        now_ms()
     }
+}
+
+/// `Date.now()`: the time without a `Date` object (the core asks several times a request).
+fn now_ms() -> u64 {
+    worker::js_sys::Date::now() as u64
 }
 
 impl Timer for CfHost {
@@ -255,15 +298,9 @@ impl Upstream for CfHost {
         };
         let (parts, body) = request.into_parts();
         // The runtime's `fetch` with a plain init: no `Request` object, one `Headers`.
-        let headers = worker::web_sys::Headers::new().map_err(unavailable)?;
-        for (name, value) in &parts.headers {
-            if let Ok(v) = value.to_str() {
-                headers.append(name.as_str(), v).map_err(unavailable)?;
-            }
-        }
         let init = worker::web_sys::RequestInit::new();
         init.set_method(parts.method.as_str());
-        init.set_headers(&headers);
+        init.set_headers_headers(&headers_of(&parts.headers).map_err(unavailable)?);
         init.set_body(&js_sys_bytes(&body));
         let global: worker::web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
         let resp: worker::web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&parts.uri.to_string(), &init))
@@ -288,27 +325,31 @@ impl Upstream for CfHost {
         // cancelled. Not an encoded one: the runtime decodes it, and the declared length would not
         // bound what it decodes to.
         let whole = resp.ok() && json && !encoded && length.is_some_and(|n| n <= WHOLE_ANSWER_BYTES);
-        let stream: ByteStream = match resp.body() {
-            Some(body) if whole => {
-                // Cancels the body if the core drops it unread (its deadline passed first).
-                struct Unread(Option<worker::web_sys::ReadableStream>);
-                impl Drop for Unread {
-                    fn drop(&mut self) {
-                        if let Some(body) = self.0.take() {
-                            let _ = body.cancel();
-                        }
+        let stream: ByteStream = if whole {
+            // Cancels the body if the core drops it unread (its deadline passed first). The body's
+            // stream object is made only then.
+            struct Unread {
+                resp: worker::web_sys::Response,
+                read: bool,
+            }
+            impl Drop for Unread {
+                fn drop(&mut self) {
+                    if let Some(body) = (!self.read).then(|| self.resp.body()).flatten() {
+                        let _ = body.cancel();
                     }
                 }
-                let unread = Unread(Some(body));
-                Box::pin(futures::stream::once(async move {
-                    let mut unread = unread;
-                    drop(unread.0.take());
-                    let buf = JsFuture::from(resp.array_buffer().map_err(|e| broke(e.into()))?).await.map_err(|e| broke(e.into()))?;
-                    Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
-                }))
             }
-            Some(s) => Box::pin(worker::ByteStream::from(s).map(move |chunk| chunk.map(Bytes::from).map_err(broke))),
-            None => Box::pin(futures::stream::empty()),
+            let mut unread = Unread { resp, read: false };
+            Box::pin(futures::stream::once(async move {
+                unread.read = true;
+                let buf = JsFuture::from(unread.resp.array_buffer().map_err(|e| broke(e.into()))?).await.map_err(|e| broke(e.into()))?;
+                Ok(Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec()))
+            }))
+        } else {
+            match resp.body() {
+                Some(s) => Box::pin(worker::ByteStream::from(s).map(move |chunk| chunk.map(Bytes::from).map_err(broke))),
+                None => Box::pin(futures::stream::empty()),
+            }
         };
         out.body(stream).map_err(|e| Error::new(ErrorKind::UpstreamProtocol, format!("provider sent an unusable response head: {e}")))
     }
@@ -436,14 +477,14 @@ impl worker::DurableObject for Ledger {
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         if req.path() == "/audit" {
             let call: AuditCall = req.json().await?;
-            let now = worker::Date::now().as_millis();
+            let now = now_ms();
             return match edgegate_core::audit::apply(&DoSql(&self.sql), &call.log, now, call.op) {
                 Ok(answer) => Response::from_json(&answer),
                 Err(e) => Response::error(e.message, 500),
             };
         }
         let op: LedgerOp = req.json().await?;
-        let now = worker::Date::now().as_millis();
+        let now = now_ms();
         let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
         let (answer, changed) = Book::apply_stored(rows.first().map(|r| r.json.as_str()), now, op)?;
         if let Some(json) = changed {
