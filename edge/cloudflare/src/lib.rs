@@ -67,7 +67,7 @@ async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker:
     let (parts, body) = resp.into_parts();
     let init = worker::web_sys::ResponseInit::new();
     init.set_status(parts.status.as_u16());
-    init.set_headers_headers(&headers_of(&parts.headers)?);
+    init.set_headers(&headers_of(&parts.headers));
     let resp = match body {
         edgegate_core::Body::Full(bytes) => {
             worker::web_sys::Response::new_with_opt_buffer_source_and_init(Some(&worker::js_sys::Uint8Array::from(&bytes[..])), &init)
@@ -81,16 +81,17 @@ async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker:
     resp.map_err(worker::Error::from)
 }
 
-/// `headers` as the runtime's. A value that is not visible ASCII (which JavaScript would read as
-/// Latin-1, not UTF-8) is left out.
-fn headers_of(headers: &http::HeaderMap) -> Result<worker::web_sys::Headers, wasm_bindgen::JsValue> {
-    let out = worker::web_sys::Headers::new()?;
+/// `headers` as a list of `[name, value]` pairs, which `fetch` and `Response` take in place of a
+/// `Headers` object (one runtime object fewer). A value that is not visible ASCII (which
+/// JavaScript would read as Latin-1, not UTF-8) is left out.
+fn headers_of(headers: &http::HeaderMap) -> worker::js_sys::Array {
+    let out = worker::js_sys::Array::new();
     for (name, value) in headers {
         if let Ok(v) = value.to_str() {
-            out.append(name.as_str(), v)?;
+            out.push(&worker::js_sys::Array::of2(&name.as_str().into(), &v.into()));
         }
     }
-    Ok(out)
+    out
 }
 
 /// Largest provider answer read in one piece (see `CfHost::send`); larger ones arrive in chunks.
@@ -297,10 +298,10 @@ impl Upstream for CfHost {
             Error::new(ErrorKind::UpstreamUnavailable, format!("provider unreachable: {}", worker::Error::from(e)))
         };
         let (parts, body) = request.into_parts();
-        // The runtime's `fetch` with a plain init: no `Request` object, one `Headers`.
+        // The runtime's `fetch` with a plain init: no `Request` object, no `Headers` object.
         let init = worker::web_sys::RequestInit::new();
         init.set_method(parts.method.as_str());
-        init.set_headers_headers(&headers_of(&parts.headers).map_err(unavailable)?);
+        init.set_headers(&headers_of(&parts.headers));
         init.set_body(&js_sys_bytes(&body));
         let global: worker::web_sys::WorkerGlobalScope = worker::js_sys::global().unchecked_into();
         let resp: worker::web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&parts.uri.to_string(), &init))
