@@ -39,6 +39,11 @@ pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// Most header fields a request may carry.
 pub const MAX_HEADERS: usize = 100;
 
+/// Largest non-stream upstream body read.
+const MAX_UPSTREAM_BYTES: usize = 32 << 20;
+/// Largest upstream error body read (for its message).
+const MAX_UPSTREAM_ERROR_BYTES: usize = 64 << 10;
+
 /// Marks a request its host could not read whole: a header value the `http` crate refuses (a
 /// control byte, which some runtimes pass through), or a body the client broke off. The host
 /// hands the core what it could read, through [`Unreadable::request`], and the core answers 400
@@ -56,11 +61,16 @@ impl Unreadable {
         req.extensions_mut().insert(Unreadable(why.into()));
         req
     }
+
+    /// A header field as the `http` crate takes it, or why it cannot be (the reason
+    /// [`Unreadable::request`] then carries).
+    pub fn field(name: &[u8], value: &[u8]) -> Result<(http::HeaderName, HeaderValue), String> {
+        let name = http::HeaderName::from_bytes(name).map_err(|_| "a header name has a character HTTP does not allow".to_owned())?;
+        let value =
+            HeaderValue::from_bytes(value).map_err(|_| format!("the value of header `{name}` has a character HTTP does not allow"))?;
+        Ok((name, value))
+    }
 }
-/// Largest non-stream upstream body read.
-const MAX_UPSTREAM_BYTES: usize = 32 << 20;
-/// Largest upstream error body read (for its message).
-const MAX_UPSTREAM_ERROR_BYTES: usize = 64 << 10;
 
 /// A response body: complete, or a stream that never fails (failures are written into it).
 pub enum Body {

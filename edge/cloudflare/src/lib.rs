@@ -108,24 +108,24 @@ async fn incoming(req: &worker::web_sys::Request) -> Result<http::Request<Bytes>
     let mut head = http::HeaderMap::new();
     let mut length = None;
     for (name, value) in Headers(req.headers()).entries() {
-        let name = http::HeaderName::try_from(name).map_err(|_| "a header name has a character HTTP does not allow".to_owned())?;
-        let value =
-            http::HeaderValue::try_from(value).map_err(|_| format!("the value of header `{name}` has a character HTTP does not allow"))?;
+        let (name, value) = Unreadable::field(name.as_bytes(), value.as_bytes())?;
         if name == http::header::CONTENT_LENGTH {
             length = value.to_str().ok().and_then(|v| v.parse::<usize>().ok());
         }
         head.append(name, value);
     }
-    let unread = |e: wasm_bindgen::JsValue| format!("its body could not be read: {}", worker::Error::from(e));
+    let unread = |e: worker::Error| format!("its body could not be read: {e}");
     // Declared length: one `arrayBuffer()`, without the stream object `body` would make.
     let body = if length.is_some_and(|n| n <= MAX_REQUEST_BYTES) {
-        let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer().map_err(unread)?).await.map_err(unread)?;
+        let buf = worker::wasm_bindgen_futures::JsFuture::from(req.array_buffer().map_err(|e| unread(e.into()))?)
+            .await
+            .map_err(|e| unread(e.into()))?;
         Bytes::from(worker::js_sys::Uint8Array::new(&buf).to_vec())
     } else if let Some(stream) = req.body() {
         let mut chunks = worker::ByteStream::from(stream);
         let mut buf = Vec::new();
         while let Some(chunk) = chunks.next().await {
-            buf.extend_from_slice(&chunk.map_err(|e| format!("its body could not be read: {e}"))?);
+            buf.extend_from_slice(&chunk.map_err(unread)?);
             if buf.len() > MAX_REQUEST_BYTES {
                 break; // the core answers 413; no need to read the rest
             }

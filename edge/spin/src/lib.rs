@@ -110,13 +110,10 @@ async fn read_request(req: IncomingRequest) -> http::Request<Bytes> {
     let refuse = |why: String| Unreadable::request(&method, &uri, why);
     let mut head = http::HeaderMap::new();
     for (name, value) in req.headers().entries() {
-        let Ok(name) = http::HeaderName::try_from(name) else {
-            return refuse("a header name has a character HTTP does not allow".into());
+        match Unreadable::field(name.as_bytes(), &value) {
+            Ok((name, value)) => head.append(name, value),
+            Err(why) => return refuse(why),
         };
-        let Ok(value) = http::HeaderValue::try_from(value) else {
-            return refuse(format!("the value of header `{name}` has a character HTTP does not allow"));
-        };
-        head.append(name, value);
     }
     let (Ok(m), Ok(u)) = (http::Method::from_bytes(method.as_bytes()), uri.parse::<http::Uri>()) else {
         return refuse("its method or URL has a character HTTP does not allow".into());
