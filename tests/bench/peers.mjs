@@ -5,6 +5,8 @@
 // simulator — and a "workerd floor": a JavaScript Worker in the same runtime that only forwards,
 // so edgegate's overhead can be split into the runtime's and the gateway's own.
 // "edgegate notable" is the same Worker logging only notable requests (settings.request_logs).
+// "bare floor", "bare edgegate" and "bare edgegate notable" are the same in workerd without
+// Miniflare, whose entry Worker sits in front of every Worker it serves (tests/bench/workerd.mjs).
 // Overhead at a percentile = the gateway's latency minus the direct latency at that percentile, in the same run. Streams: time to the first chunk, sequential, from a Node client.
 //
 //   bash tests/bench/peers-setup.sh                      # oha, Portkey and LiteLLM into the cache
@@ -19,6 +21,7 @@ import { join } from "node:path";
 import { homedir, cpus } from "node:os";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
 import { oha, startFloor } from "./common.mjs";
+import { CF_BLOB, startBare } from "./workerd.mjs";
 
 const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const RATE = arg("--rate", 200);
@@ -92,6 +95,9 @@ const edgegate = await startWorkerd({ policy: edgegatePolicy({}) });
 // The same, logging only notable requests (`settings.request_logs`): what a log line a request costs.
 const notable = want("edgegate notable") && await startWorkerd({ policy: edgegatePolicy({ request_logs: "notable" }) });
 const floor = await startFloor(simUrl);
+const bareFloor = want("bare floor") && await startBare({ worker: "floor", upstream: simUrl });
+const bareEdgegate = want("bare edgegate") && await startBare({ worker: "edgegate", policy: edgegatePolicy({}) });
+const bareNotable = want("bare edgegate notable") && await startBare({ worker: "edgegate", policy: edgegatePolicy({ request_logs: "notable" }) });
 const port = (base) => base + Math.floor(Math.random() * 1000);
 const portkeyPort = port(20000);
 const portkey = want("portkey") && await serve("node", [PORTKEY, `--port=${portkeyPort}`, "--headless"], { NODE_ENV: "production" }, `http://127.0.0.1:${portkeyPort}/`);
@@ -110,6 +116,9 @@ const targets = {
   direct: { url: `${simUrl}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
   "workerd floor": { url: `${floor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
   edgegate: { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } },
+  ...(bareFloor ? { "bare floor": { url: `${bareFloor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) } } : {}),
+  ...(bareEdgegate ? { "bare edgegate": { url: `${bareEdgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
+  ...(bareNotable ? { "bare edgegate notable": { url: `${bareNotable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
   ...(notable ? { "edgegate notable": { url: `${notable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } } } : {}),
   // No upstream at all: a Worker that echoes the body, and edgegate answering from its built-in mock.
   "workerd static": { url: `${floor.url}/static`, headers: {} },
@@ -136,6 +145,9 @@ try {
   if (portkey) await portkey.stop();
   await edgegate.stop();
   if (notable) await notable.stop();
+  if (bareFloor) await bareFloor.stop();
+  if (bareEdgegate) await bareEdgegate.stop();
+  if (bareNotable) await bareNotable.stop();
   await floor.stop();
   await sim.stop();
 }
@@ -154,19 +166,22 @@ writeFileSync(join(ROOT, "target", "bench", "peers.json"), JSON.stringify(result
 
 const f = (x) => (Number.isFinite(x) ? x.toFixed(2) : "—").padStart(8);
 console.log(`${machine}; ${RATE} requests/s for ${SECONDS} s, median of ${RUNS} runs (ms)`);
-console.log(`${"".padEnd(14)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)} ${"rate".padStart(8)} ${"ok".padStart(6)} | overhead ${"p50".padStart(8)} ${"p99".padStart(8)} | first chunk p50`);
+console.log(`${"".padEnd(22)} ${"p50".padStart(8)} ${"p90".padStart(8)} ${"p99".padStart(8)} ${"max".padStart(8)} ${"rate".padStart(8)} ${"ok".padStart(6)} | overhead ${"p50".padStart(8)} ${"p99".padStart(8)} | first chunk p50`);
 for (const [name, s] of Object.entries(summary)) {
   const o = overhead[name];
   console.log(
-    `${name.padEnd(14)} ${f(s.p50)} ${f(s.p90)} ${f(s.p99)} ${f(s.max)} ${f(s.rate)} ${(s.ok * 100).toFixed(0).padStart(5)}% | ${" ".repeat(8)} ${o ? f(o.p50) : " ".repeat(8)} ${o ? f(o.p99) : " ".repeat(8)} | ${f(streams[name]?.p50)}`,
+    `${name.padEnd(22)} ${f(s.p50)} ${f(s.p90)} ${f(s.p99)} ${f(s.max)} ${f(s.rate)} ${(s.ok * 100).toFixed(0).padStart(5)}% | ${" ".repeat(8)} ${o ? f(o.p50) : " ".repeat(8)} ${o ? f(o.p99) : " ".repeat(8)} | ${f(streams[name]?.p50)}`,
   );
 }
-if (overhead.edgegate && overhead["workerd floor"]) {
-  const own = Object.fromEntries(["p50", "p99"].map((k) => [k, overhead.edgegate[k] - overhead["workerd floor"][k]]));
-  result.own = own;
-  writeFileSync(join(ROOT, "target", "bench", "peers.json"), JSON.stringify(result, null, 2) + "\n");
-  console.log(`edgegate beyond the workerd floor (the gateway's own work): p50 ${own.p50.toFixed(2)} ms, p99 ${own.p99.toFixed(2)} ms`);
+result.own = {};
+for (const [gw, fl] of [["edgegate", "workerd floor"], ["bare edgegate", "bare floor"], ["bare edgegate notable", "bare floor"]].filter(([g, f]) => overhead[g] && overhead[f])) {
+  const own = Object.fromEntries(["p50", "p99"].map((k) => [k, overhead[gw][k] - overhead[fl][k]]));
+  result.own[gw] = own;
+  console.log(`${gw} beyond the ${fl} (the gateway's own work): p50 ${own.p50.toFixed(2)} ms, p99 ${own.p99.toFixed(2)} ms`);
 }
-for (const peer of ["portkey", "litellm"].filter((p) => overhead[p] && overhead.edgegate)) {
-  console.log(`p99 overhead ${peer} / edgegate: ${(overhead[peer].p99 / overhead.edgegate.p99).toFixed(1)}×; p50: ${(overhead[peer].p50 / overhead.edgegate.p50).toFixed(1)}×`);
+writeFileSync(join(ROOT, "target", "bench", "peers.json"), JSON.stringify(result, null, 2) + "\n");
+for (const gw of ["edgegate", "bare edgegate", "bare edgegate notable"]) {
+  for (const peer of ["portkey", "litellm"].filter((p) => overhead[p] && overhead[gw])) {
+    console.log(`p99 overhead ${peer} / ${gw}: ${(overhead[peer].p99 / overhead[gw].p99).toFixed(1)}×; p50: ${(overhead[peer].p50 / overhead[gw].p50).toFixed(1)}×`);
+  }
 }

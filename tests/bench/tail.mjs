@@ -3,19 +3,25 @@
 // duration and its upstream attempts, as the Worker timed them), and the slow records by when
 // they started. When the client's p99 is far above the records' p99, the time was spent where
 // the handler could not see it: queued behind something else that held the isolate's thread.
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tail.mjs [--rate R] [--seconds S]'
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tail.mjs [--rate R] [--seconds S] [--bare]'
 // (with EDGEGATE_UPSTREAM_SIM set, after `bash tests/bench/peers-setup.sh`). Asserts nothing.
-// With Miniflare's generated config given `v8Flags` (a local edit, see docs/benchmarks.md),
-// MF_V8_FLAGS=--trace-gc-nvp adds the runtime's collections to the log lines this prints.
+// `--bare`: in workerd without Miniflare (tests/bench/workerd.mjs); there V8_FLAGS=--trace-gc-nvp
+// adds the isolate's collections to the lines this prints. In Miniflare the same needs its
+// generated config given `v8Flags` (a local edit, see docs/benchmarks.md): MF_V8_FLAGS=….
 import { records, startSimulator, startWorkerd } from "../e2e/lib.mjs";
 import { benchPolicy, oha } from "./common.mjs";
+import { CF_BLOB, startBare } from "./workerd.mjs";
 
 const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const load = { rate: arg("--rate", 200), seconds: arg("--seconds", 10) };
 const sim = await startSimulator();
-const gw = await startWorkerd({ policy: benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false } }) });
+const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false } });
+const bare = process.argv.includes("--bare");
+const gw = bare
+  ? await startBare({ worker: "edgegate", policy, v8Flags: process.env.V8_FLAGS?.split(" ") ?? [] })
+  : await startWorkerd({ policy });
 const body = JSON.stringify({ model: "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
-const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench" }, body, load);
+const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench", ...(bare ? CF_BLOB : {}) }, body, load);
 try {
   await run(); // warm up
   gw.lines.length = 0;

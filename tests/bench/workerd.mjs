@@ -1,0 +1,125 @@
+// A Worker in workerd itself (the `workerd` npm package's binary, the one Miniflare runs) from a
+// config this file writes, without Miniflare. Miniflare puts an entry Worker of its own in front
+// of every Worker it serves, in the same process and on the same thread; in production there is
+// none. `startBare` runs edgegate (the built Worker, with a KV service holding its policy in
+// memory and its Durable Objects in a temporary directory) or the forwarding floor, so their tails can be
+// measured without the entry Worker's collections (docs/benchmarks.md).
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { ADMIN_KEY, ROOT, publish } from "../e2e/lib.mjs";
+
+const WORKERD = createRequire(import.meta.url)(join(ROOT, "node_modules", "workerd"));
+const BIN = typeof WORKERD === "string" ? WORKERD : WORKERD.default;
+
+/** KV's binding protocol, served from memory: GET/PUT/DELETE of `/{encoded key}`. */
+const KV = `const store = new Map();
+export default {
+  async fetch(req) {
+    const key = decodeURIComponent(new URL(req.url).pathname.slice(1));
+    if (req.method === "GET") return store.has(key) ? new Response(store.get(key)) : new Response(null, { status: 404 });
+    if (req.method === "PUT") return store.set(key, await req.arrayBuffer()), new Response(null);
+    if (req.method === "DELETE") return store.delete(key), new Response(null);
+    return new Response(null, { status: 405 });
+  },
+};`;
+
+/** The same forwarding Worker as `startFloor` (common.mjs). */
+const FLOOR = `export default {
+  async fetch(req, env) {
+    const u = new URL(req.url);
+    return fetch(env.UPSTREAM + u.pathname, { method: req.method, headers: { "content-type": "application/json" }, body: req.body });
+  },
+};`;
+
+const freePort = () =>
+  new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+
+/** What Cloudflare's edge tells a Worker about where a request arrived (`request.cf`): workerd
+ * takes it from this header of each request, as JSON (the sockets' `cfBlobHeader`). */
+export const CF_BLOB = { "cf-blob": JSON.stringify({ colo: "DFW", country: "US", continent: "NA", httpProtocol: "HTTP/1.1" }) };
+
+/**
+ * `worker`: "edgegate" (needs `policy`), "floor" (needs `upstream`), or the source of a
+ * JavaScript module Worker (given `UPSTREAM` as the floor is). `v8Flags`: passed to V8 (e.g.
+ * `--trace-gc-nvp`). Returns `{ url, lines, stop }`; `lines` are the process's output lines.
+ */
+export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
+  const dir = mkdtempSync(join(tmpdir(), "edgegate-workerd-"));
+  const port = await freePort();
+  const build = join(ROOT, "edge", "cloudflare", "build");
+  const q = JSON.stringify;
+  writeFileSync(join(dir, "kv.js"), KV);
+  mkdirSync(join(dir, "do"));
+  writeFileSync(join(dir, "floor.js"), worker === "floor" || worker === "edgegate" ? FLOOR : worker);
+  const edgegate = `(
+  modules = [
+    (name = "index.js", esModule = embed ${q(relative(dir, join(build, "index.js")))}),
+    (name = "index_bg.wasm", wasm = embed ${q(relative(dir, join(build, "index_bg.wasm")))}),
+  ],
+  compatibilityDate = "2026-04-20",
+  bindings = [
+    (name = "POLICY", kvNamespace = "kv"),
+    (name = "LEDGER", durableObjectNamespace = (className = "Ledger")),
+    (name = "EDGEGATE_ADMIN_KEY", text = ${q(ADMIN_KEY)}),
+    (name = "EDGEGATE_ADMIN_API", text = "on"),
+  ],
+  durableObjectNamespaces = [(className = "Ledger", uniqueKey = "edgegate-ledger", enableSql = true)],
+  durableObjectStorage = (localDisk = "do-disk"),
+  globalOutbound = "internet",
+)`;
+  const floor = `(
+  modules = [(name = "floor.js", esModule = embed "floor.js")],
+  compatibilityDate = "2026-04-20",
+  bindings = [(name = "UPSTREAM", text = ${q(upstream ?? "")})],
+  globalOutbound = "internet",
+)`;
+  writeFileSync(
+    join(dir, "config.capnp"),
+    `using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = ${worker === "edgegate" ? edgegate : floor}),
+    (name = "kv", worker = (modules = [(name = "kv.js", esModule = embed "kv.js")], compatibilityDate = "2026-04-20")),
+    (name = "do-disk", disk = (path = ${q(join(dir, "do"))}, writable = true)),
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (cfBlobHeader = "cf-blob"), service = "main")],
+  v8Flags = ${q(v8Flags)},
+);
+`,
+  );
+  const child = spawn(BIN, ["serve", join(dir, "config.capnp"), "--experimental"], { stdio: ["ignore", "pipe", "pipe"] });
+  const lines = [];
+  const take = (d) => lines.push(...String(d).split("\n").filter(Boolean));
+  child.stdout.on("data", take);
+  child.stderr.on("data", take);
+  const url = `http://127.0.0.1:${port}`;
+  const stop = () =>
+    new Promise((r) => {
+      const done = () => (rmSync(dir, { recursive: true, force: true }), r());
+      if (child.exitCode !== null) return done();
+      child.once("exit", done);
+      child.kill("SIGTERM");
+    });
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`workerd exited: ${lines.slice(-20).join("\n")}`);
+    try {
+      await fetch(url);
+      break;
+    } catch {
+      if (i > 300) throw (await stop(), new Error(`workerd did not answer at ${url}: ${lines.slice(-20).join("\n")}`));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  if (policy) await publish(url, policy);
+  return { url, lines, stop };
+}
