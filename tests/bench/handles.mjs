@@ -23,6 +23,8 @@ const RUNS = arg("--runs", 1);
 /** The base Worker with `steps` added at its marks: `head` (after the request's body is read),
  * `answer` (after the upstream's answer arrives) and `end` (before the answer is returned). */
 const worker = (steps = {}) => `const JSON_TYPE = [["content-type", "application/json"]];
+const DECODER = new TextDecoder();
+const BYTES = new TextEncoder().encode("x".repeat(1800));
 export default {
   async fetch(req, env, ctx) {
     const sink = [];
@@ -52,6 +54,8 @@ const VARIANTS = {
   "+ console.log of 1800 bytes of JSON": worker({ end: "console.log(JSON.stringify({ a: Array.from({ length: 60 }, (_, i) => ({ k: i, s: 'abcdef' })) }).slice(0, 1800));" }),
   "+ console.log of 'x'": worker({ end: "console.log('x');" }),
   "+ console.log of 1800 bytes after a timer": worker({ end: "ctx.waitUntil(new Promise((r) => setTimeout(() => r(console.log('x'.repeat(1800))), 0)));" }),
+  "+ TextDecoder of 1800 bytes": worker({ end: "sink.push(DECODER.decode(BYTES));" }),
+  "+ console.log of a TextDecoder's 1800 bytes": worker({ end: "console.log(DECODER.decode(BYTES));" }),
   "+ 4 × crypto.getRandomValues": worker({ end: "for (let i = 0; i < 4; i++) sink.push(crypto.getRandomValues(new Uint8Array(16)));" }),
   "+ 4 × queueMicrotask": worker({ end: "for (let i = 0; i < 4; i++) await new Promise((r) => queueMicrotask(r));" }),
   "+ 4 × Promise.then": worker({ end: "for (let i = 0; i < 4; i++) await Promise.resolve().then(() => sink.push(i));" }),
