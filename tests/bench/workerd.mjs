@@ -2,8 +2,9 @@
 // config this file writes, without Miniflare. Miniflare puts an entry Worker of its own in front
 // of every Worker it serves, in the same process and on the same thread; in production there is
 // none. `startBare` runs edgegate (the built Worker, with a KV service holding its policy in
-// memory and its Durable Objects in a temporary directory) or the forwarding floor, so their tails can be
-// measured without the entry Worker's collections (docs/benchmarks.md).
+// memory and its Durable Objects in a temporary directory), the forwarding floor (common.mjs) or
+// any JavaScript Worker, so their tails can be measured without the entry Worker's collections
+// (docs/benchmarks.md).
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -11,6 +12,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { ADMIN_KEY, ROOT, publish } from "../e2e/lib.mjs";
+import { FLOOR } from "./common.mjs";
 
 const WORKERD = createRequire(import.meta.url)(join(ROOT, "node_modules", "workerd"));
 const BIN = typeof WORKERD === "string" ? WORKERD : WORKERD.default;
@@ -24,14 +26,6 @@ export default {
     if (req.method === "PUT") return store.set(key, await req.arrayBuffer()), new Response(null);
     if (req.method === "DELETE") return store.delete(key), new Response(null);
     return new Response(null, { status: 405 });
-  },
-};`;
-
-/** The same forwarding Worker as `startFloor` (common.mjs). */
-const FLOOR = `export default {
-  async fetch(req, env) {
-    const u = new URL(req.url);
-    return fetch(env.UPSTREAM + u.pathname, { method: req.method, headers: { "content-type": "application/json" }, body: req.body });
   },
 };`;
 
