@@ -24,10 +24,11 @@ const body = JSON.stringify({ model: "estimated", messages: [{ role: "user", con
 const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench", ...(bare ? CF_BLOB : {}) }, body, load);
 try {
   await run(); // warm up
-  gw.lines.length = 0;
+  const from = gw.lines.length;
   const client = await run();
   await new Promise((r) => setTimeout(r, 500));
-  const recs = records(gw.lines);
+  const lines = gw.lines.slice(from);
+  const recs = records(lines);
   const q = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
   const own = recs.map((r) => r.duration_ms);
   const upstream = recs.map((r) => r.attempts.reduce((s, a) => s + a.duration_ms, 0));
@@ -36,7 +37,7 @@ try {
   console.log(`records (${recs.length}):   p50 ${q(own, 0.5)}  p99 ${q(own, 0.99)}  max ${Math.max(...own)}   upstream attempts: p50 ${q(upstream, 0.5)}  p99 ${q(upstream, 0.99)}  max ${Math.max(...upstream)}`);
   const t0 = Math.min(...recs.map((r) => r.start_ms));
   console.log(`records of 5 ms or more, as start (ms into the run):duration: ${recs.filter((r) => r.duration_ms >= 5).map((r) => `${r.start_ms - t0}:${r.duration_ms}`).join(" ")}`);
-  const gc = gw.lines.filter((l) => l.includes('"gc":'));
+  const gc = lines.filter((l) => l.includes('"gc":'));
   if (gc.length) console.log(gc.join("\n"));
 } finally {
   await gw.stop();

@@ -6,7 +6,7 @@
 // any JavaScript Worker, so their tails can be measured without the entry Worker's collections
 // (docs/benchmarks.md).
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -44,7 +44,11 @@ export const CF_BLOB = { "cf-blob": JSON.stringify({ colo: "DFW", country: "US",
 /**
  * `worker`: "edgegate" (needs `policy`), "floor" (needs `upstream`), or the source of a
  * JavaScript module Worker (given `UPSTREAM` as the floor is). `v8Flags`: passed to V8 (e.g.
- * `--trace-gc-nvp`). Returns `{ url, lines, stop }`; `lines` are the process's output lines.
+ * `--trace-gc-nvp`). Returns `{ url, lines, stop }`; `lines` are the process's output lines so far.
+ *
+ * workerd writes its output (every `console.log`, at once) to a file, not a pipe to this process:
+ * through a pipe, workerd would wait whenever this process was slow to read, as during its own
+ * collections, and the Worker would stall behind it — a stall production does not have.
  */
 export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
   const dir = mkdtempSync(join(tmpdir(), "edgegate-workerd-"));
@@ -56,8 +60,9 @@ export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
   writeFileSync(join(dir, "floor.js"), worker === "floor" || worker === "edgegate" ? FLOOR : worker);
   const edgegate = `(
   modules = [
-    (name = "index.js", esModule = embed ${q(relative(dir, join(build, "index.js")))}),
-    (name = "index_bg.wasm", wasm = embed ${q(relative(dir, join(build, "index_bg.wasm")))}),
+    (name = "entry.js", esModule = embed ${q(relative(dir, join(build, "..", "entry.mjs")))}),
+    (name = "build/index.js", esModule = embed ${q(relative(dir, join(build, "index.js")))}),
+    (name = "build/index_bg.wasm", wasm = embed ${q(relative(dir, join(build, "index_bg.wasm")))}),
   ],
   compatibilityDate = "2026-04-20",
   bindings = [
@@ -91,11 +96,11 @@ const config :Workerd.Config = (
 );
 `,
   );
-  const child = spawn(BIN, ["serve", join(dir, "config.capnp"), "--experimental"], { stdio: ["ignore", "pipe", "pipe"] });
-  const lines = [];
-  const take = (d) => lines.push(...String(d).split("\n").filter(Boolean));
-  child.stdout.on("data", take);
-  child.stderr.on("data", take);
+  const out = join(dir, "output.log");
+  const fd = openSync(out, "w");
+  const child = spawn(BIN, ["serve", join(dir, "config.capnp"), "--experimental"], { stdio: ["ignore", fd, fd] });
+  closeSync(fd);
+  const output = () => readFileSync(out, "utf8").split("\n").filter(Boolean);
   const url = `http://127.0.0.1:${port}`;
   const stop = () =>
     new Promise((r) => {
@@ -105,15 +110,24 @@ const config :Workerd.Config = (
       child.kill("SIGTERM");
     });
   for (let i = 0; ; i++) {
-    if (child.exitCode !== null) throw new Error(`workerd exited: ${lines.slice(-20).join("\n")}`);
+    if (child.exitCode !== null) throw new Error(`workerd exited: ${output().slice(-20).join("\n")}`);
     try {
       await fetch(url);
       break;
     } catch {
-      if (i > 300) throw (await stop(), new Error(`workerd did not answer at ${url}: ${lines.slice(-20).join("\n")}`));
+      if (i > 300) {
+        const why = new Error(`workerd did not answer at ${url}: ${output().slice(-20).join("\n")}`);
+        throw (await stop(), why);
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
   }
   if (policy) await publish(url, policy);
-  return { url, lines, stop };
+  return {
+    url,
+    get lines() {
+      return output();
+    },
+    stop,
+  };
 }

@@ -178,8 +178,12 @@ export async function startWorkerd({ policy, secrets = {}, faultyKv = false, sta
     name: "edgegate",
     modules: true,
     modulesRoot: ROOT,
-    scriptPath: main ?? join(ROOT, "edge/cloudflare/build/index.js"),
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    scriptPath: main ?? join(ROOT, "edge/cloudflare/entry.mjs"),
+    // The built Worker (`build/index.js`, imported by `entry.mjs`) is an ES module.
+    modulesRules: [
+      { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true },
+      { type: "ESModule", include: ["**/*.js"] },
+    ],
     bindings: { ...(workerOptions.bindings ?? {}), EDGEGATE_ADMIN_KEY: ADMIN_KEY, EDGEGATE_ADMIN_API: "on", ...secrets },
     wrappedBindings: workersAi ? { AI: { scriptName: "fake-workers-ai" } } : {},
   };
