@@ -3,7 +3,7 @@
 // duration and its upstream attempts, as the Worker timed them), and the slow records by when
 // they started. When the client's p99 is far above the records' p99, the time was spent where
 // the handler could not see it: queued behind something else that held the isolate's thread.
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tail.mjs [--rate R] [--seconds S] [--bare]'
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tail.mjs [--rate R] [--seconds S] [--bare] [--limits]'
 // (with EDGEGATE_UPSTREAM_SIM set, after `bash tests/bench/peers-setup.sh`). Asserts nothing.
 // `--bare`: in workerd without Miniflare (tests/bench/workerd.mjs); there V8_FLAGS=--trace-gc-nvp
 // adds the isolate's collections to the lines this prints. In Miniflare the same needs its
@@ -16,6 +16,9 @@ const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.ar
 const load = { rate: arg("--rate", 200), seconds: arg("--seconds", 10) };
 const sim = await startSimulator();
 const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false } });
+// `--limits`: the tenant has limits far above the load, so each request reserves in, and settles
+// with, its ledger object (a Durable Object round trip each) without ever being refused.
+if (process.argv.includes("--limits")) policy.tenants[0].limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
 const bare = process.argv.includes("--bare");
 const gw = bare
   ? await startBare({ worker: "edgegate", policy, v8Flags: process.env.V8_FLAGS?.split(" ") ?? [] })
