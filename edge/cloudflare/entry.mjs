@@ -7,8 +7,8 @@
 // queue). In workerd each runtime object a request leaves is kept until the isolate's next full
 // collection, and its collections are the Worker's tail latency (docs/benchmarks.md). Calling the
 // same `fetch` through a plain object leaves none of that. Recovery after a wasm trap does not
-// depend on the proxies: the generated bindings check for a terminated instance and reset it
-// before every call into wasm.
+// depend on the proxies: the worker crate's abort handler schedules a reset of the instance, and
+// the generated bindings carry it out before their next call into wasm.
 import Built, { Ledger } from "./build/index.js";
 
 const handle = Built.prototype.fetch;

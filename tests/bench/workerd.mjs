@@ -47,8 +47,8 @@ export const CF_BLOB = { "cf-blob": JSON.stringify({ colo: "DFW", country: "US",
  * `--trace-gc-nvp`). Returns `{ url, lines, stop }`; `lines` are the process's output lines so far.
  *
  * workerd writes its output (every `console.log`, at once) to a file, not a pipe to this process:
- * through a pipe, workerd would wait whenever this process was slow to read, as during its own
- * collections, and the Worker would stall behind it — a stall production does not have.
+ * through a full pipe, workerd would wait until this process read it (it might be in a collection
+ * of its own), and the Worker would stall behind it — a stall production does not have.
  */
 export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
   const dir = mkdtempSync(join(tmpdir(), "edgegate-workerd-"));
