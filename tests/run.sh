@@ -113,7 +113,7 @@ for env in staging production; do
   for binding in "env.POLICY" "env.LEDGER (Ledger)"; do
     grep -qF "$binding" "$log" || { cat "$log" >&2; echo "the $env environment lacks $binding" >&2; exit 1; }
   done
-  test -s "$out/index.js" || { echo "wrangler wrote no bundle for $env" >&2; exit 1; }
+  test -s "$out/entry.js" && ls "$out"/*index_bg.wasm >/dev/null || { echo "wrangler wrote no bundle (entry.js and the wasm) for $env" >&2; exit 1; }
   rm -rf "$out"
 done
 
