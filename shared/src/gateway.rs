@@ -1706,9 +1706,6 @@ async fn hold_until_content(mut body: ByteStream, decoder: &mut dyn StreamDecode
     }
 }
 
-/// Sends `op` to candidate `c` and returns the response as soon as its head arrives (within the
-/// first-byte timeout); its body ends with an error if it runs past the total timeout. The
-/// built-in provider answers in place.
 /// Which of a provider's credentials a request is sent with.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Credential {
@@ -1716,6 +1713,9 @@ enum Credential {
     Secondary,
 }
 
+/// Sends `op` to candidate `c` and returns the response as soon as its head arrives (within the
+/// first-byte timeout); its body ends with an error if it runs past the total timeout. The
+/// built-in provider answers in place.
 async fn exchange<H: Host>(
     host: &H,
     op: Op<'_>,
@@ -1756,28 +1756,38 @@ async fn exchange<H: Host>(
         return Ok(mock::respond(&request, host.now_ms() / 1000, &format!("chatcmpl-{request_id}")));
     }
     let sent_ms = host.now_ms();
-    let timer = std::pin::pin!(host.sleep(timeouts.first_byte_ms));
-    let response = match futures::future::select(std::pin::pin!(host.send(request)), timer).await {
+    // One timer bounds both waits: armed for the first byte and, if it fires while the body is
+    // still coming, armed again for what is left of the total (`Deadline`). With the defaults
+    // (2 and 10 minutes) an answer never needs the second.
+    let mut timer: Sleep = Box::pin(host.sleep(timeouts.first_byte_ms));
+    let response = match futures::future::select(std::pin::pin!(host.send(request)), timer.as_mut()).await {
         futures::future::Either::Left((response, _)) => response?,
         futures::future::Either::Right(_) => {
             let why = format!("the provider sent no response within {} ms", timeouts.first_byte_ms);
             return Err(Error::new(ErrorKind::UpstreamTimeout, why));
         }
     };
-    let left = timeouts.total_ms.saturating_sub(host.now_ms().saturating_sub(sent_ms));
-    Ok(response
-        .map(|body| -> ByteStream { Box::pin(Deadline { body, timer: Some(Box::pin(host.sleep(left))), total_ms: timeouts.total_ms }) }))
+    let (due_ms, total_ms) = (sent_ms.saturating_add(timeouts.total_ms), timeouts.total_ms);
+    Ok(response.map(|body| -> ByteStream { Box::pin(Deadline { body, timer: Some(timer), host: host.clone(), due_ms, total_ms }) }))
 }
 
-/// A provider's body that ends with an `upstream_timeout` error when its timer fires first.
-struct Deadline {
+type Sleep = Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// A provider's body that ends with an `upstream_timeout` error when it runs past `due_ms`.
+struct Deadline<H> {
     body: ByteStream,
-    /// `None` once fired.
-    timer: Option<Pin<Box<dyn std::future::Future<Output = ()>>>>,
+    /// The exchange's timer (it may fire before `due_ms`, and is then armed again); `None` once
+    /// the deadline has passed.
+    timer: Option<Sleep>,
+    host: H,
+    due_ms: u64,
     total_ms: u64,
 }
 
-impl Stream for Deadline {
+// No field is structurally pinned: the body and the timer are boxed.
+impl<H> Unpin for Deadline<H> {}
+
+impl<H: Host> Stream for Deadline<H> {
     type Item = Result<Bytes, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -1786,13 +1796,20 @@ impl Stream for Deadline {
         {
             return Poll::Ready(item);
         }
-        let Some(timer) = self.timer.as_mut() else { return Poll::Ready(None) };
-        if timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        loop {
+            let Some(timer) = self.timer.as_mut() else { return Poll::Ready(None) };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = self.host.now_ms();
+            if now < self.due_ms {
+                self.timer = Some(Box::pin(self.host.sleep(self.due_ms - now)));
+                continue;
+            }
+            self.timer = None;
+            let why = format!("the provider's answer did not finish within {} ms", self.total_ms);
+            return Poll::Ready(Some(Err(Error::new(ErrorKind::UpstreamTimeout, why))));
         }
-        self.timer = None;
-        let why = format!("the provider's answer did not finish within {} ms", self.total_ms);
-        Poll::Ready(Some(Err(Error::new(ErrorKind::UpstreamTimeout, why))))
     }
 }
 

@@ -361,6 +361,9 @@ fn a_stream_that_stalls_after_content_ends_with_a_timeout_event() {
     assert!(text.contains("did not finish within 3000 ms"), "{text}");
     let record = h.drain_records().pop().unwrap_or_else(|| unreachable!());
     assert_eq!(record.error, Some("upstream_timeout"));
+    // One timer serves both waits: armed for the first byte (1 s), it fired while the body was
+    // still coming and was armed again for the rest of the total, so the stream ran 3 s.
+    assert!(record.duration_ms >= 3_000, "the stream was cut at {} ms", record.duration_ms);
 }
 
 #[test]
