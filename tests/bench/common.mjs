@@ -63,6 +63,43 @@ export const FLOOR = `export default {
   },
 };`;
 
+/** The runtime's floor for a tenant with limits: the forwarding floor plus what a ledger costs in
+ * the same runtime, written in JavaScript. Before forwarding, the Worker reserves in the tenant's
+ * Durable Object and awaits its answer; after answering, it settles there (`waitUntil`). Each is
+ * an RPC call with a JSON string each way that changes the object's book (one JSON row in its
+ * SQLite storage, kept in memory once read) and writes it back, as edgegate's `Ledger` does. What edgegate with limits adds beyond this is its own work. */
+export const LEDGER_FLOOR = `import { DurableObject } from "cloudflare:workers";
+export class Ledger extends DurableObject {
+  constructor(ctx, env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    this.sql.exec("CREATE TABLE IF NOT EXISTS book (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL)");
+  }
+  apply(json) {
+    const op = JSON.parse(json);
+    const row = this.book ? null : this.sql.exec("SELECT json FROM book WHERE id = 1").toArray()[0];
+    const book = (this.book ??= row ? JSON.parse(row.json) : { requests: 0, tokens: 0, holds: {} });
+    if (op.reserve) (book.requests += 1), (book.tokens += op.tokens), (book.holds[op.id] = op.tokens);
+    else (book.tokens += op.tokens - (book.holds[op.id] ?? 0)), delete book.holds[op.id];
+    this.sql.exec("INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json", JSON.stringify(book));
+    return JSON.stringify({ ok: true });
+  }
+}
+export default {
+  async fetch(req, env, ctx) {
+    const u = new URL(req.url);
+    const ledger = env.LEDGER.get(env.LEDGER.idFromName("bench"));
+    const id = crypto.randomUUID();
+    const call = async (op) => JSON.parse(await ledger.apply(JSON.stringify({ id, ...op })));
+    await call({ reserve: true, tokens: 64 });
+    const body = await req.arrayBuffer();
+    const res = await fetch(env.UPSTREAM + u.pathname, { method: req.method, headers: { "content-type": "application/json" }, body });
+    const answer = await res.arrayBuffer();
+    ctx.waitUntil(call({ settle: true, tokens: 40 }));
+    return new Response(answer, { status: res.status, headers: { "content-type": "application/json" } });
+  },
+};`;
+
 /** The floor in its own Miniflare. What edgegate adds beyond it is the gateway's own work. */
 export async function startFloor(upstream) {
   const { Miniflare } = await import("miniflare");

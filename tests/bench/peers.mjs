@@ -7,6 +7,8 @@
 // "edgegate notable" is the same Worker logging only notable requests (settings.request_logs).
 // "bare floor", "bare edgegate" and "bare edgegate notable" are the same in workerd without
 // Miniflare, whose entry Worker sits in front of every Worker it serves (tests/bench/workerd.mjs).
+// "bare edgegate limits" gives the tenant limits (a ledger round trip before each request and a
+// settlement after); its floor is "bare ledger floor", the same ledger calls in JavaScript.
 // Overhead at a percentile = the gateway's latency minus the direct latency at that percentile, in the same run. Streams: time to the first chunk, sequential, from a Node client.
 //
 //   bash tests/bench/peers-setup.sh                      # oha, Portkey and LiteLLM into the cache
@@ -78,8 +80,8 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const sim = await startSimulator();
 const simUrl = sim.url;
-const edgegatePolicy = (settings) => ({
-  tenants: [{ id: "bench" }],
+const edgegatePolicy = (settings, tenant = {}) => ({
+  tenants: [{ id: "bench", ...tenant }],
   keys: [{ id: "bench", tenant: "bench", hash: sha256("sk-bench") }],
   providers: [
     { id: "sim", kind: "openai_compatible", base_url: `${simUrl}/v1` },
@@ -98,6 +100,10 @@ const floor = await startFloor(simUrl);
 const bareFloor = want("bare floor") && await startBare({ worker: "floor", upstream: simUrl });
 const bareEdgegate = want("bare edgegate") && await startBare({ worker: "edgegate", policy: edgegatePolicy({}) });
 const bareNotable = want("bare edgegate notable") && await startBare({ worker: "edgegate", policy: edgegatePolicy({ request_logs: "notable" }) });
+// Limits far above the load: each request reserves in, and settles with, the tenant's ledger.
+const LIMITS = { limits: { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 } };
+const bareLimits = want("bare edgegate limits") && await startBare({ worker: "edgegate", policy: edgegatePolicy({}, LIMITS) });
+const bareLedgerFloor = want("bare ledger floor") && await startBare({ worker: "ledger floor", upstream: simUrl });
 const port = (base) => base + Math.floor(Math.random() * 1000);
 const portkeyPort = port(20000);
 const portkey = want("portkey") && await serve("node", [PORTKEY, `--port=${portkeyPort}`, "--headless"], { NODE_ENV: "production" }, `http://127.0.0.1:${portkeyPort}/`);
@@ -119,6 +125,8 @@ const targets = {
   ...(bareFloor ? { "bare floor": { url: `${bareFloor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) } } : {}),
   ...(bareEdgegate ? { "bare edgegate": { url: `${bareEdgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
   ...(bareNotable ? { "bare edgegate notable": { url: `${bareNotable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
+  ...(bareLedgerFloor ? { "bare ledger floor": { url: `${bareLedgerFloor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) } } : {}),
+  ...(bareLimits ? { "bare edgegate limits": { url: `${bareLimits.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
   ...(notable ? { "edgegate notable": { url: `${notable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } } } : {}),
   // No upstream at all: a Worker that echoes the body, and edgegate answering from its built-in mock.
   "workerd static": { url: `${floor.url}/static`, headers: {} },
@@ -148,6 +156,8 @@ try {
   if (bareFloor) await bareFloor.stop();
   if (bareEdgegate) await bareEdgegate.stop();
   if (bareNotable) await bareNotable.stop();
+  if (bareLimits) await bareLimits.stop();
+  if (bareLedgerFloor) await bareLedgerFloor.stop();
   await floor.stop();
   await sim.stop();
 }
@@ -174,7 +184,7 @@ for (const [name, s] of Object.entries(summary)) {
   );
 }
 result.own = {};
-for (const [gw, fl] of [["edgegate", "workerd floor"], ["bare edgegate", "bare floor"], ["bare edgegate notable", "bare floor"]].filter(([g, f]) => overhead[g] && overhead[f])) {
+for (const [gw, fl] of [["edgegate", "workerd floor"], ["bare edgegate", "bare floor"], ["bare edgegate notable", "bare floor"], ["bare edgegate limits", "bare ledger floor"]].filter(([g, f]) => overhead[g] && overhead[f])) {
   const own = Object.fromEntries(["p50", "p99"].map((k) => [k, overhead[gw][k] - overhead[fl][k]]));
   result.own[gw] = own;
   console.log(`${gw} beyond the ${fl} (the gateway's own work): p50 ${own.p50.toFixed(2)} ms, p99 ${own.p99.toFixed(2)} ms`);

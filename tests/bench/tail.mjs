@@ -3,11 +3,14 @@
 // duration and its upstream attempts, as the Worker timed them), and the slow records by when
 // they started. When the client's p99 is far above the records' p99, the time was spent where
 // the handler could not see it: queued behind something else that held the isolate's thread.
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tail.mjs [--rate R] [--seconds S] [--bare] [--limits]'
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/tail.mjs [--rate R] [--seconds S] [--bare [--floor]] [--limits]'
 // (with EDGEGATE_UPSTREAM_SIM set, after `bash tests/bench/peers-setup.sh`). Asserts nothing.
 // `--bare`: in workerd without Miniflare (tests/bench/workerd.mjs); there V8_FLAGS=--trace-gc-nvp
-// adds the isolate's collections to the lines this prints. In Miniflare the same needs its
-// generated config given `v8Flags` (a local edit, see docs/benchmarks.md): MF_V8_FLAGS=….
+// adds the isolate's collections to the lines this prints, and the run's CPU time a request is
+// printed (workerd's, all threads). `--bare --floor`: the runtime's floor instead of edgegate
+// (with `--limits`, the ledger floor: the same Durable Object calls, in JavaScript; common.mjs),
+// which has no records. In Miniflare the collections need its generated config given `v8Flags`
+// (a local edit, see docs/benchmarks.md): MF_V8_FLAGS=….
 import { records, startSimulator, startWorkerd } from "../e2e/lib.mjs";
 import { benchPolicy, oha } from "./common.mjs";
 import { CF_BLOB, startBare } from "./workerd.mjs";
@@ -20,15 +23,21 @@ const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabl
 // with, its ledger object (a Durable Object round trip each) without ever being refused.
 if (process.argv.includes("--limits")) policy.tenants[0].limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
 const bare = process.argv.includes("--bare");
-const gw = bare
-  ? await startBare({ worker: "edgegate", policy, v8Flags: process.env.V8_FLAGS?.split(" ") ?? [] })
-  : await startWorkerd({ policy });
+const floor = bare && process.argv.includes("--floor");
+const v8Flags = process.env.V8_FLAGS?.split(" ") ?? [];
+const gw = floor
+  ? await startBare({ worker: process.argv.includes("--limits") ? "ledger floor" : "floor", upstream: sim.url, v8Flags })
+  : bare
+    ? await startBare({ worker: "edgegate", policy, v8Flags })
+    : await startWorkerd({ policy });
 const body = JSON.stringify({ model: "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
 const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench", ...(bare ? CF_BLOB : {}) }, body, load);
 try {
   await run(); // warm up
   const from = gw.lines.length;
+  const cpu = gw.cpuMs?.();
   const client = await run();
+  const cpuPerRequest = gw.cpuMs && (gw.cpuMs() - cpu) / (load.rate * load.seconds);
   await new Promise((r) => setTimeout(r, 500));
   const lines = gw.lines.slice(from);
   const recs = records(lines);
@@ -37,9 +46,12 @@ try {
   const upstream = recs.map((r) => r.attempts.reduce((s, a) => s + a.duration_ms, 0));
   console.log(`${load.rate}/s for ${load.seconds} s; ms`);
   console.log(`client (oha):      p50 ${client.p50.toFixed(2)}  p99 ${client.p99.toFixed(2)}  max ${client.max.toFixed(2)}`);
-  console.log(`records (${recs.length}):   p50 ${q(own, 0.5)}  p99 ${q(own, 0.99)}  max ${Math.max(...own)}   upstream attempts: p50 ${q(upstream, 0.5)}  p99 ${q(upstream, 0.99)}  max ${Math.max(...upstream)}`);
-  const t0 = Math.min(...recs.map((r) => r.start_ms));
-  console.log(`records of 5 ms or more, as start (ms into the run):duration: ${recs.filter((r) => r.duration_ms >= 5).map((r) => `${r.start_ms - t0}:${r.duration_ms}`).join(" ")}`);
+  if (cpuPerRequest) console.log(`workerd CPU a request: ${cpuPerRequest.toFixed(3)} ms`);
+  if (recs.length) {
+    console.log(`records (${recs.length}):   p50 ${q(own, 0.5)}  p99 ${q(own, 0.99)}  max ${Math.max(...own)}   upstream attempts: p50 ${q(upstream, 0.5)}  p99 ${q(upstream, 0.99)}  max ${Math.max(...upstream)}`);
+    const t0 = Math.min(...recs.map((r) => r.start_ms));
+    console.log(`records of 5 ms or more, as start (ms into the run):duration: ${recs.filter((r) => r.duration_ms >= 5).map((r) => `${r.start_ms - t0}:${r.duration_ms}`).join(" ")}`);
+  }
   const gc = lines.filter((l) => l.includes('"gc":'));
   if (gc.length) console.log(gc.join("\n"));
 } finally {

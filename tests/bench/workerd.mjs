@@ -12,7 +12,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { ADMIN_KEY, ROOT, publish } from "../e2e/lib.mjs";
-import { FLOOR } from "./common.mjs";
+import { FLOOR, LEDGER_FLOOR } from "./common.mjs";
 
 const WORKERD = createRequire(import.meta.url)(join(ROOT, "node_modules", "workerd"));
 const BIN = typeof WORKERD === "string" ? WORKERD : WORKERD.default;
@@ -42,9 +42,10 @@ const freePort = () =>
 export const CF_BLOB = { "cf-blob": JSON.stringify({ colo: "DFW", country: "US", continent: "NA", httpProtocol: "HTTP/1.1" }) };
 
 /**
- * `worker`: "edgegate" (needs `policy`), "floor" (needs `upstream`), or the source of a
- * JavaScript module Worker (given `UPSTREAM` as the floor is). `v8Flags`: passed to V8 (e.g.
- * `--trace-gc-nvp`). Returns `{ url, lines, stop }`; `lines` are the process's output lines so far.
+ * `worker`: "edgegate" (needs `policy`), "floor" or "ledger floor" (need `upstream`), or the
+ * source of a JavaScript module Worker (given `UPSTREAM` as the floor is, and `LEDGER`, the
+ * namespace of its `Ledger` class, if it exports one). `v8Flags`: passed to V8 (e.g.
+ * `--trace-gc-nvp`). Returns `{ url, lines, cpuMs, stop }`; `lines` are the process's output lines so far.
  *
  * workerd writes its output (every `console.log`, at once) to a file, not a pipe to this process:
  * through a full pipe, workerd would wait until this process read it (it might be in a collection
@@ -57,7 +58,8 @@ export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
   const q = JSON.stringify;
   writeFileSync(join(dir, "kv.js"), KV);
   mkdirSync(join(dir, "do"));
-  writeFileSync(join(dir, "floor.js"), worker === "floor" || worker === "edgegate" ? FLOOR : worker);
+  const script = { floor: FLOOR, edgegate: FLOOR, "ledger floor": LEDGER_FLOOR }[worker] ?? worker;
+  writeFileSync(join(dir, "floor.js"), script);
   const edgegate = `(
   modules = [
     (name = "entry.js", esModule = embed ${q(relative(dir, join(build, "..", "entry.mjs")))}),
@@ -75,10 +77,14 @@ export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
   durableObjectStorage = (localDisk = "do-disk"),
   globalOutbound = "internet",
 )`;
+  // A JavaScript Worker that exports a `Ledger` class gets it as its Durable Object namespace.
+  const ledger = /export class Ledger\b/.test(script);
   const floor = `(
   modules = [(name = "floor.js", esModule = embed "floor.js")],
   compatibilityDate = "2026-04-20",
-  bindings = [(name = "UPSTREAM", text = ${q(upstream ?? "")})],
+  bindings = [(name = "UPSTREAM", text = ${q(upstream ?? "")})${ledger ? `, (name = "LEDGER", durableObjectNamespace = (className = "Ledger"))` : ""}],${ledger ? `
+  durableObjectNamespaces = [(className = "Ledger", uniqueKey = "floor-ledger", enableSql = true)],
+  durableObjectStorage = (localDisk = "do-disk"),` : ""}
   globalOutbound = "internet",
 )`;
   writeFileSync(
@@ -125,6 +131,11 @@ const config :Workerd.Config = (
   if (policy) await publish(url, policy);
   return {
     url,
+    /** CPU time workerd has used so far (user and system, all threads), ms. */
+    cpuMs: () => {
+      const f = readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1].split(" ");
+      return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ 100)
+    },
     get lines() {
       return output();
     },
