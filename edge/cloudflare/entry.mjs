@@ -1,5 +1,5 @@
 // The Worker's entry module (wrangler.toml `main`): the built Worker's request handler exported
-// as a plain module handler, and its Durable Object class as built.
+// as a plain module handler, and its Durable Object class with an RPC method.
 //
 // worker-build's own default export is a `WorkerEntrypoint` class behind two proxies: for every
 // request the runtime constructs an instance (a runtime object) and each method read wraps the
@@ -9,7 +9,13 @@
 // same `fetch` through a plain object leaves none of that. Recovery after a wasm trap does not
 // depend on the proxies: the worker crate's abort handler schedules a reset of the instance, and
 // the generated bindings carry it out before their next call into wasm.
-import Built, { Ledger } from "./build/index.js";
+//
+// The runtime gives a Durable Object's methods to callers over RPC only when its class extends
+// `DurableObject`; the built class does not, so `Ledger` here does and holds one. The Worker calls
+// `call` (src/lib.rs, `Ledger::call`): a method call and a string each way, where a `fetch` made
+// a request, a response, their headers and a body stream to read on each side.
+import { DurableObject } from "cloudflare:workers";
+import Built, { Ledger as BuiltLedger } from "./build/index.js";
 
 const handle = Built.prototype.fetch;
 
@@ -19,4 +25,17 @@ export default {
   },
 };
 
-export { Ledger };
+export class Ledger extends DurableObject {
+  constructor(ctx, env) {
+    super(ctx, env);
+    this.inner = new BuiltLedger(ctx, env);
+  }
+
+  fetch(request) {
+    return this.inner.fetch(request);
+  }
+
+  call(what, body) {
+    return this.inner.call(what, body);
+  }
+}

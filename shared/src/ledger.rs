@@ -527,10 +527,16 @@ impl Book {
     /// the operation changed it. A read (a health board's, every isolate's every second) then
     /// writes nothing.
     pub fn apply_stored(stored: Option<&str>, now_ms: u64, op: LedgerOp) -> Result<(LedgerAnswer, Option<String>), serde_json::Error> {
-        let mut book: Book = stored.and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        let mut book = Book::load(stored);
         let answer = book.apply(now_ms, op);
         let json = serde_json::to_string(&book)?;
         Ok((answer, (stored != Some(json.as_str())).then_some(json)))
+    }
+
+    /// The book a host stored as `stored` (JSON); none, or a document that does not parse, is an
+    /// empty book.
+    pub fn load(stored: Option<&str>) -> Book {
+        stored.and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default()
     }
 
     /// Applies `op` at `now_ms`. Expired holds are released first.

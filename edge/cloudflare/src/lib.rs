@@ -20,7 +20,7 @@ use edgegate_core::{ByteStream, Error, ErrorKind, Gateway, MAX_REQUEST_BYTES, Un
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use worker::SqlStorageValue;
-use worker::{Context, Env, Headers, Method, Request, RequestInit, Response, console_log, durable_object, event};
+use worker::{Context, Env, Headers, Request, Response, console_log, durable_object, event};
 
 thread_local! {
     /// One gateway per isolate: the compiled policy outlives requests.
@@ -60,7 +60,7 @@ const INTERNED: &[&str] = &[
 #[event(fetch)]
 async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> worker::Result<worker::web_sys::Response> {
     use wasm_bindgen::JsCast;
-    let host = CfHost(Rc::new(Inner { env, ctx }));
+    let host = CfHost(Rc::new(Inner { env, ctx, stubs: std::cell::RefCell::default() }));
     let gateway = GATEWAY.with(Rc::clone);
     let request = incoming(&req).await.unwrap_or_else(|why| Unreadable::request(&req.method(), &req.url(), why));
     let resp = gateway.handle(&host, request).await;
@@ -153,6 +153,9 @@ async fn incoming(req: &worker::web_sys::Request) -> Result<http::Request<Bytes>
 struct Inner {
     env: Env,
     ctx: Context,
+    /// The `Ledger` objects this request has called, by name: a stub serves only the request
+    /// that made it, and a request calls its tenant's object at least twice (reserve, settle).
+    stubs: std::cell::RefCell<Vec<(String, LedgerStub)>>,
 }
 
 /// The core's ports over Workers bindings. Cheap to clone.
@@ -210,21 +213,42 @@ impl PolicyStore for CfHost {
     }
 }
 
-impl LedgerPort for CfHost {
-    /// One call to the tenant's Durable Object, which applies `op` to its book (the request body
-    /// is the `LedgerOp`, the answer the `LedgerAnswer`).
-    async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
-        let call = async {
-            let stub = self.0.env.durable_object("LEDGER")?.id_from_name(tenant)?.get_stub()?;
-            let mut init = RequestInit::new();
-            init.with_method(Method::Post).with_body(Some(serde_json::to_string(&op)?.into()));
-            let mut resp = stub.fetch_with_request(Request::new_with_init("https://ledger/apply", &init)?).await?;
-            if resp.status_code() != 200 {
-                return Err(worker::Error::RustError(format!("ledger answered {}", resp.status_code())));
-            }
-            resp.json::<LedgerAnswer>().await
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// A `Ledger` object's stub, for the object's one RPC method (`Ledger.call`, entry.mjs).
+    type LedgerStub;
+    #[wasm_bindgen(method, catch)]
+    fn call(this: &LedgerStub, what: &str, body: &str) -> Result<worker::js_sys::Promise, wasm_bindgen::JsValue>;
+}
+
+impl CfHost {
+    /// Calls the `Ledger` object named `name` over the runtime's RPC: `what` and `body` (as JSON)
+    /// as [`Ledger::call`] takes them, its answer as it gives it. A method call, not a `fetch`: no
+    /// request, response, headers or body streams on either side.
+    async fn ledger_call(&self, name: &str, what: &str, body: &impl Serialize) -> Result<String, worker::Error> {
+        let body = serde_json::to_string(body)?;
+        let promise = {
+            let mut stubs = self.0.stubs.borrow_mut();
+            let i = match stubs.iter().position(|(n, _)| n == name) {
+                Some(i) => i,
+                None => {
+                    let stub = self.0.env.durable_object("LEDGER")?.id_from_name(name)?.get_stub()?.into_rpc::<LedgerStub>();
+                    stubs.push((name.to_owned(), stub));
+                    stubs.len() - 1
+                }
+            };
+            stubs[i].1.call(what, &body)?
         };
-        call.await.map_err(|e| store_error("tenant ledger", e))
+        let answer = worker::wasm_bindgen_futures::JsFuture::from(promise).await?;
+        answer.as_string().ok_or_else(|| worker::Error::RustError("the ledger object answered no text".into()))
+    }
+}
+
+impl LedgerPort for CfHost {
+    /// One call to the tenant's Durable Object, which applies `op` to its book.
+    async fn apply(&self, tenant: &str, op: LedgerOp) -> Result<LedgerAnswer, Error> {
+        let answer = self.ledger_call(tenant, "apply", &op).await.map_err(|e| store_error("tenant ledger", e))?;
+        serde_json::from_str(&answer).map_err(|e| store_error("tenant ledger", e))
     }
 }
 
@@ -262,19 +286,9 @@ impl AuditLog for CfHost {
     /// One call to the log's Durable Object (the tenant's, shared with its ledger), which runs
     /// the operation on its SQLite storage.
     async fn audit(&self, log: &str, op: AuditOp) -> Result<AuditAnswer, Error> {
-        let call = async {
-            let stub = self.0.env.durable_object("LEDGER")?.id_from_name(log)?.get_stub()?;
-            let mut init = RequestInit::new();
-            let body = serde_json::to_string(&AuditCall { log: log.to_owned(), op })?;
-            init.with_method(Method::Post).with_body(Some(body.into()));
-            let mut resp = stub.fetch_with_request(Request::new_with_init("https://ledger/audit", &init)?).await?;
-            Ok::<_, worker::Error>((resp.status_code(), resp.text().await?))
-        };
-        let (status, text) = call.await.map_err(|e| store_error("audit log", e))?;
-        if status != 200 {
-            return Err(store_error("audit log", format!("answered {status}: {text}")));
-        }
-        serde_json::from_str(&text).map_err(|e| store_error("audit log", e))
+        let call = AuditCall { log: log.to_owned(), op };
+        let answer = self.ledger_call(log, "audit", &call).await.map_err(|e| store_error("audit log", e))?;
+        serde_json::from_str(&answer).map_err(|e| store_error("audit log", e))
     }
 }
 
@@ -454,10 +468,14 @@ impl Deferred for CfHost {
 /// One per tenant: the tenant's ledger book, in the object's SQLite storage.
 ///
 /// A Durable Object runs one event at a time, and every read-apply-write below is synchronous
-/// SQL with no `await` in between, so each operation is atomic and the counts are exact.
+/// with no `await` in between, so each operation is atomic and the counts are exact. The object
+/// is its book's only writer, so it keeps the book it last stored in memory and reads storage
+/// only when it starts (or after a write failed).
 #[durable_object]
 pub struct Ledger {
     sql: worker::SqlStorage,
+    /// The book and its JSON as last stored.
+    kept: std::cell::RefCell<Option<(Book, Option<String>)>>,
 }
 
 #[derive(Deserialize)]
@@ -472,27 +490,60 @@ impl worker::DurableObject for Ledger {
         if let Err(e) = created {
             console_log!("ledger: creating table failed: {e}");
         }
-        Self { sql }
+        Self { sql, kept: std::cell::RefCell::default() }
     }
 
+    /// The same operations over HTTP (`POST /apply`, `POST /audit`), for a Worker of an earlier
+    /// version still running during a deploy; this version calls [`Ledger::call`].
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        if req.path() == "/audit" {
-            let call: AuditCall = req.json().await?;
-            let now = now_ms();
-            return match edgegate_core::audit::apply(&DoSql(&self.sql), &call.log, now, call.op) {
-                Ok(answer) => Response::from_json(&answer),
-                Err(e) => Response::error(e.message, 500),
-            };
+        let what = if req.path() == "/audit" { "audit" } else { "apply" };
+        match self.run(what, &req.text().await?) {
+            Ok(answer) => Response::ok(answer),
+            Err(e) => Response::error(e.to_string(), 500),
         }
-        let op: LedgerOp = req.json().await?;
+    }
+}
+
+#[wasm_bindgen::prelude::wasm_bindgen]
+impl Ledger {
+    /// The object's RPC method (entry.mjs gives it to callers): `what` is `apply` (the body a
+    /// `LedgerOp`, the answer a `LedgerAnswer`) or `audit` (an `AuditCall`, an `AuditAnswer`),
+    /// all JSON. Synchronous: it reads and writes only the object's SQLite storage.
+    pub fn call(&self, what: &str, body: &str) -> Result<String, wasm_bindgen::JsValue> {
+        self.run(what, body).map_err(|e| worker::js_sys::Error::new(&e.to_string()).into())
+    }
+}
+
+impl Ledger {
+    fn run(&self, what: &str, body: &str) -> worker::Result<String> {
         let now = now_ms();
-        let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
-        let (answer, changed) = Book::apply_stored(rows.first().map(|r| r.json.as_str()), now, op)?;
-        if let Some(json) = changed {
-            self.sql
-                .exec("INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json", vec![json.into()])?;
+        if what == "audit" {
+            let call: AuditCall = serde_json::from_str(body)?;
+            let answer =
+                edgegate_core::audit::apply(&DoSql(&self.sql), &call.log, now, call.op).map_err(|e| worker::Error::RustError(e.message))?;
+            return Ok(serde_json::to_string(&answer)?);
         }
-        Response::from_json(&answer)
+        let op: LedgerOp = serde_json::from_str(body)?;
+        let mut kept = self.kept.borrow_mut();
+        let (mut book, stored) = match kept.take() {
+            Some(k) => k,
+            None => {
+                let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
+                let stored = rows.into_iter().next().map(|r| r.json);
+                (Book::load(stored.as_deref()), stored)
+            }
+        };
+        let answer = book.apply(now, op);
+        let json = serde_json::to_string(&book)?;
+        if stored.as_deref() != Some(json.as_str()) {
+            // On failure nothing is kept: the next operation reads the book as stored.
+            self.sql.exec(
+                "INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json",
+                vec![json.clone().into()],
+            )?;
+        }
+        *kept = Some((book, Some(json)));
+        Ok(serde_json::to_string(&answer)?)
     }
 }
 
