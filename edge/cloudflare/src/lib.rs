@@ -467,8 +467,8 @@ impl Deferred for CfHost {
 
 /// One per tenant: the tenant's ledger book, in the object's SQLite storage.
 ///
-/// A Durable Object runs one event at a time, and every read-apply-write below is synchronous
-/// with no `await` in between, so each operation is atomic and the counts are exact. The object
+/// A Durable Object runs one event at a time, and every operation below is synchronous, with no
+/// `await` in between, so each operation is atomic and the counts are exact. The object
 /// is its book's only writer, so it keeps the book it last stored in memory and reads storage
 /// only when it starts (or after a write failed).
 #[durable_object]
