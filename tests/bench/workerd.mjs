@@ -45,18 +45,21 @@ export const CF_BLOB = { "cf-blob": JSON.stringify({ colo: "DFW", country: "US",
  * `worker`: "edgegate" (needs `policy`), "floor" or "ledger floor" (need `upstream`), or the
  * source of a JavaScript module Worker (given `UPSTREAM` as the floor is, and `LEDGER`, the
  * namespace of its `Ledger` class, if it exports one). `v8Flags`: passed to V8 (e.g.
- * `--trace-gc-nvp`). Returns `{ url, lines, cpuMs, stop }`; `lines` are the process's output lines so far.
+ * `--trace-gc-nvp`). `caller`: the source of a JavaScript Worker served beside edgegate (at
+ * `callerUrl`) with edgegate's `Ledger` namespace as its `LEDGER`. Returns `{ url, callerUrl, lines, cpuMs, stop }`; `lines` are the process's output lines so far.
  *
  * workerd writes its output (every `console.log`, at once) to a file, not a pipe to this process:
  * through a full pipe, workerd would wait until this process read it (it might be in a collection
  * of its own), and the Worker would stall behind it — a stall production does not have.
  */
-export async function startBare({ worker, policy, upstream, v8Flags = [] }) {
+export async function startBare({ worker, policy, upstream, caller, v8Flags = [] }) {
   const dir = mkdtempSync(join(tmpdir(), "edgegate-workerd-"));
   const port = await freePort();
+  const callerPort = caller && (await freePort());
   const build = join(ROOT, "edge", "cloudflare", "build");
   const q = JSON.stringify;
   writeFileSync(join(dir, "kv.js"), KV);
+  if (caller) writeFileSync(join(dir, "caller.js"), caller);
   mkdirSync(join(dir, "do"));
   const script = { floor: FLOOR, edgegate: FLOOR, "ledger floor": LEDGER_FLOOR }[worker] ?? worker;
   writeFileSync(join(dir, "floor.js"), script);
@@ -94,10 +97,13 @@ const config :Workerd.Config = (
   services = [
     (name = "main", worker = ${worker === "edgegate" ? edgegate : floor}),
     (name = "kv", worker = (modules = [(name = "kv.js", esModule = embed "kv.js")], compatibilityDate = "2026-04-20")),
-    (name = "do-disk", disk = (path = ${q(join(dir, "do"))}, writable = true)),
+    (name = "do-disk", disk = (path = ${q(join(dir, "do"))}, writable = true)),${caller ? `
+    (name = "caller", worker = (modules = [(name = "caller.js", esModule = embed "caller.js")], compatibilityDate = "2026-04-20",
+      bindings = [(name = "LEDGER", durableObjectNamespace = (className = "Ledger", serviceName = "main"))])),` : ""}
     (name = "internet", network = (allow = ["public", "private", "local"])),
   ],
-  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (cfBlobHeader = "cf-blob"), service = "main")],
+  sockets = [(name = "http", address = "127.0.0.1:${port}", http = (cfBlobHeader = "cf-blob"), service = "main")${caller ? `,
+    (name = "caller", address = "127.0.0.1:${callerPort}", http = (), service = "caller")` : ""}],
   v8Flags = ${q(v8Flags)},
 );
 `,
@@ -131,6 +137,7 @@ const config :Workerd.Config = (
   if (policy) await publish(url, policy);
   return {
     url,
+    callerUrl: caller && `http://127.0.0.1:${callerPort}`,
     /** CPU time workerd has used so far (user and system, all threads), ms. */
     cpuMs: () => {
       const f = readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1].split(" ");

@@ -23,6 +23,13 @@ describe("edgegate in workerd without Miniflare", () => {
         models: [{ alias: "chat", targets: [{ provider: "sim", model: "sim-model" }] }],
         settings: { audit: { enabled: false } },
       },
+      // A Worker of an earlier version, during a deploy, calls the ledger object with `fetch`.
+      caller: `export default {
+        async fetch(req, env) {
+          const ledger = env.LEDGER.get(env.LEDGER.idFromName("app"));
+          return ledger.fetch("https://ledger/apply", { method: "POST", body: await req.text() });
+        },
+      };`,
     });
   });
   after(async () => {
@@ -55,5 +62,16 @@ describe("edgegate in workerd without Miniflare", () => {
     assert.equal(third.status, 429);
     assert.ok(Number(third.headers.get("retry-after")) >= 1);
     assert.equal((await third.json()).error.type, "rate_limit_error");
+  });
+
+  it("answers a ledger call over HTTP, as a Worker of the version before RPC makes it, from the same book", async () => {
+    const inspect = await fetch(gw.callerUrl, { method: "POST", body: JSON.stringify("inspect") });
+    assert.equal(inspect.status, 200);
+    const { book } = (await inspect.json()).book; // LedgerAnswer::Book { book }, externally tagged
+    const counters = Object.entries(book.counters).filter(([id]) => id.includes("requests_per_minute"));
+    assert.equal(counters.length, 1, JSON.stringify(book.counters));
+    assert.equal(counters[0][1].used, 2, "the two requests admitted over RPC above");
+    const bad = await fetch(gw.callerUrl, { method: "POST", body: "{" });
+    assert.equal(bad.status, 500, "an operation that does not parse is refused");
   });
 });
