@@ -26,7 +26,7 @@ use crate::metrics::Meter;
 use crate::phases::{self, Candidate, RateState};
 use crate::policy::TelemetrySettings;
 use crate::policy::{Degraded, Policy, Price, ProviderKind, Role, Roles, Timeouts, hash_key, hex};
-use crate::ports::{ByteStream, Host};
+use crate::ports::{ByteStream, Host, Task};
 use crate::providers::{self, StreamDecoder, StreamEvent, mock};
 use crate::routing::{self, Origin, Plan};
 use crate::snapshot::{Snapshot, SnapshotCache};
@@ -1759,7 +1759,7 @@ async fn exchange<H: Host>(
     // One timer bounds both waits: armed for the first byte and, if it fires while the body is
     // still coming, armed again for what is left of the total (`Deadline`). With the defaults
     // (2 and 10 minutes) an answer never needs the second.
-    let mut timer: Sleep = Box::pin(host.sleep(timeouts.first_byte_ms));
+    let mut timer: Task = Box::pin(host.sleep(timeouts.first_byte_ms));
     let response = match futures::future::select(std::pin::pin!(host.send(request)), timer.as_mut()).await {
         futures::future::Either::Left((response, _)) => response?,
         futures::future::Either::Right(_) => {
@@ -1771,14 +1771,12 @@ async fn exchange<H: Host>(
     Ok(response.map(|body| -> ByteStream { Box::pin(Deadline { body, timer: Some(timer), host: host.clone(), due_ms, total_ms }) }))
 }
 
-type Sleep = Pin<Box<dyn std::future::Future<Output = ()>>>;
-
 /// A provider's body that ends with an `upstream_timeout` error when it runs past `due_ms`.
 struct Deadline<H> {
     body: ByteStream,
     /// The exchange's timer (it may fire before `due_ms`, and is then armed again); `None` once
     /// the deadline has passed.
-    timer: Option<Sleep>,
+    timer: Option<Task>,
     host: H,
     due_ms: u64,
     total_ms: u64,

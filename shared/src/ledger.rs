@@ -527,16 +527,21 @@ impl Book {
     /// the operation changed it. A read (a health board's, every isolate's every second) then
     /// writes nothing.
     pub fn apply_stored(stored: Option<&str>, now_ms: u64, op: LedgerOp) -> Result<(LedgerAnswer, Option<String>), serde_json::Error> {
-        let mut book = Book::load(stored);
-        let answer = book.apply(now_ms, op);
-        let json = serde_json::to_string(&book)?;
-        Ok((answer, (stored != Some(json.as_str())).then_some(json)))
+        Book::load(stored).apply_kept(stored.unwrap_or_default(), now_ms, op)
     }
 
     /// The book a host stored as `stored` (JSON); none, or a document that does not parse, is an
     /// empty book.
     pub fn load(stored: Option<&str>) -> Book {
         stored.and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default()
+    }
+
+    /// [`Book::apply_stored`] for a book a host keeps in memory with `stored`, its JSON as last
+    /// stored (empty if never): the answer, and the JSON to store if the operation changed it.
+    pub fn apply_kept(&mut self, stored: &str, now_ms: u64, op: LedgerOp) -> Result<(LedgerAnswer, Option<String>), serde_json::Error> {
+        let answer = self.apply(now_ms, op);
+        let json = serde_json::to_string(self)?;
+        Ok((answer, (stored != json).then_some(json)))
     }
 
     /// Applies `op` at `now_ms`. Expired holds are released first.

@@ -474,8 +474,8 @@ impl Deferred for CfHost {
 #[durable_object]
 pub struct Ledger {
     sql: worker::SqlStorage,
-    /// The book and its JSON as last stored.
-    kept: std::cell::RefCell<Option<(Book, Option<String>)>>,
+    /// The book and its JSON as last stored (empty if never).
+    kept: std::cell::RefCell<Option<(Book, String)>>,
 }
 
 #[derive(Deserialize)]
@@ -525,24 +525,24 @@ impl Ledger {
         }
         let op: LedgerOp = serde_json::from_str(body)?;
         let mut kept = self.kept.borrow_mut();
-        let (mut book, stored) = match kept.take() {
+        let (mut book, mut stored) = match kept.take() {
             Some(k) => k,
             None => {
                 let rows: Vec<BookRow> = self.sql.exec("SELECT json FROM book WHERE id = 1", None)?.to_array()?;
                 let stored = rows.into_iter().next().map(|r| r.json);
-                (Book::load(stored.as_deref()), stored)
+                (Book::load(stored.as_deref()), stored.unwrap_or_default())
             }
         };
-        let answer = book.apply(now, op);
-        let json = serde_json::to_string(&book)?;
-        if stored.as_deref() != Some(json.as_str()) {
+        let (answer, changed) = book.apply_kept(&stored, now, op)?;
+        if let Some(json) = changed {
             // On failure nothing is kept: the next operation reads the book as stored.
             self.sql.exec(
                 "INSERT INTO book (id, json) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET json = excluded.json",
                 vec![json.clone().into()],
             )?;
+            stored = json;
         }
-        *kept = Some((book, Some(json)));
+        *kept = Some((book, stored));
         Ok(serde_json::to_string(&answer)?)
     }
 }
