@@ -93,10 +93,11 @@ const edgegatePolicy = (settings, tenant = {}) => ({
   ],
   settings: { policy_refresh_seconds: 60, audit: { enabled: false }, ...settings },
 });
-const edgegate = await startWorkerd({ policy: edgegatePolicy({}) });
+// Only what the targets need runs: an idle gateway still shares the machine's two cores.
+const edgegate = (want("edgegate") || want("edgegate mock")) && await startWorkerd({ policy: edgegatePolicy({}) });
 // The same, logging only notable requests (`settings.request_logs`): what a log line a request costs.
 const notable = want("edgegate notable") && await startWorkerd({ policy: edgegatePolicy({ request_logs: "notable" }) });
-const floor = await startFloor(simUrl);
+const floor = (want("workerd floor") || want("workerd static")) && await startFloor(simUrl);
 const bareFloor = want("bare floor") && await startBare({ worker: "floor", upstream: simUrl });
 const bareEdgegate = want("bare edgegate") && await startBare({ worker: "edgegate", policy: edgegatePolicy({}) });
 const bareNotable = want("bare edgegate notable") && await startBare({ worker: "edgegate", policy: edgegatePolicy({ request_logs: "notable" }) });
@@ -120,8 +121,8 @@ const litellm = want("litellm") && await serve(
 
 const targets = {
   direct: { url: `${simUrl}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
-  "workerd floor": { url: `${floor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) },
-  edgegate: { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } },
+  ...(floor ? { "workerd floor": { url: `${floor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) } } : {}),
+  ...(edgegate ? { edgegate: { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } } } : {}),
   ...(bareFloor ? { "bare floor": { url: `${bareFloor.url}/v1/chat/completions`, headers: {}, body: JSON.stringify({ ...JSON.parse(BODY), model: "sim-model" }) } } : {}),
   ...(bareEdgegate ? { "bare edgegate": { url: `${bareEdgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
   ...(bareNotable ? { "bare edgegate notable": { url: `${bareNotable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
@@ -129,8 +130,8 @@ const targets = {
   ...(bareLimits ? { "bare edgegate limits": { url: `${bareLimits.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench", ...CF_BLOB } } } : {}),
   ...(notable ? { "edgegate notable": { url: `${notable.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" } } } : {}),
   // No upstream at all: a Worker that echoes the body, and edgegate answering from its built-in mock.
-  "workerd static": { url: `${floor.url}/static`, headers: {} },
-  "edgegate mock": { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" }, body: JSON.stringify({ ...JSON.parse(BODY), model: "mock" }) },
+  ...(floor ? { "workerd static": { url: `${floor.url}/static`, headers: {} } } : {}),
+  ...(edgegate ? { "edgegate mock": { url: `${edgegate.url}/v1/chat/completions`, headers: { authorization: "Bearer sk-bench" }, body: JSON.stringify({ ...JSON.parse(BODY), model: "mock" }) } } : {}),
   portkey: {
     url: `http://127.0.0.1:${portkeyPort}/v1/chat/completions`,
     headers: { "x-portkey-provider": "openai", "x-portkey-custom-host": `${simUrl}/v1`, authorization: "Bearer sk-sim" },
@@ -151,14 +152,14 @@ try {
 } finally {
   if (litellm) await litellm.stop();
   if (portkey) await portkey.stop();
-  await edgegate.stop();
+  if (edgegate) await edgegate.stop();
   if (notable) await notable.stop();
   if (bareFloor) await bareFloor.stop();
   if (bareEdgegate) await bareEdgegate.stop();
   if (bareNotable) await bareNotable.stop();
   if (bareLimits) await bareLimits.stop();
   if (bareLedgerFloor) await bareLedgerFloor.stop();
-  await floor.stop();
+  if (floor) await floor.stop();
   await sim.stop();
 }
 

@@ -9,8 +9,10 @@
 // `heap` samples the isolate's JavaScript allocations instead (objects the collector has since
 // freed included): bytes allocated per request, by the function that allocated them. What a
 // request allocates sets how often workerd's young-generation collections pause the isolate.
-// Writes target/bench/edgegate.heapprofile.
-// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first] [notable] [heap]'
+// Writes target/bench/edgegate.heapprofile. `heap survivors` keeps only what outlived the young
+// generation's collections (what a scavenge copies and promotes, and so what sets its pause).
+// `limits` gives the tenant limits, so each request also calls its ledger Durable Object.
+// Usage: bash -c 'source deploy/local/setup.sh && node tests/bench/profile.mjs [requests [in-flight] | first] [notable] [limits] [heap [survivors]]'
 // (with EDGEGATE_UPSTREAM_SIM set). Not part of the test command: it asserts nothing.
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,6 +28,7 @@ const inFlight = Number(process.argv[3] ?? 8);
 const inspectorPort = 9300 + Math.floor(Math.random() * 500);
 const sim = await startSimulator();
 const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.includes("notable") ? { request_logs: "notable" } : {}) });
+if (process.argv.includes("limits")) policy.tenants[0].limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
 // `first`: the policy is published by an earlier workerd on the same state, so the profiled
 // request is the isolate's first, and reads the policy from KV as in production.
 const stateDir = first ? mkdtempSync(join(tmpdir(), "edgegate-profile-")) : null;
@@ -62,7 +65,7 @@ const load = async () => {
 };
 if (heap) {
   await call("HeapProfiler.enable");
-  await call("HeapProfiler.startSampling", { samplingInterval: 512, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+  await call("HeapProfiler.startSampling", { samplingInterval: 512, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: !process.argv.includes("survivors") });
   const seconds = await load();
   const { result } = await call("HeapProfiler.stopSampling");
   ws.close();
@@ -78,7 +81,7 @@ if (heap) {
   };
   walk(result.profile.head);
   const bytes = [...self.values()].reduce((a, b) => a + b, 0);
-  console.log(`${total} requests in ${seconds.toFixed(1)} s, ${inFlight} in flight; ${(bytes / total / 1024).toFixed(1)} KB of JavaScript objects allocated per request (sampled)`);
+  console.log(`${total} requests in ${seconds.toFixed(1)} s, ${inFlight} in flight; ${(bytes / total / 1024).toFixed(1)} KB of JavaScript objects ${process.argv.includes("survivors") ? "outliving young collections" : "allocated"} per request (sampled)`);
   console.log("bytes allocated per request, by allocating function, top 30:");
   for (const [name, b] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(`${(b / total).toFixed(0).padStart(8)}  ${name.slice(0, 150)}`);
   process.exit(0);

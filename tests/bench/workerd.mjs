@@ -46,7 +46,7 @@ export const CF_BLOB = { "cf-blob": JSON.stringify({ colo: "DFW", country: "US",
  * source of a JavaScript module Worker (given `UPSTREAM` as the floor is, and `LEDGER`, the
  * namespace of its `Ledger` class, if it exports one). `v8Flags`: passed to V8 (e.g.
  * `--trace-gc-nvp`). `caller`: the source of a JavaScript Worker served beside edgegate (at
- * `callerUrl`) with edgegate's `Ledger` namespace as its `LEDGER`. Returns `{ url, callerUrl, lines, cpuMs, stop }`; `lines` are the process's output lines so far.
+ * `callerUrl`) with edgegate's `Ledger` namespace as its `LEDGER`. Returns `{ url, callerUrl, pid, lines, cpuMs, stop }`; `lines` are the process's output lines so far.
  *
  * workerd writes its output (every `console.log`, at once) to a file, not a pipe to this process:
  * through a full pipe, workerd would wait until this process read it (it might be in a collection
@@ -138,6 +138,7 @@ const config :Workerd.Config = (
   return {
     url,
     callerUrl: caller && `http://127.0.0.1:${callerPort}`,
+    pid: child.pid,
     /** CPU time workerd has used so far (user and system, all threads), ms. */
     cpuMs: () => {
       const f = readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1].split(" ");
