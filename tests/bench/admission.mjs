@@ -7,9 +7,9 @@
 // Needs the built Worker, Spin component and harness, and EDGEGATE_SPIN_HOST / EDGEGATE_REDIS_SERVER
 // as the test command sets them. Not part of the test command: it asserts nothing.
 import { startWorkerd, startSpin, startRedis, sha256 } from "../e2e/lib.mjs";
+import { HIGH_LIMITS as limits } from "./common.mjs";
 
 const n = Number(process.argv[2] ?? 400);
-const limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
 const policy = {
   tenants: [{ id: "limited", limits }, { id: "split", ledger_shards: 4, limits }, { id: "free" }],
   keys: ["limited", "split", "free"].map((t) => ({ id: t, tenant: t, hash: sha256(`sk-bench-${t}`) })),

@@ -37,6 +37,16 @@ export async function oha(url, headers, body, { rate, seconds }) {
   };
 }
 
+/** A tenant's limits far above any benchmark's load: each request reserves in, and settles with,
+ * its ledger (a round trip each) without ever being refused. */
+export const HIGH_LIMITS = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
+
+/** A one-sentence chat request for `model`, the prompt the benchmarks send. */
+export const chatBody = (model) => JSON.stringify({ model, messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+
+/** The number after `--name` on the command line, or `fallback`. */
+export const numberArg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
+
 /** One tenant and key (`sk-bench`), and two aliases on the simulator at `simUrl`: `counted`
  * (gpt-4o-mini, so its prompts are counted with o200k_base) and `estimated` (a model with no
  * encoding, so its prompts are estimated). */

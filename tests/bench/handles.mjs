@@ -12,10 +12,9 @@
 //
 // (EDGEGATE_UPSTREAM_SIM set; oha from `bash tests/bench/peers-setup.sh`.) Asserts nothing.
 import { startSimulator } from "../e2e/lib.mjs";
-import { benchPolicy, oha } from "./common.mjs";
+import { benchPolicy, chatBody, numberArg as arg, oha } from "./common.mjs";
 import { CF_BLOB, startBare } from "./workerd.mjs";
 
-const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const RATE = arg("--rate", 400);
 const SECONDS = arg("--seconds", 15);
 const RUNS = arg("--runs", 1);
@@ -64,8 +63,8 @@ const VARIANTS = {
   "edgegate notable": { settings: { request_logs: "notable" } },
 };
 
-const BODY = JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
-const EDGEGATE_BODY = JSON.stringify({ ...JSON.parse(BODY), model: "estimated" });
+const BODY = chatBody("sim-model");
+const EDGEGATE_BODY = chatBody("estimated");
 const only = process.argv.includes("--variants") ? process.argv[process.argv.indexOf("--variants") + 1].split(",") : null;
 
 /** The collections of the isolate that ran most of them (the Worker's; the KV service's is idle). */

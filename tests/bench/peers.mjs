@@ -22,10 +22,9 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { homedir, cpus } from "node:os";
 import { ROOT, startSimulator, startWorkerd, sha256 } from "../e2e/lib.mjs";
-import { oha, startFloor } from "./common.mjs";
+import { HIGH_LIMITS, chatBody, numberArg as arg, oha, startFloor } from "./common.mjs";
 import { CF_BLOB, startBare } from "./workerd.mjs";
 
-const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const RATE = arg("--rate", 200);
 const SECONDS = arg("--seconds", 10);
 const RUNS = arg("--runs", 3);
@@ -36,7 +35,7 @@ const CACHE = process.env.EDGEGATE_CACHE ?? join(homedir(), ".cache", "edgegate"
 const PORTKEY = join(CACHE, "bench", "portkey", "node_modules", "@portkey-ai", "gateway", "build", "start-server.js");
 const LITELLM = join(CACHE, "bench", "litellm-venv", "bin", "litellm");
 const LITELLM_KEY = "sk-litellm-bench-4f1c9a7e2b8d6035";
-const BODY = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const BODY = chatBody("bench");
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -102,7 +101,7 @@ const bareFloor = want("bare floor") && await startBare({ worker: "floor", upstr
 const bareEdgegate = want("bare edgegate") && await startBare({ worker: "edgegate", policy: edgegatePolicy({}) });
 const bareNotable = want("bare edgegate notable") && await startBare({ worker: "edgegate", policy: edgegatePolicy({ request_logs: "notable" }) });
 // Limits far above the load: each request reserves in, and settles with, the tenant's ledger.
-const LIMITS = { limits: { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 } };
+const LIMITS = { limits: HIGH_LIMITS };
 const bareLimits = want("bare edgegate limits") && await startBare({ worker: "edgegate", policy: edgegatePolicy({}, LIMITS) });
 const bareLedgerFloor = want("bare ledger floor") && await startBare({ worker: "ledger floor", upstream: simUrl });
 const port = (base) => base + Math.floor(Math.random() * 1000);

@@ -28,10 +28,9 @@ import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startSimulator } from "../e2e/lib.mjs";
-import { benchPolicy, oha } from "./common.mjs";
+import { HIGH_LIMITS, benchPolicy, chatBody, numberArg as arg, oha } from "./common.mjs";
 import { CF_BLOB, startBare } from "./workerd.mjs";
 
-const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const load = { rate: arg("--rate", 200), seconds: arg("--seconds", 10) };
 const limits = process.argv.includes("--limits");
 const floor = process.argv.includes("--floor");
@@ -39,12 +38,12 @@ const HZ = 2000;
 
 const sim = await startSimulator();
 const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false } });
-if (limits) policy.tenants[0].limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
+if (limits) policy.tenants[0].limits = HIGH_LIMITS;
 const v8Flags = ["--perf-basic-prof"];
 const gw = floor
   ? await startBare({ worker: limits ? "ledger floor" : "floor", upstream: sim.url, v8Flags })
   : await startBare({ worker: "edgegate", policy, v8Flags });
-const body = JSON.stringify({ model: "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const body = chatBody("estimated");
 const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench", ...CF_BLOB }, body, load);
 const data = join(tmpdir(), `edgegate-perf-${process.pid}.data`);
 let stacks;

@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
 import { ROOT, startSimulator, startWorkerd } from "../e2e/lib.mjs";
-import { benchPolicy } from "./common.mjs";
+import { HIGH_LIMITS, benchPolicy, chatBody } from "./common.mjs";
 
 const first = process.argv[2] === "first";
 const heap = process.argv.includes("heap");
@@ -28,13 +28,13 @@ const inFlight = Number(process.argv[3] ?? 8);
 const inspectorPort = 9300 + Math.floor(Math.random() * 500);
 const sim = await startSimulator();
 const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false }, ...(process.argv.includes("notable") ? { request_logs: "notable" } : {}) });
-if (process.argv.includes("limits")) policy.tenants[0].limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
+if (process.argv.includes("limits")) policy.tenants[0].limits = HIGH_LIMITS;
 // `first`: the policy is published by an earlier workerd on the same state, so the profiled
 // request is the isolate's first, and reads the policy from KV as in production.
 const stateDir = first ? mkdtempSync(join(tmpdir(), "edgegate-profile-")) : null;
 if (first) await (await startWorkerd({ stateDir, policy })).stop();
 const gw = await startWorkerd({ inspectorPort, stateDir, policy: first ? undefined : policy });
-const body = JSON.stringify({ model: first ? "counted" : "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const body = chatBody(first ? "counted" : "estimated");
 const send = async () => {
   const r = await fetch(`${gw.url}/v1/chat/completions`, { method: "POST", headers: { authorization: "Bearer sk-bench", "content-type": "application/json" }, body });
   await r.arrayBuffer();

@@ -12,16 +12,15 @@
 // which has no records. In Miniflare the collections need its generated config given `v8Flags`
 // (a local edit, see docs/benchmarks.md): MF_V8_FLAGS=….
 import { records, startSimulator, startWorkerd } from "../e2e/lib.mjs";
-import { benchPolicy, oha } from "./common.mjs";
+import { HIGH_LIMITS, benchPolicy, chatBody, numberArg as arg, oha } from "./common.mjs";
 import { CF_BLOB, startBare } from "./workerd.mjs";
 
-const arg = (name, fallback) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : fallback);
 const load = { rate: arg("--rate", 200), seconds: arg("--seconds", 10) };
 const sim = await startSimulator();
 const policy = benchPolicy(sim.url, { policy_refresh_seconds: 60, audit: { enabled: false } });
-// `--limits`: the tenant has limits far above the load, so each request reserves in, and settles
-// with, its ledger object (a Durable Object round trip each) without ever being refused.
-if (process.argv.includes("--limits")) policy.tenants[0].limits = { requests_per_minute: 1_000_000, tokens_per_minute: 100_000_000 };
+// `--limits`: the tenant has limits far above the load (a Durable Object round trip each to
+// reserve and to settle).
+if (process.argv.includes("--limits")) policy.tenants[0].limits = HIGH_LIMITS;
 const bare = process.argv.includes("--bare");
 const floor = bare && process.argv.includes("--floor");
 const v8Flags = process.env.V8_FLAGS?.split(" ") ?? [];
@@ -30,7 +29,7 @@ const gw = floor
   : bare
     ? await startBare({ worker: "edgegate", policy, v8Flags })
     : await startWorkerd({ policy });
-const body = JSON.stringify({ model: "estimated", messages: [{ role: "user", content: "Summarise the benchmark in one line." }] });
+const body = chatBody("estimated");
 const run = () => oha(`${gw.url}/v1/chat/completions`, { authorization: "Bearer sk-bench", ...(bare ? CF_BLOB : {}) }, body, load);
 try {
   await run(); // warm up
